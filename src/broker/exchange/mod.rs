@@ -1,0 +1,271 @@
+//! Exchanges: a name, a type, and the bindings its router matches against.
+//! One file per exchange type; this file holds what they share.
+
+mod direct;
+mod fanout;
+mod headers;
+mod topic;
+
+use super::queue::Queue;
+use crate::protocol::{AmqpError, FieldTable};
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+pub use headers::validate_binding_arguments as validate_headers_binding;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parses a declared type; unknown types are a connection error (503),
+    /// as in RabbitMQ.
+    pub fn parse(kind: &str) -> Result<Self, AmqpError> {
+        match kind {
+            "direct" => Ok(Self::Direct),
+            "fanout" => Ok(Self::Fanout),
+            "topic" => Ok(Self::Topic),
+            "headers" => Ok(Self::Headers),
+            other if other.starts_with("x-") => Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{other}'"
+            ))),
+            other => Err(AmqpError::command_invalid(format!(
+                "invalid exchange type '{other}'"
+            ))),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+/// Where a binding leads.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    Queue(Arc<Queue>),
+    Exchange(String),
+}
+
+impl Destination {
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(q) => &q.name,
+            Destination::Exchange(e) => e,
+        }
+    }
+
+    pub fn is_queue(&self) -> bool {
+        matches!(self, Destination::Queue(_))
+    }
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Destination::Queue(a), Destination::Queue(b)) => a.name == b.name,
+            (Destination::Exchange(a), Destination::Exchange(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub routing_key: String,
+    pub arguments: FieldTable,
+    pub destination: Destination,
+}
+
+impl Binding {
+    fn same_as(&self, other: &Binding) -> bool {
+        self.routing_key == other.routing_key
+            && self.destination == other.destination
+            && self.arguments == other.arguments
+    }
+}
+
+/// What routing one message through one exchange found.
+#[derive(Default)]
+pub struct Routed {
+    pub queues: Vec<Arc<Queue>>,
+    pub exchanges: Vec<String>,
+}
+
+impl Routed {
+    pub fn add(&mut self, destination: &Destination) {
+        match destination {
+            Destination::Queue(q) => self.queues.push(q.clone()),
+            Destination::Exchange(e) => self.exchanges.push(e.clone()),
+        }
+    }
+}
+
+/// The per-type matching structure behind an exchange.
+enum Router {
+    Direct(direct::DirectRouter),
+    Fanout(fanout::FanoutRouter),
+    Topic(topic::TopicRouter),
+    Headers(headers::HeadersRouter),
+}
+
+impl Router {
+    fn new(kind: ExchangeKind) -> Self {
+        match kind {
+            ExchangeKind::Direct => Router::Direct(Default::default()),
+            ExchangeKind::Fanout => Router::Fanout(Default::default()),
+            ExchangeKind::Topic => Router::Topic(Default::default()),
+            ExchangeKind::Headers => Router::Headers(Default::default()),
+        }
+    }
+
+    fn add(&mut self, binding: &Binding) {
+        match self {
+            Router::Direct(r) => r.add(binding),
+            Router::Fanout(r) => r.add(binding),
+            Router::Topic(r) => r.add(binding),
+            Router::Headers(r) => r.add(binding),
+        }
+    }
+
+    fn remove(&mut self, binding: &Binding) {
+        match self {
+            Router::Direct(r) => r.remove(binding),
+            Router::Fanout(r) => r.remove(binding),
+            Router::Topic(r) => r.remove(binding),
+            Router::Headers(r) => r.remove(binding),
+        }
+    }
+
+    fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Routed) {
+        match self {
+            Router::Direct(r) => r.route(routing_key, out),
+            Router::Fanout(r) => r.route(out),
+            Router::Topic(r) => r.route(routing_key, out),
+            Router::Headers(r) => r.route(headers, out),
+        }
+    }
+}
+
+struct BindingTable {
+    /// All bindings in creation order: listing, unbind and if-unused.
+    list: Vec<Binding>,
+    router: Router,
+}
+
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    table: RwLock<BindingTable>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Exchange({})", self.name)
+    }
+}
+
+impl Exchange {
+    pub fn new(
+        name: String,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            table: RwLock::new(BindingTable {
+                list: Vec::new(),
+                router: Router::new(kind),
+            }),
+        }
+    }
+
+    pub fn alternate_exchange(&self) -> Option<String> {
+        super::arguments::get(&self.arguments, "alternate-exchange")
+            .and_then(super::arguments::as_string)
+    }
+
+    /// Adds a binding; binding twice is a no-op.
+    pub fn bind(&self, binding: Binding) {
+        let mut table = self.table.write();
+        if table.list.iter().any(|b| b.same_as(&binding)) {
+            return;
+        }
+        table.router.add(&binding);
+        table.list.push(binding);
+    }
+
+    /// Removes a binding; returns whether it existed.
+    pub fn unbind(&self, binding: &Binding) -> bool {
+        let mut table = self.table.write();
+        let Some(pos) = table.list.iter().position(|b| b.same_as(binding)) else {
+            return false;
+        };
+        let removed = table.list.remove(pos);
+        table.router.remove(&removed);
+        true
+    }
+
+    /// Removes every binding to `destination`; returns how many went.
+    pub fn unbind_destination(&self, destination: &Destination) -> usize {
+        let mut table = self.table.write();
+        let (gone, kept): (Vec<Binding>, Vec<Binding>) = std::mem::take(&mut table.list)
+            .into_iter()
+            .partition(|b| &b.destination == destination);
+        for binding in &gone {
+            table.router.remove(binding);
+        }
+        table.list = kept;
+        gone.len()
+    }
+
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.table.read().list.clone()
+    }
+
+    pub fn has_bindings(&self) -> bool {
+        !self.table.read().list.is_empty()
+    }
+
+    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Routed) {
+        self.table.read().router.route(routing_key, headers, out);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::broker::queue::{Queue, QueueOptions};
+
+    pub fn queue(name: &str) -> Arc<Queue> {
+        Arc::new(Queue::new(name.into(), "/".into(), QueueOptions::default()))
+    }
+
+    pub fn names(routed: &Routed) -> Vec<String> {
+        let mut names: Vec<String> = routed.queues.iter().map(|q| q.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}

@@ -1,0 +1,48 @@
+//! A published message: routed once, shared (`Arc`) by every queue it reaches.
+
+use crate::protocol::{encode, BasicProperties};
+use bytes::Bytes;
+
+#[derive(Debug)]
+pub struct Message {
+    /// The exchange the client published to (delivered as-is, even for copies
+    /// that reached a queue through exchange-to-exchange bindings).
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    /// Encoded form of `properties`, sent unchanged on delivery.
+    pub raw_properties: Bytes,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn new(
+        exchange: String,
+        routing_key: String,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Self {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            raw_properties,
+            body,
+        }
+    }
+
+    /// Replaces the properties and re-encodes them.
+    pub fn set_properties(&mut self, properties: BasicProperties) {
+        self.raw_properties = encode::properties(&properties);
+        self.properties = properties;
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        *self.properties.delivery_mode() == Some(2)
+    }
+
+    pub fn body_size(&self) -> usize {
+        self.body.len()
+    }
+}

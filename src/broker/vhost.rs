@@ -1,0 +1,543 @@
+//! A virtual host: its exchanges, queues and the bindings between them, and
+//! routing of published messages through them.
+
+use super::arguments;
+use super::exchange::{
+    validate_headers_binding, Binding, Destination, Exchange, ExchangeKind, Routed,
+};
+use super::names;
+use super::queue::{Queue, QueueOptions};
+use crate::protocol::{AmqpError, FieldTable};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The direct reply-to pseudo queue name (RabbitMQ's).
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+pub struct VHost {
+    pub name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Direct reply-to consumers by their full reply address.
+    reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
+}
+
+pub struct ExchangeDeclare<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: &'a FieldTable,
+}
+
+pub struct QueueDeclare<'a> {
+    pub name: &'a str,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: &'a FieldTable,
+}
+
+fn default_exchange_error() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+impl VHost {
+    pub fn new(name: &str) -> Self {
+        let vhost = VHost {
+            name: name.to_string(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            reply_queues: RwLock::new(HashMap::new()),
+        };
+        let predeclared = [
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ];
+        {
+            let mut exchanges = vhost.exchanges.write();
+            for (name, kind) in predeclared {
+                let exchange =
+                    Exchange::new(name.into(), kind, true, false, false, FieldTable::default());
+                exchanges.insert(name.into(), Arc::new(exchange));
+            }
+        }
+        vhost
+    }
+
+    pub fn exchange_resource(&self, name: &str) -> String {
+        format!("exchange '{}' in vhost '{}'", name, self.name)
+    }
+
+    pub fn queue_resource(&self, name: &str) -> String {
+        format!("queue '{}' in vhost '{}'", name, self.name)
+    }
+
+    pub fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", self.exchange_resource(name)))
+    }
+
+    pub fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", self.queue_resource(name)))
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// A queue that connection `conn` may use: 404 if missing, 405 if it is
+    /// another connection's exclusive queue.
+    pub fn usable_queue(&self, name: &str, conn: u64) -> Result<Arc<Queue>, AmqpError> {
+        let queue = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        queue.check_access(conn)?;
+        Ok(queue)
+    }
+
+    // ---- exchanges ----
+
+    pub fn declare_exchange(&self, req: ExchangeDeclare) -> Result<Arc<Exchange>, AmqpError> {
+        if req.name.is_empty() {
+            return Err(default_exchange_error());
+        }
+        if req.passive {
+            return self
+                .exchange(req.name)
+                .ok_or_else(|| self.no_exchange(req.name));
+        }
+        let kind = ExchangeKind::parse(req.kind)?;
+        let mut exchanges = self.exchanges.write();
+        if let Some(existing) = exchanges.get(req.name) {
+            self.check_exchange_equivalence(existing, kind, &req)?;
+            return Ok(existing.clone());
+        }
+        if req.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                req.name
+            )));
+        }
+        let exchange = Arc::new(Exchange::new(
+            req.name.to_string(),
+            kind,
+            req.durable,
+            req.auto_delete,
+            req.internal,
+            req.arguments.clone(),
+        ));
+        exchanges.insert(req.name.to_string(), exchange.clone());
+        Ok(exchange)
+    }
+
+    fn check_exchange_equivalence(
+        &self,
+        existing: &Exchange,
+        kind: ExchangeKind,
+        req: &ExchangeDeclare,
+    ) -> Result<(), AmqpError> {
+        let resource = self.exchange_resource(req.name);
+        let differ = |field: &str, received: &str, current: &str| {
+            AmqpError::precondition_failed(format!(
+                "inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"
+            ))
+        };
+        if existing.kind != kind {
+            return Err(differ("type", kind.as_str(), existing.kind.as_str()));
+        }
+        for (field, received, current) in [
+            ("durable", req.durable, existing.durable),
+            ("auto_delete", req.auto_delete, existing.auto_delete),
+            ("internal", req.internal, existing.internal),
+        ] {
+            if received != current {
+                return Err(differ(field, &received.to_string(), &current.to_string()));
+            }
+        }
+        if let Some(text) = arguments::first_difference(
+            &existing.arguments,
+            req.arguments,
+            Some(&["alternate-exchange"]),
+            &resource,
+        ) {
+            return Err(AmqpError::precondition_failed(text));
+        }
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            return Err(default_exchange_error());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{}' in vhost '{}' not allowed",
+                name, self.name
+            )));
+        }
+        let Some(exchange) = self.exchange(name) else {
+            return Ok(());
+        };
+        if if_unused && exchange.has_bindings() {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} in use",
+                self.exchange_resource(name)
+            )));
+        }
+        self.remove_exchange(name);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, name: &str) {
+        if self.exchanges.write().remove(name).is_none() {
+            return;
+        }
+        self.unbind_everywhere(&Destination::Exchange(name.to_string()));
+    }
+
+    /// Removes every binding leading to `destination`, then deletes
+    /// auto-delete exchanges that lost their last binding.
+    fn unbind_everywhere(&self, destination: &Destination) {
+        let mut emptied = Vec::new();
+        for exchange in self.exchanges() {
+            if exchange.unbind_destination(destination) > 0
+                && exchange.auto_delete
+                && !exchange.has_bindings()
+            {
+                emptied.push(exchange.name.clone());
+            }
+        }
+        for name in emptied {
+            self.remove_exchange(&name);
+        }
+    }
+
+    fn auto_delete_if_unused(&self, exchange: &Exchange) {
+        if exchange.auto_delete && !exchange.has_bindings() {
+            self.remove_exchange(&exchange.name);
+        }
+    }
+
+    // ---- queues ----
+
+    /// Declares a queue for connection `conn`; returns it with its ready
+    /// message count and consumer count.
+    pub fn declare_queue(
+        &self,
+        req: QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, usize, usize), AmqpError> {
+        let counts = |q: Arc<Queue>| {
+            let (ready, _, consumers) = q.snapshot();
+            (q, ready, consumers)
+        };
+        if req.passive {
+            let queue = self.usable_queue(req.name, conn)?;
+            return Ok(counts(queue));
+        }
+        let mut queues = self.queues.write();
+        if let Some(existing) = queues.get(req.name) {
+            existing.check_access(conn)?;
+            if req.exclusive && !existing.is_exclusive() {
+                return Err(existing.locked_error());
+            }
+            let resource = existing.resource();
+            for (field, received, current) in [
+                ("durable", req.durable, existing.options.durable),
+                ("auto_delete", req.auto_delete, existing.options.auto_delete),
+            ] {
+                if received != current {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"
+                    )));
+                }
+            }
+            if let Some(text) = arguments::first_difference(
+                &existing.options.arguments,
+                req.arguments,
+                None,
+                &resource,
+            ) {
+                return Err(AmqpError::precondition_failed(text));
+            }
+            return Ok(counts(existing.clone()));
+        }
+        if req.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                req.name
+            )));
+        }
+        let name = if req.name.is_empty() {
+            names::queue_name()
+        } else {
+            req.name.to_string()
+        };
+        let options = QueueOptions {
+            durable: req.durable,
+            auto_delete: req.auto_delete,
+            exclusive_owner: req.exclusive.then_some(conn),
+            arguments: req.arguments.clone(),
+        };
+        let queue = Arc::new(Queue::new(name.clone(), self.name.clone(), options));
+        queues.insert(name, queue.clone());
+        Ok((queue, 0, 0))
+    }
+
+    /// queue.delete: returns the number of ready messages dropped.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: u64,
+    ) -> Result<usize, AmqpError> {
+        let Some(queue) = self.queue(name) else {
+            return Ok(0);
+        };
+        queue.check_access(conn)?;
+        let (ready, _, consumers) = queue.snapshot();
+        if if_unused && consumers > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} in use",
+                queue.resource()
+            )));
+        }
+        if if_empty && ready > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} not empty",
+                queue.resource()
+            )));
+        }
+        Ok(self.remove_queue(&queue))
+    }
+
+    /// Removes a queue (deleted, auto-deleted or exclusive owner gone):
+    /// its bindings go, its consumers are told.
+    pub fn remove_queue(&self, queue: &Arc<Queue>) -> usize {
+        {
+            let mut queues = self.queues.write();
+            match queues.get(&queue.name) {
+                Some(q) if Arc::ptr_eq(q, queue) => {
+                    queues.remove(&queue.name);
+                }
+                _ => return 0,
+            }
+        }
+        self.unbind_everywhere(&Destination::Queue(queue.clone()));
+        let (consumers, count) = queue.mark_deleted();
+        for consumer in consumers {
+            consumer.sink.cancelled(&consumer.tag);
+        }
+        count
+    }
+
+    // ---- bindings ----
+
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: &FieldTable,
+        conn: u64,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(default_exchange_error());
+        }
+        let source = self
+            .exchange(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        let queue = self.usable_queue(queue, conn)?;
+        if source.kind == ExchangeKind::Headers {
+            validate_headers_binding(args)?;
+        }
+        source.bind(Binding {
+            routing_key: key.to_string(),
+            arguments: args.clone(),
+            destination: Destination::Queue(queue),
+        });
+        Ok(())
+    }
+
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: &FieldTable,
+        conn: u64,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(default_exchange_error());
+        }
+        let (Some(source), Some(queue)) = (self.exchange(exchange), self.queue(queue)) else {
+            return Ok(());
+        };
+        queue.check_access(conn)?;
+        let binding = Binding {
+            routing_key: key.to_string(),
+            arguments: args.clone(),
+            destination: Destination::Queue(queue),
+        };
+        if source.unbind(&binding) {
+            self.auto_delete_if_unused(&source);
+        }
+        Ok(())
+    }
+
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(default_exchange_error());
+        }
+        let src = self
+            .exchange(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        if self.exchange(destination).is_none() {
+            return Err(self.no_exchange(destination));
+        }
+        if src.kind == ExchangeKind::Headers {
+            validate_headers_binding(args)?;
+        }
+        src.bind(Binding {
+            routing_key: key.to_string(),
+            arguments: args.clone(),
+            destination: Destination::Exchange(destination.to_string()),
+        });
+        Ok(())
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(default_exchange_error());
+        }
+        let Some(src) = self.exchange(source) else {
+            return Ok(());
+        };
+        let binding = Binding {
+            routing_key: key.to_string(),
+            arguments: args.clone(),
+            destination: Destination::Exchange(destination.to_string()),
+        };
+        if src.unbind(&binding) {
+            self.auto_delete_if_unused(&src);
+        }
+        Ok(())
+    }
+
+    // ---- direct reply-to ----
+
+    pub fn add_reply_queue(&self, queue: Arc<Queue>) {
+        self.reply_queues.write().insert(queue.name.clone(), queue);
+    }
+
+    pub fn remove_reply_queue(&self, name: &str) {
+        if let Some(queue) = self.reply_queues.write().remove(name) {
+            queue.mark_deleted();
+        }
+    }
+
+    pub fn reply_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.reply_queues.read().get(name).cloned()
+    }
+
+    // ---- routing ----
+
+    /// The queues a message published to `exchange` with these routing keys
+    /// reaches: through exchange-to-exchange bindings, and the alternate
+    /// exchange when nothing matched. Each queue appears once.
+    pub fn route(
+        &self,
+        exchange: &Exchange,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+    ) -> Vec<Arc<Queue>> {
+        let mut routed = Routed::default();
+        let mut visited: Vec<String> = vec![exchange.name.clone()];
+        self.route_through(exchange, keys, headers, &mut routed, &mut visited);
+        let mut current_ae_source = exchange.alternate_exchange();
+        while routed.queues.is_empty() {
+            let Some(ae_name) = current_ae_source.take() else {
+                break;
+            };
+            if visited.contains(&ae_name) {
+                break;
+            }
+            let Some(ae) = self.exchange(&ae_name) else {
+                break;
+            };
+            visited.push(ae_name);
+            self.route_through(&ae, keys, headers, &mut routed, &mut visited);
+            current_ae_source = ae.alternate_exchange();
+        }
+        let mut queues = routed.queues;
+        if queues.len() > 1 {
+            let mut seen = std::collections::HashSet::new();
+            queues.retain(|q| seen.insert(Arc::as_ptr(q)));
+        }
+        queues
+    }
+
+    fn route_through(
+        &self,
+        exchange: &Exchange,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        routed: &mut Routed,
+        visited: &mut Vec<String>,
+    ) {
+        for key in keys {
+            exchange.route(key, headers, routed);
+        }
+        while let Some(next) = routed.exchanges.pop() {
+            if visited.contains(&next) {
+                continue;
+            }
+            visited.push(next.clone());
+            if let Some(dest) = self.exchange(&next) {
+                for key in keys {
+                    dest.route(key, headers, routed);
+                }
+            }
+        }
+    }
+
+    /// The default exchange: the queue named by the key, or a direct
+    /// reply-to consumer.
+    pub fn route_default(&self, key: &str) -> Option<Arc<Queue>> {
+        if key.starts_with(REPLY_TO_PREFIX) {
+            return self.reply_queue(key);
+        }
+        self.queue(key)
+    }
+}

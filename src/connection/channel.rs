@@ -1,0 +1,891 @@
+//! One AMQP channel: its state machine and the handling of every
+//! channel-level method (exchange, queue, basic, confirm, tx).
+
+use super::delivery::{ChannelDelivery, Unacked};
+use super::publish::{Assembled, PendingPublish, Progress};
+use super::ConnContext;
+use crate::broker::arguments;
+use crate::broker::message::Message;
+use crate::broker::names;
+use crate::broker::queue::{Consumer, DeliverySink, Queue, QueueOptions};
+use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
+use crate::protocol::error::code;
+use crate::protocol::text::short;
+use crate::protocol::{AMQPClass, AMQPValue, AmqpError, BasicProperties, FieldTable};
+use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+/// What to do with acks inside a transaction.
+enum TxAck {
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+}
+
+#[derive(Default)]
+struct Transaction {
+    publishes: Vec<Assembled>,
+    acks: Vec<TxAck>,
+}
+
+pub struct Channel {
+    pub id: u16,
+    pub delivery: Arc<ChannelDelivery>,
+    /// consumer tag -> queue
+    consumers: HashMap<String, Arc<Queue>>,
+    /// Direct reply-to: (consumer tag, reply address).
+    reply_consumer: Option<(String, String)>,
+    publishing: Option<PendingPublish>,
+    /// Per-consumer prefetch applied to consumers created from now on.
+    prefetch: u32,
+    confirm: bool,
+    publish_seq: u64,
+    /// Highest publish sequence number ready to be confirmed, and the last
+    /// one confirmed to the client.
+    confirm_ready: u64,
+    confirmed: u64,
+    tx: Option<Transaction>,
+    /// The last queue declared on this channel (for empty queue names).
+    last_queue: Option<String>,
+}
+
+fn ok(method: AMQPClass) -> Result<Option<AMQPClass>, AmqpError> {
+    Ok(Some(method))
+}
+
+impl Channel {
+    pub fn new(id: u16, delivery: Arc<ChannelDelivery>) -> Self {
+        Channel {
+            id,
+            delivery,
+            consumers: HashMap::new(),
+            reply_consumer: None,
+            publishing: None,
+            prefetch: 0,
+            confirm: false,
+            publish_seq: 0,
+            confirm_ready: 0,
+            confirmed: 0,
+            tx: None,
+            last_queue: None,
+        }
+    }
+
+    /// Handles a method frame; returns the reply to send, if any.
+    pub fn handle_method(
+        &mut self,
+        ctx: &mut ConnContext,
+        method: AMQPClass,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        if self.publishing.is_some() {
+            let expected = if self.publishing.as_ref().is_some_and(|p| p.expects_header()) {
+                "expected content header for class 60, got non content header frame instead"
+            } else {
+                "expected content body, got non content body frame instead"
+            };
+            return Err(AmqpError::unexpected_frame(expected).on(60, 40));
+        }
+        let (class_id, method_id) = method_ids(&method);
+        self.dispatch(ctx, method)
+            .map_err(|e| e.on_if_unset(class_id, method_id))
+    }
+
+    fn dispatch(
+        &mut self,
+        ctx: &mut ConnContext,
+        method: AMQPClass,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        use AMQPClass as C;
+        match method {
+            C::Basic(basic::AMQPMethod::Publish(m)) => self.publish(m),
+            C::Basic(basic::AMQPMethod::Ack(m)) => {
+                self.ack(ctx, m.delivery_tag, m.multiple).map(|_| None)
+            }
+            C::Basic(basic::AMQPMethod::Nack(m)) => self
+                .nack(ctx, m.delivery_tag, m.multiple, m.requeue)
+                .map(|_| None),
+            C::Basic(basic::AMQPMethod::Reject(m)) => self
+                .nack(ctx, m.delivery_tag, false, m.requeue)
+                .map(|_| None),
+            C::Basic(basic::AMQPMethod::Consume(m)) => self.consume(ctx, m),
+            C::Basic(basic::AMQPMethod::Cancel(m)) => self.cancel(ctx, m),
+            C::Basic(basic::AMQPMethod::Get(m)) => self.get(ctx, m),
+            C::Basic(basic::AMQPMethod::Qos(m)) => self.qos(m),
+            C::Basic(basic::AMQPMethod::Recover(m)) => {
+                self.recover(m.requeue)?;
+                ok(C::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})))
+            }
+            C::Basic(basic::AMQPMethod::RecoverAsync(m)) => self.recover(m.requeue).map(|_| None),
+            C::Exchange(exchange::AMQPMethod::Declare(m)) => self.exchange_declare(ctx, m),
+            C::Exchange(exchange::AMQPMethod::Delete(m)) => {
+                ctx.vhost
+                    .delete_exchange(&names::clean(m.exchange.as_str()), m.if_unused)?;
+                Ok(
+                    (!m.nowait).then_some(C::Exchange(exchange::AMQPMethod::DeleteOk(
+                        exchange::DeleteOk {},
+                    ))),
+                )
+            }
+            C::Exchange(exchange::AMQPMethod::Bind(m)) => {
+                ctx.vhost.bind_exchange(
+                    m.destination.as_str(),
+                    m.source.as_str(),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                )?;
+                Ok(
+                    (!m.nowait).then_some(C::Exchange(exchange::AMQPMethod::BindOk(
+                        exchange::BindOk {},
+                    ))),
+                )
+            }
+            C::Exchange(exchange::AMQPMethod::Unbind(m)) => {
+                ctx.vhost.unbind_exchange(
+                    m.destination.as_str(),
+                    m.source.as_str(),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                )?;
+                Ok(
+                    (!m.nowait).then_some(C::Exchange(exchange::AMQPMethod::UnbindOk(
+                        exchange::UnbindOk {},
+                    ))),
+                )
+            }
+            C::Queue(queue::AMQPMethod::Declare(m)) => self.queue_declare(ctx, m),
+            C::Queue(queue::AMQPMethod::Bind(m)) => {
+                let queue = self.queue_name(m.queue.as_str())?;
+                let key = if m.queue.as_str().is_empty() && m.routing_key.as_str().is_empty() {
+                    queue.clone()
+                } else {
+                    m.routing_key.to_string()
+                };
+                ctx.vhost
+                    .bind_queue(&queue, m.exchange.as_str(), &key, &m.arguments, ctx.id)?;
+                Ok((!m.nowait).then_some(C::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))))
+            }
+            C::Queue(queue::AMQPMethod::Unbind(m)) => {
+                let queue = self.queue_name(m.queue.as_str())?;
+                ctx.vhost.unbind_queue(
+                    &queue,
+                    m.exchange.as_str(),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                    ctx.id,
+                )?;
+                ok(C::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})))
+            }
+            C::Queue(queue::AMQPMethod::Purge(m)) => {
+                let name = self.queue_name(m.queue.as_str())?;
+                let count = ctx.vhost.usable_queue(&name, ctx.id)?.purge();
+                Ok(
+                    (!m.nowait).then_some(C::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: count as u32,
+                    }))),
+                )
+            }
+            C::Queue(queue::AMQPMethod::Delete(m)) => {
+                let name = self.queue_name(m.queue.as_str())?;
+                let count = ctx
+                    .vhost
+                    .delete_queue(&name, m.if_unused, m.if_empty, ctx.id)?;
+                ctx.exclusive_queues.retain(|q| q.name != name);
+                Ok(
+                    (!m.nowait).then_some(C::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count: count as u32,
+                    }))),
+                )
+            }
+            C::Confirm(confirm::AMQPMethod::Select(m)) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                self.confirm = true;
+                Ok(
+                    (!m.nowait).then_some(C::Confirm(confirm::AMQPMethod::SelectOk(
+                        confirm::SelectOk {},
+                    ))),
+                )
+            }
+            C::Tx(tx::AMQPMethod::Select(_)) => {
+                if self.confirm {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Transaction::default);
+                ok(C::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})))
+            }
+            C::Tx(tx::AMQPMethod::Commit(_)) => {
+                self.commit(ctx)?;
+                ok(C::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})))
+            }
+            C::Tx(tx::AMQPMethod::Rollback(_)) => {
+                let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
+                *tx = Transaction::default();
+                ok(C::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})))
+            }
+            C::Channel(channel::AMQPMethod::Flow(m)) => {
+                if !m.active {
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
+                ok(C::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                    active: true,
+                })))
+            }
+            C::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => ok(C::Access(
+                amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                    amq_protocol::protocol::access::RequestOk {},
+                ),
+            )),
+            other => {
+                let (class_id, method_id) = method_ids(&other);
+                Err(AmqpError::command_invalid("unimplemented method").on(class_id, method_id))
+            }
+        }
+    }
+
+    // ---- content ----
+
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut ConnContext,
+        class_id: u16,
+        body_size: u64,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+    ) -> Result<(), AmqpError> {
+        let Some(pending) = self.publishing.take() else {
+            return Err(unexpected_content());
+        };
+        if !pending.expects_header() {
+            return Err(AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
+            .on(60, 40));
+        }
+        let max = ctx.broker.config.amqp.max_message_size;
+        if body_size > max {
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {body_size} is larger than configured max size {max}"
+            ))
+            .on(60, 40));
+        }
+        let progress = pending.header(class_id, body_size, properties, raw_properties)?;
+        self.advance(ctx, progress)
+    }
+
+    pub fn handle_body(&mut self, ctx: &mut ConnContext, payload: Bytes) -> Result<(), AmqpError> {
+        let Some(pending) = self.publishing.take() else {
+            return Err(unexpected_content());
+        };
+        if pending.expects_header() {
+            return Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40));
+        }
+        let progress = pending.body(payload)?;
+        self.advance(ctx, progress)
+    }
+
+    fn advance(&mut self, ctx: &mut ConnContext, progress: Progress) -> Result<(), AmqpError> {
+        match progress {
+            Progress::Incomplete(pending) => {
+                self.publishing = Some(pending);
+                Ok(())
+            }
+            Progress::Complete(message) => self
+                .complete_publish(ctx, message)
+                .map_err(|e| e.on_if_unset(60, 40)),
+        }
+    }
+
+    fn publish(&mut self, m: basic::Publish) -> Result<Option<AMQPClass>, AmqpError> {
+        if m.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        self.publishing = Some(PendingPublish::new(m));
+        Ok(None)
+    }
+
+    /// A whole message arrived: check it, then route it (or buffer it in a
+    /// transaction).
+    fn complete_publish(
+        &mut self,
+        ctx: &mut ConnContext,
+        mut message: Assembled,
+    ) -> Result<(), AmqpError> {
+        if self.confirm {
+            self.publish_seq += 1;
+        }
+        let exchange_name = message.publish.exchange.as_str();
+        if !exchange_name.is_empty() {
+            let exchange = ctx
+                .vhost
+                .exchange(exchange_name)
+                .ok_or_else(|| ctx.vhost.no_exchange(exchange_name))?;
+            if exchange.internal {
+                return Err(AmqpError::access_refused(format!(
+                    "cannot publish to internal {}",
+                    ctx.vhost.exchange_resource(exchange_name)
+                )));
+            }
+        }
+        if let Some(user_id) = message.properties.user_id() {
+            if user_id.as_str() != ctx.user {
+                return Err(AmqpError::precondition_failed(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id, ctx.user
+                )));
+            }
+        }
+        if let Some(expiration) = message.properties.expiration() {
+            validate_expiration(expiration.as_str())?;
+        }
+        if let Some(headers) = message.properties.headers() {
+            for key in ["CC", "BCC"] {
+                if let Some(value) = headers.inner().get(key) {
+                    if !matches!(value, AMQPValue::FieldArray(_)) {
+                        return Err(AmqpError::precondition_failed(format!(
+                            "invalid message: {{unacceptable_type_in_header,\"{key}\",{}}}",
+                            arguments::type_name(value)
+                        )));
+                    }
+                }
+            }
+        }
+        if message
+            .properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == REPLY_TO)
+        {
+            let Some((_, address)) = &self.reply_consumer else {
+                return Err(AmqpError::precondition_failed(
+                    "fast reply consumer does not exist",
+                ));
+            };
+            let properties = message
+                .properties
+                .clone()
+                .with_reply_to(short(address.as_str()));
+            message.raw_properties = crate::protocol::encode::properties(&properties);
+            message.properties = properties;
+        }
+        match &mut self.tx {
+            Some(tx) => tx.publishes.push(message),
+            None => self.route(ctx, message),
+        }
+        Ok(())
+    }
+
+    /// Routes a checked message to its queues; returns it to the publisher
+    /// when mandatory and unroutable; marks it confirmable.
+    fn route(&mut self, ctx: &mut ConnContext, message: Assembled) {
+        let Assembled {
+            publish,
+            mut properties,
+            mut raw_properties,
+            body,
+        } = message;
+        let exchange_name = publish.exchange.as_str();
+        let routing_key = publish.routing_key.as_str();
+        // CC and BCC add routing keys; BCC is removed before delivery.
+        let mut extra_keys: Vec<String> = Vec::new();
+        if let Some(headers) = properties.headers() {
+            for key in ["CC", "BCC"] {
+                if let Some(AMQPValue::FieldArray(list)) = headers.inner().get(key) {
+                    extra_keys.extend(list.as_slice().iter().filter_map(arguments::as_string));
+                }
+            }
+            if headers.contains_key("BCC") {
+                let mut kept = FieldTable::default();
+                for (k, v) in headers.inner() {
+                    if k.as_str() != "BCC" {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+                properties = properties.clone().with_headers(kept);
+                raw_properties = crate::protocol::encode::properties(&properties);
+            }
+        }
+        let mut keys: Vec<&str> = vec![routing_key];
+        keys.extend(extra_keys.iter().map(String::as_str));
+        let queues: Vec<Arc<Queue>> = if exchange_name.is_empty() {
+            let mut found: Vec<Arc<Queue>> = keys
+                .iter()
+                .filter_map(|k| ctx.vhost.route_default(k))
+                .collect();
+            found.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            found
+        } else {
+            match ctx.vhost.exchange(exchange_name) {
+                Some(exchange) => ctx
+                    .vhost
+                    .route(&exchange, &keys, properties.headers().as_ref()),
+                None => Vec::new(),
+            }
+        };
+        let message = Arc::new(Message::new(
+            exchange_name.to_string(),
+            routing_key.to_string(),
+            properties,
+            raw_properties,
+            body,
+        ));
+        if queues.is_empty() {
+            if publish.mandatory {
+                ctx.output.send(super::output::Outbound::Return {
+                    channel: self.id,
+                    reply_code: code::NO_ROUTE,
+                    reply_text: "NO_ROUTE",
+                    message,
+                });
+            }
+        } else {
+            for queue in &queues {
+                queue.publish(message.clone());
+            }
+        }
+        if self.confirm {
+            self.confirm_ready = self.publish_seq;
+        }
+    }
+
+    /// Sends one basic.ack covering every publish confirmed since the last
+    /// call (called once per batch of frames read).
+    pub fn flush_confirms(&mut self, ctx: &ConnContext) {
+        if self.confirm_ready > self.confirmed {
+            let multiple = self.confirm_ready > self.confirmed + 1;
+            ctx.output.method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: self.confirm_ready,
+                    multiple,
+                })),
+            );
+            self.confirmed = self.confirm_ready;
+        }
+    }
+
+    // ---- exchanges and queues ----
+
+    fn exchange_declare(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: exchange::Declare,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        let name = names::clean(m.exchange.as_str());
+        ctx.vhost.declare_exchange(ExchangeDeclare {
+            name: &name,
+            kind: m.kind.as_str(),
+            passive: m.passive,
+            durable: m.durable,
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+            arguments: &m.arguments,
+        })?;
+        Ok(
+            (!m.nowait).then_some(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                exchange::DeclareOk {},
+            ))),
+        )
+    }
+
+    fn queue_declare(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: queue::Declare,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        let name = names::clean(m.queue.as_str());
+        let reply = |name: &str, messages: usize, consumers: usize| {
+            (!m.nowait).then_some(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                queue::DeclareOk {
+                    queue: short(name),
+                    message_count: messages as u32,
+                    consumer_count: consumers as u32,
+                },
+            )))
+        };
+        if name == REPLY_TO
+            || (name.starts_with(REPLY_TO_PREFIX) && ctx.vhost.reply_queue(&name).is_some())
+        {
+            return Ok(reply(&name, 0, 1));
+        }
+        let (queue, messages, consumers) = ctx.vhost.declare_queue(
+            QueueDeclare {
+                name: &name,
+                passive: m.passive,
+                durable: m.durable,
+                exclusive: m.exclusive,
+                auto_delete: m.auto_delete,
+                arguments: &m.arguments,
+            },
+            ctx.id,
+        )?;
+        if queue.options.exclusive_owner == Some(ctx.id)
+            && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
+        {
+            ctx.exclusive_queues.push(queue.clone());
+        }
+        self.last_queue = Some(queue.name.clone());
+        Ok(reply(&queue.name, messages, consumers))
+    }
+
+    /// Resolves an empty queue name to the channel's last declared queue.
+    fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(names::clean(name));
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    // ---- consumers ----
+
+    fn consume(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: basic::Consume,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        let queue_name = self.queue_name(m.queue.as_str())?;
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            names::consumer_tag()
+        } else {
+            m.consumer_tag.to_string()
+        };
+        let tag_in_use = self.consumers.get(&tag).is_some_and(|q| !q.is_deleted())
+            || self.reply_consumer.as_ref().is_some_and(|(t, _)| *t == tag);
+        if tag_in_use {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        if queue_name == REPLY_TO {
+            return self.consume_replies(ctx, m, tag);
+        }
+        let queue = ctx.vhost.usable_queue(&queue_name, ctx.id)?;
+        let priority = match arguments::get(&m.arguments, "x-priority") {
+            None => 0,
+            Some(value) => match arguments::as_int(value) {
+                Some(p) => p.clamp(i32::MIN as i128, i32::MAX as i128) as i32,
+                None => {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid arg 'x-priority' for {}: \"expected integer, got {}\"",
+                        queue.resource(),
+                        arguments::type_name(value)
+                    )))
+                }
+            },
+        };
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            priority,
+            prefetch: self.prefetch,
+            unacked: AtomicU32::new(0),
+            arguments: m.arguments.clone(),
+            sink: self.delivery.clone() as Arc<dyn DeliverySink>,
+        });
+        queue.check_consumer_allowed(m.exclusive)?;
+        // consume-ok goes out before the first delivery for this consumer.
+        if !m.nowait {
+            ctx.output.method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(tag.as_str()),
+                })),
+            );
+        }
+        queue.add_consumer(consumer)?;
+        self.consumers.insert(tag, queue);
+        Ok(None)
+    }
+
+    /// basic.consume on `amq.rabbitmq.reply-to`: a private, no-ack queue
+    /// addressed by a generated reply-to name.
+    fn consume_replies(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: basic::Consume,
+        tag: String,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        if !m.no_ack {
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply_consumer.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let address = format!("{REPLY_TO_PREFIX}{}", names::reply_to_token());
+        let queue = Arc::new(Queue::new(
+            address.clone(),
+            ctx.vhost.name.clone(),
+            QueueOptions::default(),
+        ));
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            no_ack: true,
+            exclusive: true,
+            priority: 0,
+            prefetch: 0,
+            unacked: AtomicU32::new(0),
+            arguments: FieldTable::default(),
+            sink: self.delivery.clone() as Arc<dyn DeliverySink>,
+        });
+        if !m.nowait {
+            ctx.output.method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(tag.as_str()),
+                })),
+            );
+        }
+        queue.add_consumer(consumer)?;
+        ctx.vhost.add_reply_queue(queue);
+        self.reply_consumer = Some((tag, address));
+        Ok(None)
+    }
+
+    fn cancel(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: basic::Cancel,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        let tag = m.consumer_tag.to_string();
+        self.cancel_consumer(ctx, &tag);
+        Ok(
+            (!m.nowait).then_some(AMQPClass::Basic(basic::AMQPMethod::CancelOk(
+                basic::CancelOk {
+                    consumer_tag: m.consumer_tag,
+                },
+            ))),
+        )
+    }
+
+    fn cancel_consumer(&mut self, ctx: &mut ConnContext, tag: &str) {
+        if self.reply_consumer.as_ref().is_some_and(|(t, _)| t == tag) {
+            if let Some((_, address)) = self.reply_consumer.take() {
+                ctx.vhost.remove_reply_queue(&address);
+            }
+            return;
+        }
+        let Some(queue) = self.consumers.remove(tag) else {
+            return;
+        };
+        self.delivery.forget_consumer_tag(tag);
+        if let Some((_, auto_delete)) = queue.remove_consumer(tag, self.delivery.channel_key()) {
+            if auto_delete {
+                ctx.vhost.remove_queue(&queue);
+                ctx.exclusive_queues.retain(|q| !Arc::ptr_eq(q, &queue));
+            }
+        }
+    }
+
+    fn get(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: basic::Get,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
+        match queue.get(m.no_ack) {
+            Some((message, remaining)) => {
+                self.delivery
+                    .deliver_get(&queue, message, remaining, m.no_ack);
+                Ok(None)
+            }
+            None => ok(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                basic::GetEmpty {},
+            ))),
+        }
+    }
+
+    fn qos(&mut self, m: basic::Qos) -> Result<Option<AMQPClass>, AmqpError> {
+        if m.global {
+            self.delivery.set_global_prefetch(m.prefetch_count as u32);
+        } else {
+            // As RabbitMQ 3.x: a per-consumer qos also lifts a global limit.
+            self.prefetch = m.prefetch_count as u32;
+            self.delivery.set_global_prefetch(0);
+        }
+        ok(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
+    }
+
+    // ---- acknowledgements ----
+
+    fn ack(&mut self, ctx: &mut ConnContext, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+        if let Some(tx) = &mut self.tx {
+            tx.acks.push(TxAck::Ack { tag, multiple });
+            return Ok(());
+        }
+        let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
+        settle(taken, false);
+        self.after_credit_returned(ctx);
+        Ok(())
+    }
+
+    fn nack(
+        &mut self,
+        ctx: &mut ConnContext,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        if let Some(tx) = &mut self.tx {
+            tx.acks.push(TxAck::Nack {
+                tag,
+                multiple,
+                requeue,
+            });
+            return Ok(());
+        }
+        let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
+        settle(taken, requeue);
+        self.after_credit_returned(ctx);
+        Ok(())
+    }
+
+    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        settle(self.delivery.take_all(), true);
+        Ok(())
+    }
+
+    /// Freed prefetch credit: queues of this channel's consumers may now
+    /// deliver more.
+    fn after_credit_returned(&self, _ctx: &ConnContext) {
+        for queue in self.consumers.values() {
+            queue.dispatch();
+        }
+    }
+
+    fn commit(&mut self, ctx: &mut ConnContext) -> Result<(), AmqpError> {
+        let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
+        let Transaction { publishes, acks } = std::mem::take(tx);
+        for message in publishes {
+            self.route(ctx, message);
+        }
+        let mut first_error = None;
+        for ack in acks {
+            let (tag, multiple, requeue) = match ack {
+                TxAck::Ack { tag, multiple } => (tag, multiple, None),
+                TxAck::Nack {
+                    tag,
+                    multiple,
+                    requeue,
+                } => (tag, multiple, Some(requeue)),
+            };
+            match self.delivery.take(tag, multiple) {
+                Ok(taken) => settle(taken, requeue.unwrap_or(false)),
+                Err(tag) => {
+                    first_error.get_or_insert(unknown_tag(tag));
+                }
+            }
+        }
+        self.after_credit_returned(ctx);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Closing: stop deliveries, cancel consumers, requeue unacked messages.
+    pub fn close(&mut self, ctx: &mut ConnContext) {
+        self.delivery.close();
+        let tags: Vec<String> = self.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel_consumer(ctx, &tag);
+        }
+        if let Some((_, address)) = self.reply_consumer.take() {
+            ctx.vhost.remove_reply_queue(&address);
+        }
+        settle(self.delivery.take_all(), true);
+        self.publishing = None;
+    }
+}
+
+/// Acked (or dropped) messages leave their queues; requeued ones go back.
+fn settle(taken: Vec<Unacked>, requeue: bool) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<crate::broker::queue::QueuedMessage>)> = Vec::new();
+    for entry in taken {
+        match by_queue
+            .iter_mut()
+            .find(|(q, _)| Arc::ptr_eq(q, &entry.queue))
+        {
+            Some((_, list)) => list.push(entry.message),
+            None => by_queue.push((entry.queue, vec![entry.message])),
+        }
+    }
+    for (queue, messages) in by_queue {
+        if requeue {
+            queue.requeue(messages);
+        } else {
+            queue.acked(messages.len());
+            queue.dispatch();
+        }
+    }
+}
+
+fn unknown_tag(tag: u64) -> AmqpError {
+    AmqpError::precondition_failed(format!("unknown delivery tag {tag}"))
+}
+
+fn not_transactional() -> AmqpError {
+    AmqpError::precondition_failed("channel is not transactional")
+}
+
+fn unexpected_content() -> AmqpError {
+    AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+}
+
+/// Per-message `expiration`: a non-negative integer string of milliseconds,
+/// at most ten years, with RabbitMQ's error texts.
+fn validate_expiration(value: &str) -> Result<(), AmqpError> {
+    let invalid = |reason: String| {
+        AmqpError::precondition_failed(format!("invalid expiration '{value}': {reason}"))
+    };
+    let digits_start = usize::from(value.starts_with('+') || value.starts_with('-'));
+    let digits: String = value[digits_start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    if digits.is_empty() {
+        return Err(invalid("no_integer".into()));
+    }
+    let rest = &value[digits_start + digits.len()..];
+    if !rest.is_empty() {
+        return Err(invalid(format!("{{leftover_string,\"{rest}\"}}")));
+    }
+    let number: i128 = digits.parse().unwrap_or(i128::MAX);
+    let signed = if value.starts_with('-') {
+        -number
+    } else {
+        number
+    };
+    if signed < 0 {
+        return Err(invalid(format!("{{value_negative,{signed}}}")));
+    }
+    if signed > 315_360_000_000 {
+        return Err(invalid(format!("{{value_too_large,\n   {signed}}}")));
+    }
+    Ok(())
+}
+
+pub fn method_ids(method: &AMQPClass) -> (u16, u16) {
+    (method.get_amqp_class_id(), method.get_amqp_method_id())
+}

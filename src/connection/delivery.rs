@@ -1,0 +1,222 @@
+//! The channel side of consuming: delivery tags, unacked messages, and the
+//! credit rules (per-consumer and per-channel prefetch, write back-pressure).
+//! Queues call into this (as a `DeliverySink`) with their own lock held, so
+//! this lock is always taken after a queue's and never the other way round.
+
+use super::output::{Outbound, Output};
+use crate::broker::queue::{Consumer, Credit, DeliverySink, Queue, QueuedMessage};
+use amq_protocol::protocol::basic::{AMQPMethod, Cancel};
+use amq_protocol::protocol::AMQPClass;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+pub struct Unacked {
+    pub queue: Arc<Queue>,
+    pub consumer: Option<Arc<Consumer>>,
+    pub message: QueuedMessage,
+}
+
+#[derive(Default)]
+struct Tags {
+    next: u64,
+    unacked: BTreeMap<u64, Unacked>,
+}
+
+pub struct ChannelDelivery {
+    key: (u64, u16),
+    output: Arc<Output>,
+    tags: Mutex<Tags>,
+    unacked_count: AtomicU32,
+    /// basic.qos with global=true; 0 = unlimited.
+    global_prefetch: AtomicU32,
+    cancel_notify: bool,
+    closed: AtomicBool,
+    consumer_tags: Mutex<Vec<Arc<str>>>,
+}
+
+impl ChannelDelivery {
+    pub fn new(connection_id: u64, channel: u16, output: Arc<Output>, cancel_notify: bool) -> Self {
+        ChannelDelivery {
+            key: (connection_id, channel),
+            output,
+            tags: Mutex::new(Tags {
+                next: 1,
+                unacked: BTreeMap::new(),
+            }),
+            unacked_count: AtomicU32::new(0),
+            global_prefetch: AtomicU32::new(0),
+            cancel_notify,
+            closed: AtomicBool::new(false),
+            consumer_tags: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn set_global_prefetch(&self, count: u32) {
+        self.global_prefetch.store(count, Ordering::Relaxed);
+    }
+
+    /// Stops all further deliveries (the channel is closing).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Interned consumer tag, so deliveries share one allocation.
+    fn tag_arc(&self, tag: &str) -> Arc<str> {
+        let mut tags = self.consumer_tags.lock();
+        if let Some(t) = tags.iter().find(|t| &***t == tag) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(tag);
+        tags.push(t.clone());
+        t
+    }
+
+    pub fn forget_consumer_tag(&self, tag: &str) {
+        self.consumer_tags.lock().retain(|t| &**t != tag);
+    }
+
+    /// basic.get-ok: assigns a tag and tracks the message unless no-ack.
+    pub fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        message: QueuedMessage,
+        remaining: usize,
+        no_ack: bool,
+    ) {
+        let mut tags = self.tags.lock();
+        let delivery_tag = tags.next;
+        tags.next += 1;
+        let (redelivered, body) = (message.redelivered, message.message.clone());
+        if !no_ack {
+            tags.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue: queue.clone(),
+                    consumer: None,
+                    message,
+                },
+            );
+            self.unacked_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.output.send(Outbound::GetOk {
+            channel: self.key.1,
+            delivery_tag,
+            redelivered,
+            message_count: remaining.min(u32::MAX as usize) as u32,
+            message: body,
+        });
+    }
+
+    /// Takes the unacked entries an ack/nack/reject names: one tag, or with
+    /// `multiple` every tag up to it (0 = all). An unknown tag is an error.
+    pub fn take(&self, delivery_tag: u64, multiple: bool) -> Result<Vec<Unacked>, u64> {
+        let mut tags = self.tags.lock();
+        let taken: Vec<Unacked> = if multiple {
+            if delivery_tag != 0 && !tags.unacked.contains_key(&delivery_tag) {
+                return Err(delivery_tag);
+            }
+            let rest = if delivery_tag == 0 {
+                BTreeMap::new()
+            } else {
+                tags.unacked.split_off(&(delivery_tag + 1))
+            };
+            std::mem::replace(&mut tags.unacked, rest)
+                .into_values()
+                .collect()
+        } else {
+            match tags.unacked.remove(&delivery_tag) {
+                Some(entry) => vec![entry],
+                None => return Err(delivery_tag),
+            }
+        };
+        drop(tags);
+        self.release_credit(&taken);
+        Ok(taken)
+    }
+
+    /// Takes every unacked entry (recover, channel close).
+    pub fn take_all(&self) -> Vec<Unacked> {
+        let taken: Vec<Unacked> = std::mem::take(&mut self.tags.lock().unacked)
+            .into_values()
+            .collect();
+        self.release_credit(&taken);
+        taken
+    }
+
+    fn release_credit(&self, taken: &[Unacked]) {
+        self.unacked_count
+            .fetch_sub(taken.len() as u32, Ordering::Relaxed);
+        for entry in taken {
+            if let Some(consumer) = &entry.consumer {
+                consumer.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl DeliverySink for ChannelDelivery {
+    fn credit(&self) -> Credit {
+        if self.closed.load(Ordering::Acquire) {
+            return Credit::No;
+        }
+        let global = self.global_prefetch.load(Ordering::Relaxed);
+        if global != 0 && self.unacked_count.load(Ordering::Relaxed) >= global {
+            return Credit::No;
+        }
+        if self.output.is_saturated() {
+            return Credit::Saturated;
+        }
+        Credit::Yes
+    }
+
+    fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, message: QueuedMessage) {
+        let consumer_tag = self.tag_arc(&consumer.tag);
+        let mut tags = self.tags.lock();
+        let delivery_tag = tags.next;
+        tags.next += 1;
+        let (redelivered, body) = (message.redelivered, message.message.clone());
+        if !consumer.no_ack {
+            consumer.unacked.fetch_add(1, Ordering::Relaxed);
+            self.unacked_count.fetch_add(1, Ordering::Relaxed);
+            tags.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue: queue.clone(),
+                    consumer: Some(consumer.clone()),
+                    message,
+                },
+            );
+        }
+        // Sent under the lock so that tags reach the socket in order.
+        self.output.send(Outbound::Deliver {
+            channel: self.key.1,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            message: body,
+        });
+    }
+
+    fn cancelled(&self, consumer_tag: &str) {
+        if self.cancel_notify && !self.closed.load(Ordering::Acquire) {
+            self.output.method(
+                self.key.1,
+                AMQPClass::Basic(AMQPMethod::Cancel(Cancel {
+                    consumer_tag: crate::protocol::text::short(consumer_tag),
+                    nowait: true,
+                })),
+            );
+        }
+        self.forget_consumer_tag(consumer_tag);
+    }
+
+    fn wake_when_writable(&self, queue: Weak<Queue>) {
+        self.output.wake_when_writable(queue);
+    }
+
+    fn channel_key(&self) -> (u64, u16) {
+        self.key
+    }
+}

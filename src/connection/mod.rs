@@ -1,0 +1,428 @@
+//! One task per client connection: handshake, then frames are read in
+//! batches and dispatched to channel state machines; everything sent goes
+//! through the connection's single writer (`output`).
+
+mod channel;
+mod delivery;
+mod handshake;
+mod output;
+mod publish;
+mod reader;
+
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
+use crate::broker::Broker;
+use crate::protocol::text::short;
+use crate::protocol::{AMQPClass, AmqpError, ErrorScope, Frame, PROTOCOL_HEADER};
+use amq_protocol::protocol::{channel as channel_methods, connection};
+use channel::Channel;
+use delivery::ChannelDelivery;
+use output::{Outbound, Output};
+use reader::{ReadError, Reader};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// What channels need from their connection.
+pub struct ConnContext {
+    pub id: u64,
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<VHost>,
+    pub user: String,
+    pub output: Arc<Output>,
+    /// Exclusive queues this connection declared: deleted when it closes.
+    pub exclusive_queues: Vec<Arc<Queue>>,
+}
+
+struct Connection {
+    ctx: ConnContext,
+    peer: SocketAddr,
+    channels: HashMap<u16, Channel>,
+    /// Channels we closed, waiting for the client's close-ok.
+    closing: HashSet<u16>,
+    channel_max: u16,
+    cancel_notify: bool,
+}
+
+enum Next {
+    Continue,
+    /// The client closed the connection (close-ok sent).
+    Closed,
+}
+
+/// Serves one client until it disconnects or the broker shuts down.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let config = broker.config.amqp.clone();
+    let mut reader = Reader::new(Box::new(read_half), config.frame_max);
+    reader.idle_timeout = Some(Duration::from_secs(config.handshake_timeout_secs.max(1)));
+    let output = Output::start(write_half, config.frame_max);
+
+    match reader.protocol_header().await {
+        Ok(header) if accepted_header(&header) => {}
+        Ok(header) => {
+            tracing::info!(%peer, ?header, "unsupported protocol header; answering with AMQP 0-9-1");
+            output.send(Outbound::Raw(PROTOCOL_HEADER));
+            output.send(Outbound::Close);
+            return;
+        }
+        Err(_) => {
+            output.send(Outbound::Close);
+            return;
+        }
+    }
+
+    let negotiated = match handshake::negotiate(&mut reader, &output, &broker, peer).await {
+        Ok(n) => n,
+        Err(handshake::HandshakeError::Drop) => {
+            output.send(Outbound::Close);
+            return;
+        }
+        Err(handshake::HandshakeError::Close(error)) => {
+            tracing::warn!(%peer, %error, "handshake failed");
+            send_connection_close(&output, &error);
+            // Give the client a moment to read the close before the socket goes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader.frame()).await;
+            output.send(Outbound::Close);
+            return;
+        }
+    };
+    let Some(vhost) = broker.vhost(&negotiated.vhost) else {
+        output.send(Outbound::Close);
+        return;
+    };
+    reader.decoder.set_frame_max(negotiated.frame_max);
+    output.set_frame_max(negotiated.frame_max);
+    output.set_heartbeat(negotiated.heartbeat);
+    reader.idle_timeout =
+        (negotiated.heartbeat > 0).then(|| Duration::from_secs(negotiated.heartbeat as u64 * 2));
+    let id = broker.next_connection_id();
+    tracing::info!(%peer, id, user = negotiated.user, vhost = negotiated.vhost, "connection opened");
+
+    let mut conn = Connection {
+        ctx: ConnContext {
+            id,
+            broker: broker.clone(),
+            vhost,
+            user: negotiated.user,
+            output,
+            exclusive_queues: Vec::new(),
+        },
+        peer,
+        channels: HashMap::new(),
+        closing: HashSet::new(),
+        channel_max: negotiated.channel_max,
+        cancel_notify: negotiated.cancel_notify,
+    };
+    conn.run(&mut reader, &mut shutdown).await;
+    conn.cleanup();
+    tracing::info!(%peer, id, "connection closed");
+}
+
+/// AMQP 0-9-1, and the older 0-9 header that RabbitMQ treats the same.
+fn accepted_header(header: &[u8; 8]) -> bool {
+    header == PROTOCOL_HEADER || header == b"AMQP\x01\x01\x00\x09"
+}
+
+fn send_connection_close(output: &Output, error: &AmqpError) {
+    output.method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: error.code,
+            reply_text: short(error.text.as_str()),
+            class_id: error.class_id,
+            method_id: error.method_id,
+        })),
+    );
+}
+
+impl Connection {
+    async fn run(&mut self, reader: &mut Reader, shutdown: &mut watch::Receiver<bool>) {
+        loop {
+            // Handle every frame already buffered, then confirm in one go.
+            loop {
+                match reader.buffered_frame() {
+                    Ok(Some(frame)) => match self.handle_frame(frame) {
+                        Ok(Next::Continue) => {}
+                        Ok(Next::Closed) => return,
+                        Err(error) => return self.close_with(error, reader).await,
+                    },
+                    Ok(None) => break,
+                    Err(ReadError::Protocol(error)) => return self.close_with(error, reader).await,
+                    Err(_) => return,
+                }
+            }
+            for channel in self.channels.values_mut() {
+                channel.flush_confirms(&self.ctx);
+            }
+            tokio::select! {
+                read = reader.fill() => match read {
+                    Ok(()) => {}
+                    Err(ReadError::Timeout) => {
+                        tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s",
+                            reader.idle_timeout.map_or(0, |d| d.as_secs() / 2));
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                _ = shutdown.changed() => {
+                    let error = AmqpError::connection(
+                        crate::protocol::error::code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    );
+                    return self.close_with(error, reader).await;
+                }
+            }
+        }
+    }
+
+    /// Sends connection.close and waits briefly for close-ok.
+    async fn close_with(&mut self, error: AmqpError, reader: &mut Reader) {
+        tracing::warn!(peer = %self.peer, %error, "closing connection");
+        send_connection_close(&self.ctx.output, &error);
+        let wait_for_close_ok = async {
+            loop {
+                match reader.frame().await {
+                    Ok(Frame::Method { channel: 0, method })
+                        if matches!(
+                            *method,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+                        ) =>
+                    {
+                        return
+                    }
+                    Ok(_) => continue,
+                    Err(ReadError::Protocol(_)) => continue,
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), wait_for_close_ok).await;
+    }
+
+    fn cleanup(&mut self) {
+        for (_, mut channel) in self.channels.drain() {
+            channel.close(&mut self.ctx);
+        }
+        for queue in std::mem::take(&mut self.ctx.exclusive_queues) {
+            self.ctx.vhost.remove_queue(&queue);
+        }
+        self.ctx.output.send(Outbound::Close);
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<Next, AmqpError> {
+        let channel_id = frame.channel();
+        match frame {
+            Frame::Heartbeat { channel: 0 } => Ok(Next::Continue),
+            Frame::Heartbeat { .. } => {
+                Err(AmqpError::unexpected_frame("type 8, all octets = <<>>"))
+            }
+            Frame::Method { channel: 0, method } => self.connection_method(*method),
+            Frame::Method { method, .. } => self.channel_method(channel_id, *method),
+            Frame::Header {
+                class_id,
+                body_size,
+                properties,
+                raw_properties,
+                ..
+            } => {
+                if channel_id == 0 || self.closing.contains(&channel_id) {
+                    return self.content_on_unusable(channel_id);
+                }
+                let ctx = &mut self.ctx;
+                let Some(channel) = self.channels.get_mut(&channel_id) else {
+                    return Err(expected_open(0, 0));
+                };
+                let result =
+                    channel.handle_header(ctx, class_id, body_size, *properties, raw_properties);
+                self.after_channel_result(channel_id, result)
+            }
+            Frame::Body { payload, .. } => {
+                if channel_id == 0 || self.closing.contains(&channel_id) {
+                    return self.content_on_unusable(channel_id);
+                }
+                let ctx = &mut self.ctx;
+                let Some(channel) = self.channels.get_mut(&channel_id) else {
+                    return Err(expected_open(0, 0));
+                };
+                let result = channel.handle_body(ctx, payload);
+                self.after_channel_result(channel_id, result)
+            }
+        }
+    }
+
+    /// Content on channel 0 is an error; on a closing channel it is dropped.
+    fn content_on_unusable(&self, channel_id: u16) -> Result<Next, AmqpError> {
+        if channel_id == 0 {
+            return Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            ));
+        }
+        Ok(Next::Continue)
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> Result<Next, AmqpError> {
+        match method {
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                tracing::debug!(peer = %self.peer, code = close.reply_code, text = %close.reply_text, "client closed connection");
+                self.ctx.output.method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Ok(Next::Closed)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(Next::Closed),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.ctx.output.method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(Next::Continue)
+            }
+            other => {
+                let (class_id, method_id) = channel::method_ids(&other);
+                Err(
+                    AmqpError::channel_error("unexpected method in connection state running")
+                        .on(class_id, method_id),
+                )
+            }
+        }
+    }
+
+    fn channel_method(&mut self, channel_id: u16, method: AMQPClass) -> Result<Next, AmqpError> {
+        let (class_id, method_id) = channel::method_ids(&method);
+        if let AMQPClass::Connection(_) = method {
+            return Err(AmqpError::command_invalid("unimplemented method").on(class_id, method_id));
+        }
+        if self.closing.contains(&channel_id) {
+            // After we closed a channel, only its close-ok (or a crossing
+            // close) matters; everything else is dropped.
+            match method {
+                AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(_)) => {
+                    self.closing.remove(&channel_id);
+                }
+                AMQPClass::Channel(channel_methods::AMQPMethod::Close(_)) => {
+                    self.closing.remove(&channel_id);
+                    self.send_channel_close_ok(channel_id);
+                }
+                _ => {}
+            }
+            return Ok(Next::Continue);
+        }
+        match method {
+            AMQPClass::Channel(channel_methods::AMQPMethod::Open(_)) => {
+                if self.channels.contains_key(&channel_id) {
+                    return Err(AmqpError::channel_error("second 'channel.open' seen").on(20, 10));
+                }
+                let open = self.channels.len() + self.closing.len();
+                if self.channel_max != 0 && open >= self.channel_max as usize {
+                    return Err(AmqpError::not_allowed(format!(
+                        "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                        self.channel_max
+                    ))
+                    .on(20, 10));
+                }
+                let delivery = Arc::new(ChannelDelivery::new(
+                    self.ctx.id,
+                    channel_id,
+                    self.ctx.output.clone(),
+                    self.cancel_notify,
+                ));
+                self.channels
+                    .insert(channel_id, Channel::new(channel_id, delivery));
+                self.ctx.output.method(
+                    channel_id,
+                    AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(
+                        channel_methods::OpenOk {},
+                    )),
+                );
+                Ok(Next::Continue)
+            }
+            AMQPClass::Channel(channel_methods::AMQPMethod::Close(_)) => {
+                let Some(mut channel) = self.channels.remove(&channel_id) else {
+                    return Err(expected_open(class_id, method_id));
+                };
+                channel.flush_confirms(&self.ctx);
+                channel.close(&mut self.ctx);
+                self.send_channel_close_ok(channel_id);
+                Ok(Next::Continue)
+            }
+            AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(_))
+                if self.channels.contains_key(&channel_id) =>
+            {
+                Ok(Next::Continue)
+            }
+            method => {
+                let ctx = &mut self.ctx;
+                let Some(channel) = self.channels.get_mut(&channel_id) else {
+                    return Err(expected_open(class_id, method_id));
+                };
+                let result = match channel.handle_method(ctx, method) {
+                    Ok(Some(reply)) => {
+                        ctx.output.method(channel_id, reply);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                self.after_channel_result(channel_id, result)
+            }
+        }
+    }
+
+    /// Channel errors close just that channel; connection errors go up.
+    fn after_channel_result(
+        &mut self,
+        channel_id: u16,
+        result: Result<(), AmqpError>,
+    ) -> Result<Next, AmqpError> {
+        match result {
+            Ok(()) => Ok(Next::Continue),
+            Err(error) if error.scope == ErrorScope::Channel => {
+                tracing::warn!(peer = %self.peer, channel = channel_id, %error, "closing channel");
+                if let Some(mut channel) = self.channels.remove(&channel_id) {
+                    channel.flush_confirms(&self.ctx);
+                    channel.close(&mut self.ctx);
+                }
+                self.closing.insert(channel_id);
+                self.ctx.output.method(
+                    channel_id,
+                    AMQPClass::Channel(channel_methods::AMQPMethod::Close(
+                        channel_methods::Close {
+                            reply_code: error.code,
+                            reply_text: short(error.text.as_str()),
+                            class_id: error.class_id,
+                            method_id: error.method_id,
+                        },
+                    )),
+                );
+                Ok(Next::Continue)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn send_channel_close_ok(&self, channel_id: u16) {
+        self.ctx.output.method(
+            channel_id,
+            AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(
+                channel_methods::CloseOk {},
+            )),
+        );
+    }
+}
+
+fn expected_open(class_id: u16, method_id: u16) -> AmqpError {
+    AmqpError::channel_error("expected 'channel.open'").on(class_id, method_id)
+}

@@ -1,0 +1,14 @@
+//! An AMQP 0-9-1 message broker compatible with RabbitMQ clients.
+//!
+//! Layers, top to bottom (see README): `protocol` (frames), `connection`
+//! (one task per client), `broker` (vhosts, exchanges, queues), `store`
+//! (persistence) and `mgmt` (HTTP API and metrics).
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod protocol;
+pub mod server;
+
+pub use config::Config;
+pub use server::Server;
