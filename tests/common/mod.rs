@@ -1,0 +1,303 @@
+//! Shared test harness: a real broker on an ephemeral port with a temp data
+//! dir, lapin connections to it, and a raw-socket client for protocol-level
+//! abuse that no well-behaved client library would send.
+#![allow(dead_code)]
+
+use broker::protocol::decode::{Frame, FrameDecoder};
+use broker::protocol::{encode, AMQPClass};
+use bytes::BytesMut;
+use futures_lite::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct TestBroker {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut broker::Config)) -> TestBroker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = broker::Config::default();
+        config.amqp.bind = "127.0.0.1".into();
+        config.amqp.port = 0;
+        config.storage.data_dir = dir.path().to_path_buf();
+        adjust(&mut config);
+        let server = broker::Server::bind(config).await.expect("bind");
+        let port = server.local_addr().port();
+        tokio::spawn(server.run(std::future::pending()));
+        TestBroker { port, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url(), ConnectionProperties::default())
+            .await
+            .expect("connect")
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        (conn, ch)
+    }
+
+    /// Proves the broker still serves: a fresh connection round-trips a message.
+    pub async fn assert_healthy(&self) {
+        let (_conn, ch) = self.channel().await;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions::exclusive(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare after error");
+        publish(&ch, "", q.name().as_str(), b"still alive").await;
+        let got = get(&ch, q.name().as_str())
+            .await
+            .expect("message after error");
+        assert_eq!(got.delivery.data, b"still alive");
+    }
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    publish_with(ch, exchange, key, body, lapin::BasicProperties::default()).await;
+}
+
+pub async fn publish_with(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: lapin::BasicProperties,
+) {
+    ch.basic_publish(exchange.into(), key.into(), Default::default(), body, props)
+        .await
+        .expect("publish");
+}
+
+/// basic.get with manual ack off (auto-ack).
+pub async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    ch.basic_get(
+        queue.into(),
+        lapin::options::BasicGetOptions { no_ack: true },
+    )
+    .await
+    .expect("basic.get")
+}
+
+pub async fn consume(ch: &Channel, queue: &str, options: BasicConsumeOptions) -> lapin::Consumer {
+    ch.basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
+        .expect("consume")
+}
+
+/// Next delivery within 5 s.
+pub async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .expect("delivery timed out")
+        .expect("consumer ended")
+        .expect("delivery error")
+}
+
+/// Asserts that nothing arrives within `ms`.
+pub async fn assert_nothing(consumer: &mut lapin::Consumer, ms: u64) {
+    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(ms), consumer.next()).await {
+        panic!("unexpected delivery: {d:?}");
+    }
+}
+
+/// The AMQP reply code and text of a lapin error.
+pub fn amqp_error(err: &lapin::Error) -> (u16, String) {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => (e.get_id(), e.get_message().to_string()),
+        other => panic!("not an AMQP error: {other:?}"),
+    }
+}
+
+pub fn expect_amqp_error<T: std::fmt::Debug>(result: Result<T, lapin::Error>) -> (u16, String) {
+    match result {
+        Ok(v) => panic!("expected an AMQP error, got {v:?}"),
+        Err(e) => amqp_error(&e),
+    }
+}
+
+pub fn table(pairs: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+pub fn long_str(s: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(s.into())
+}
+
+/// A byte-level AMQP client, for inputs a client library would never send.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl RawClient {
+    pub async fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("tcp connect");
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(1 << 20),
+        }
+    }
+
+    /// Connects and completes the handshake (guest/guest, vhost /).
+    pub async fn open(port: u16) -> RawClient {
+        use amq_protocol::protocol::connection;
+        let mut c = Self::connect(port).await;
+        c.send_raw(b"AMQP\x00\x00\x09\x01").await;
+        c.expect_method().await; // start
+        c.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: Default::default(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        let AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) = c.expect_method().await
+        else {
+            panic!("expected connection.tune")
+        };
+        c.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat: 0,
+            })),
+        )
+        .await;
+        c.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        let open_ok = c.expect_method().await;
+        assert!(matches!(
+            open_ok,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+        ));
+        c
+    }
+
+    pub async fn open_channel(&mut self, channel: u16) {
+        use amq_protocol::protocol::channel as ch;
+        self.send_method(
+            channel,
+            AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})),
+        )
+        .await;
+        let ok = self.expect_method().await;
+        assert!(
+            matches!(ok, AMQPClass::Channel(ch::AMQPMethod::OpenOk(_))),
+            "{ok:?}"
+        );
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn send_method(&mut self, channel: u16, method: AMQPClass) {
+        let mut out = BytesMut::new();
+        encode::method(&mut out, channel, &method);
+        self.send_raw(&out).await;
+    }
+
+    /// Next frame within 5 s; `None` when the server closed the socket.
+    pub async fn read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("server sent a bad frame")
+            {
+                return Some(frame);
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("server said nothing for 5 s")
+                    .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads raw bytes until the server closes (for the protocol-header reply).
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read_to_end(&mut out)).await;
+        out
+    }
+
+    pub async fn expect_method(&mut self) -> AMQPClass {
+        loop {
+            match self.read_frame().await.expect("connection closed") {
+                Frame::Method { method, .. } => return *method,
+                Frame::Heartbeat { .. } => continue,
+                other => panic!("expected a method, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects connection.close; returns (code, text, class, method).
+    pub async fn expect_connection_close(&mut self) -> (u16, String, u16, u16) {
+        use amq_protocol::protocol::connection;
+        match self.expect_method().await {
+            AMQPClass::Connection(connection::AMQPMethod::Close(c)) => (
+                c.reply_code,
+                c.reply_text.to_string(),
+                c.class_id,
+                c.method_id,
+            ),
+            other => panic!("expected connection.close, got {other:?}"),
+        }
+    }
+
+    /// Expects channel.close; returns (code, text, class, method).
+    pub async fn expect_channel_close(&mut self) -> (u16, String, u16, u16) {
+        use amq_protocol::protocol::channel;
+        match self.expect_method().await {
+            AMQPClass::Channel(channel::AMQPMethod::Close(c)) => (
+                c.reply_code,
+                c.reply_text.to_string(),
+                c.class_id,
+                c.method_id,
+            ),
+            other => panic!("expected channel.close, got {other:?}"),
+        }
+    }
+}
