@@ -116,11 +116,11 @@ pub async fn negotiate(
     };
     let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
     let mechanism = start_ok.mechanism.as_str().to_string();
-    let credentials =
-        match mechanism.as_str() {
-            "PLAIN" => parse_plain(start_ok.response.as_bytes()),
-            "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
-            other => return Err(HandshakeError::Close(
+    let credentials = match mechanism.as_str() {
+        "PLAIN" => parse_plain(start_ok.response.as_bytes()),
+        "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
+        other => {
+            return Err(HandshakeError::Close(
                 AmqpError::connection(
                     code::ACCESS_REFUSED,
                     format!(
@@ -128,8 +128,9 @@ pub async fn negotiate(
                     ),
                 )
                 .on(10, 11),
-            )),
-        };
+            ))
+        }
+    };
     let refused = || {
         if failure_close {
             HandshakeError::Close(AmqpError::connection(

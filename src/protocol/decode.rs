@@ -126,6 +126,17 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, AmqpError> {
                 .on(class_id, method_id),
         );
     }
+    // amq-protocol parses basic.qos without its prefetch-size field, so the
+    // check RabbitMQ makes (540 for a non-zero size) is made here.
+    if (class_id, method_id) == (60, 10) && payload.len() >= 8 {
+        let prefetch_size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if prefetch_size != 0 {
+            return Err(
+                AmqpError::not_implemented(format!("prefetch_size!=0 ({prefetch_size})"))
+                    .on(60, 10),
+            );
+        }
+    }
     match parse_class(payload) {
         Ok((rest, method)) if rest.is_empty() => Ok(Frame::Method {
             channel,
