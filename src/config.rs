@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Config {
     pub amqp: AmqpConfig,
@@ -51,17 +51,6 @@ pub struct AuthConfig {
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `broker=debug`.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            amqp: AmqpConfig::default(),
-            storage: StorageConfig::default(),
-            auth: AuthConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for AmqpConfig {

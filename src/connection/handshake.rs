@@ -146,7 +146,7 @@ pub async fn negotiate(
         return Err(refused());
     };
     let loopback = peer.ip().to_canonical().is_loopback();
-    if !loopback && broker.config.auth.loopback_users.iter().any(|u| *u == user) {
+    if !loopback && broker.config.auth.loopback_users.contains(&user) {
         tracing::warn!(%peer, user, "login refused: user '{user}' can only connect via localhost");
         return Err(refused());
     }

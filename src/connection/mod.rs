@@ -201,7 +201,7 @@ impl Connection {
                         return
                     }
                     Ok(_) => continue,
-                    Err(ReadError::Protocol(_)) => continue,
+                    // The rest of the input cannot be framed: stop reading.
                     Err(_) => return,
                 }
             }

@@ -138,7 +138,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, AmqpError> {
         }
     }
     match parse_class(payload) {
-        Ok((rest, method)) if rest.is_empty() => Ok(Frame::Method {
+        Ok((&[], method)) => Ok(Frame::Method {
             channel,
             method: Box::new(method),
         }),
@@ -156,7 +156,7 @@ fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, AmqpError> {
         return Err(AmqpError::frame_error("field table nesting too deep"));
     }
     match parse_content_header(&payload[..]) {
-        Ok((rest, header)) if rest.is_empty() => Ok(Frame::Header {
+        Ok((&[], header)) => Ok(Frame::Header {
             channel,
             class_id: header.class_id,
             body_size: header.body_size,

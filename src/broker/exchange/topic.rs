@@ -115,7 +115,7 @@ fn collect<'a>(node: &'a Node, words: &[&str], found: &mut Vec<&'a Destination>)
     match words.split_first() {
         None => {
             for (dest, _) in &node.destinations {
-                if !found.iter().any(|d| *d == dest) {
+                if !found.contains(&dest) {
                     found.push(dest);
                 }
             }

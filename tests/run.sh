@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust suites (unit, integration with lapin, examples)
+# and the Python client suites (pika, Celery) against the release binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --bins
+cargo nextest run --no-fail-fast
+
+venv="${VENV:-target/py-venv}"
+if [ ! -x "$venv/bin/pytest" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+fi
+BROKER_BIN="$PWD/target/release/broker" "$venv/bin/pytest" tests/python -q -rf
