@@ -39,7 +39,7 @@ impl Broker {
             },
         );
         let mut vhosts = HashMap::new();
-        vhosts.insert(default_vhost.clone(), Arc::new(VHost::new(default_vhost)));
+        vhosts.insert(default_vhost.clone(), VHost::new(default_vhost));
         Arc::new(Broker {
             config,
             vhosts: RwLock::new(vhosts),

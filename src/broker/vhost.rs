@@ -6,11 +6,11 @@ use super::exchange::{
     validate_headers_binding, Binding, Destination, Exchange, ExchangeKind, Routed,
 };
 use super::names;
-use super::queue::{Queue, QueueOptions};
+use super::queue::{Queue, QueueArguments, QueueOptions};
 use crate::protocol::{AmqpError, FieldTable};
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// The direct reply-to pseudo queue name (RabbitMQ's).
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -18,6 +18,8 @@ pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
 pub struct VHost {
     pub name: String,
+    /// Handed to queues so they can dead-letter and expire themselves.
+    self_ref: Weak<VHost>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Direct reply-to consumers by their full reply address.
@@ -48,9 +50,14 @@ fn default_exchange_error() -> AmqpError {
 }
 
 impl VHost {
-    pub fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Arc<Self> {
+        Arc::new_cyclic(|self_ref| Self::build(name, self_ref.clone()))
+    }
+
+    fn build(name: &str, self_ref: Weak<VHost>) -> Self {
         let vhost = VHost {
             name: name.to_string(),
+            self_ref,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
@@ -251,8 +258,15 @@ impl VHost {
         };
         if req.passive {
             let queue = self.usable_queue(req.name, conn)?;
+            queue.touch();
             return Ok(counts(queue));
         }
+        let display_name = if req.name.is_empty() {
+            "amq.gen-…"
+        } else {
+            req.name
+        };
+        let args = QueueArguments::parse(req.arguments, &self.queue_resource(display_name))?;
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(req.name) {
             existing.check_access(conn)?;
@@ -278,6 +292,7 @@ impl VHost {
             ) {
                 return Err(AmqpError::precondition_failed(text));
             }
+            existing.touch();
             return Ok(counts(existing.clone()));
         }
         if req.name.starts_with("amq.") {
@@ -297,8 +312,16 @@ impl VHost {
             exclusive_owner: req.exclusive.then_some(conn),
             arguments: req.arguments.clone(),
         };
-        let queue = Arc::new(Queue::new(name.clone(), self.name.clone(), options));
+        let queue = Arc::new(Queue::with_arguments(
+            name.clone(),
+            self.name.clone(),
+            options,
+            args,
+            self.self_ref.clone(),
+        ));
         queues.insert(name, queue.clone());
+        drop(queues);
+        queue.start_expiry_timer();
         Ok((queue, 0, 0))
     }
 
@@ -529,6 +552,26 @@ impl VHost {
                     dest.route(key, headers, routed);
                 }
             }
+        }
+    }
+
+    /// Routes by exchange name (`""` is the default exchange); a missing
+    /// exchange routes nowhere. Used for dead letters.
+    pub fn route_by_name(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+    ) -> Vec<Arc<Queue>> {
+        if exchange.is_empty() {
+            let mut found: Vec<Arc<Queue>> =
+                keys.iter().filter_map(|k| self.route_default(k)).collect();
+            found.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            return found;
+        }
+        match self.exchange(exchange) {
+            Some(x) => self.route(&x, keys, headers),
+            None => Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use super::ConnContext;
 use crate::broker::arguments;
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Consumer, DeliverySink, Queue, QueueOptions};
+use crate::broker::queue::{Accepted, Consumer, DeliverySink, Queue, QueueOptions};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
 use crate::protocol::error::code;
 use crate::protocol::text::short;
@@ -445,21 +445,33 @@ impl Channel {
             raw_properties,
             body,
         ));
-        if queues.is_empty() {
-            if publish.mandatory {
-                ctx.output.send(super::output::Outbound::Return {
-                    channel: self.id,
-                    reply_code: code::NO_ROUTE,
-                    reply_text: "NO_ROUTE",
-                    message,
-                });
-            }
-        } else {
-            for queue in &queues {
-                queue.publish(message.clone());
-            }
+        if queues.is_empty() && publish.mandatory {
+            ctx.output.send(super::output::Outbound::Return {
+                channel: self.id,
+                reply_code: code::NO_ROUTE,
+                reply_text: "NO_ROUTE",
+                message: message.clone(),
+            });
+        }
+        let mut refused = false;
+        for queue in &queues {
+            refused |= queue.publish(message.clone()) == Accepted::Refused;
         }
         if self.confirm {
+            if refused {
+                // Ack everything before this publish, then nack it alone.
+                self.confirm_ready = self.publish_seq - 1;
+                self.flush_confirms(ctx);
+                ctx.output.method(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: self.publish_seq,
+                        multiple: false,
+                        requeue: false,
+                    })),
+                );
+                self.confirmed = self.publish_seq;
+            }
             self.confirm_ready = self.publish_seq;
         }
     }
@@ -735,7 +747,7 @@ impl Channel {
             return Ok(());
         }
         let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
-        settle(taken, false);
+        settle(taken, Settle::Ack);
         self.after_credit_returned(ctx);
         Ok(())
     }
@@ -756,7 +768,7 @@ impl Channel {
             return Ok(());
         }
         let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
-        settle(taken, requeue);
+        settle(taken, Settle::nack(requeue));
         self.after_credit_returned(ctx);
         Ok(())
     }
@@ -765,7 +777,7 @@ impl Channel {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
-        settle(self.delivery.take_all(), true);
+        settle(self.delivery.take_all(), Settle::Requeue);
         Ok(())
     }
 
@@ -785,16 +797,16 @@ impl Channel {
         }
         let mut first_error = None;
         for ack in acks {
-            let (tag, multiple, requeue) = match ack {
-                TxAck::Ack { tag, multiple } => (tag, multiple, None),
+            let (tag, multiple, how) = match ack {
+                TxAck::Ack { tag, multiple } => (tag, multiple, Settle::Ack),
                 TxAck::Nack {
                     tag,
                     multiple,
                     requeue,
-                } => (tag, multiple, Some(requeue)),
+                } => (tag, multiple, Settle::nack(requeue)),
             };
             match self.delivery.take(tag, multiple) {
-                Ok(taken) => settle(taken, requeue.unwrap_or(false)),
+                Ok(taken) => settle(taken, how),
                 Err(tag) => {
                     first_error.get_or_insert(unknown_tag(tag));
                 }
@@ -814,13 +826,33 @@ impl Channel {
         if let Some((_, address)) = self.reply_consumer.take() {
             ctx.vhost.remove_reply_queue(&address);
         }
-        settle(self.delivery.take_all(), true);
+        settle(self.delivery.take_all(), Settle::Requeue);
         self.publishing = None;
     }
 }
 
-/// Acked (or dropped) messages leave their queues; requeued ones go back.
-fn settle(taken: Vec<Unacked>, requeue: bool) {
+/// What becomes of settled deliveries.
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    /// nack/reject without requeue: dead-lettered as `rejected`.
+    Reject,
+}
+
+impl Settle {
+    fn nack(requeue: bool) -> Self {
+        if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Reject
+        }
+    }
+}
+
+/// Acked messages leave their queues, rejected ones are dead-lettered,
+/// requeued ones go back.
+fn settle(taken: Vec<Unacked>, how: Settle) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<crate::broker::queue::QueuedMessage>)> = Vec::new();
     for entry in taken {
         match by_queue
@@ -832,11 +864,13 @@ fn settle(taken: Vec<Unacked>, requeue: bool) {
         }
     }
     for (queue, messages) in by_queue {
-        if requeue {
-            queue.requeue(messages);
-        } else {
-            queue.acked(messages.len());
-            queue.dispatch();
+        match how {
+            Settle::Requeue => queue.requeue(messages),
+            Settle::Reject => queue.rejected(messages),
+            Settle::Ack => {
+                queue.acked(messages.len());
+                queue.dispatch();
+            }
         }
     }
 }

@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(matched("a.*.b"), vec!["a.x.b", "a..b"]);
         assert_eq!(
             matched("#.a.#"),
-            vec!["a", "a.b", "a.x.b", "a.x.y.b", "a..b", "a.", "a.b.c", "x.a.y"]
+            vec!["a", "a.b", "a.x.b", "a.x.y.b", "a..b", "a.", "a.b.c", "x.a.y", "a.b#"]
         );
         assert_eq!(matched(""), vec![""]);
         assert_eq!(matched("*."), vec![".", "a."]);

@@ -1,21 +1,30 @@
-//! Classic queue: ready messages in FIFO order, consumers served round-robin
-//! (highest priority first), unacked messages counted until acked or
-//! requeued at their original position.
+//! Classic queue: ready messages in FIFO order (per priority level for a
+//! priority queue), consumers served round-robin (highest consumer priority
+//! first), unacked messages counted until acked or requeued at their
+//! original position. TTL, length limits, delivery limits and dead-lettering
+//! follow RabbitMQ's semantics.
 //!
 //! All state sits behind one short-held mutex; nothing awaits while holding
-//! it, and deliveries are handed to the consumer's channel without copying
-//! the body.
+//! it. Dead letters are collected under the lock and republished after it is
+//! released, so two queues dead-lettering into each other cannot deadlock.
 
+mod arguments;
 mod consumer;
+pub mod dead_letter;
+mod ready;
 
+pub use arguments::{Overflow, QueueArguments};
 pub use consumer::{Consumer, Credit, DeliverySink};
+pub use dead_letter::Reason;
 
 use super::message::Message;
-use crate::protocol::{AmqpError, FieldTable};
+use super::vhost::VHost;
+use crate::protocol::{AMQPValue, AmqpError, FieldTable};
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use ready::Ready;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Default)]
 pub struct QueueOptions {
@@ -32,17 +41,23 @@ pub struct QueuedMessage {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// When it expires: the lower of the queue's and the message's TTL.
+    pub expires_at: Option<Instant>,
+    /// How many times it was delivered and came back (x-delivery-limit).
+    pub delivery_count: u32,
 }
 
-#[derive(Default)]
 struct QueueState {
-    ready: VecDeque<QueuedMessage>,
-    ready_bytes: usize,
+    ready: Ready,
     next_seq: u64,
     consumers: Vec<Arc<Consumer>>,
     /// Round-robin position among consumers.
     next_consumer: usize,
     ever_had_consumer: bool,
+    /// When the armed expiry timer fires, if one is armed.
+    expiry_timer: Option<Instant>,
+    /// Last use, for `x-expires`.
+    last_used: Instant,
 }
 
 /// Counters read by management and metrics without taking the lock.
@@ -54,10 +69,15 @@ pub struct QueueCounters {
     pub redelivered: AtomicU64,
 }
 
+/// Messages leaving the queue for its dead-letter exchange.
+type DeadLetters = Vec<(Arc<Message>, Reason)>;
+
 pub struct Queue {
     pub name: String,
     pub vhost: String,
     pub options: QueueOptions,
+    pub args: QueueArguments,
+    vhost_ref: Weak<VHost>,
     state: Mutex<QueueState>,
     unacked: AtomicUsize,
     deleted: AtomicBool,
@@ -70,13 +90,41 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// Whether a queue took a published message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    Yes,
+    /// Refused by `x-overflow: reject-publish(-dlx)`: nack the publisher.
+    Refused,
+}
+
 impl Queue {
     pub fn new(name: String, vhost: String, options: QueueOptions) -> Self {
+        Self::with_arguments(name, vhost, options, QueueArguments::default(), Weak::new())
+    }
+
+    pub fn with_arguments(
+        name: String,
+        vhost: String,
+        options: QueueOptions,
+        args: QueueArguments,
+        vhost_ref: Weak<VHost>,
+    ) -> Self {
         Queue {
             name,
             vhost,
             options,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                ready: Ready::new(args.max_priority),
+                next_seq: 0,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                ever_had_consumer: false,
+                expiry_timer: None,
+                last_used: Instant::now(),
+            }),
+            args,
+            vhost_ref,
             unacked: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
             counters: QueueCounters::default(),
@@ -126,42 +174,135 @@ impl Queue {
     /// (ready, ready bytes, consumers) in one lock.
     pub fn snapshot(&self) -> (usize, usize, usize) {
         let st = self.state.lock();
-        (st.ready.len(), st.ready_bytes, st.consumers.len())
+        (st.ready.len(), st.ready.bytes(), st.consumers.len())
+    }
+
+    /// Records a use (declare, get, consumer gone) for `x-expires`.
+    pub fn touch(&self) {
+        self.state.lock().last_used = Instant::now();
+    }
+
+    fn expiry_of(&self, message: &Message, now: Instant) -> Option<Instant> {
+        let per_message = message
+            .properties
+            .expiration()
+            .as_ref()
+            .and_then(|e| e.as_str().trim_start_matches('+').parse::<u64>().ok());
+        let ttl = match (self.args.message_ttl, per_message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|ms| now + Duration::from_millis(ms))
+    }
+
+    fn over_limit(&self, st: &QueueState, extra_bytes: usize, extra: usize) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| (st.ready.len() + extra) as u64 > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| (st.ready.bytes() + extra_bytes) as u64 > max)
     }
 
     /// Appends a message and hands it on if a consumer has credit.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Accepted {
         if self.is_deleted() {
-            return;
+            return Accepted::Yes;
         }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.state.lock();
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.ready_bytes += message.body_size();
-        st.ready.push_back(QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-        });
-        self.dispatch_locked(&mut st);
+        let mut dead = DeadLetters::new();
+        let accepted = {
+            let mut st = self.state.lock();
+            let refuse = self.args.overflow != Overflow::DropHead
+                && self.over_limit(&st, message.body_size(), 1);
+            if refuse {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    dead.push((message, Reason::Maxlen));
+                }
+                Accepted::Refused
+            } else {
+                let now = Instant::now();
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                let expires_at = self.expiry_of(&message, now);
+                st.ready.push_back(QueuedMessage {
+                    seq,
+                    message,
+                    redelivered: false,
+                    expires_at,
+                    delivery_count: 0,
+                });
+                // drop-head: the oldest go, dead-lettered as maxlen.
+                while self.over_limit(&st, 0, 0) {
+                    match st.ready.pop_oldest_lowest() {
+                        Some(old) => dead.push((old.message, Reason::Maxlen)),
+                        None => break,
+                    }
+                }
+                self.dispatch_locked(&mut st, &mut dead);
+                Accepted::Yes
+            }
+        };
+        self.dead_letter(dead);
+        accepted
     }
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        self.dead_letter(dead);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        while !st.ready.is_empty() && !st.consumers.is_empty() {
+    /// Drops expired messages at the head (RabbitMQ expires from the head
+    /// only), then arms a timer for the next head expiry.
+    fn expire_head(self: &Arc<Self>, st: &mut QueueState, dead: &mut DeadLetters) {
+        let now = Instant::now();
+        while st
+            .ready
+            .front()
+            .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
+        {
+            if let Some(expired) = st.ready.pop_front() {
+                dead.push((expired.message, Reason::Expired));
+            }
+        }
+        let Some(at) = st.ready.front().and_then(|m| m.expires_at) else {
+            return;
+        };
+        if st.expiry_timer.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        st.expiry_timer = Some(at);
+        let queue = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            if let Some(queue) = queue.upgrade() {
+                queue.state.lock().expiry_timer = None;
+                queue.dispatch();
+            }
+        });
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState, dead: &mut DeadLetters) {
+        loop {
+            self.expire_head(st, dead);
+            if st.ready.is_empty() || st.consumers.is_empty() {
+                return;
+            }
             let Some(index) = pick_consumer(st, self) else {
                 return;
             };
             let Some(queued) = st.ready.pop_front() else {
                 return;
             };
-            st.ready_bytes -= queued.message.body_size();
             let consumer = st.consumers[index].clone();
             st.next_consumer = index + 1;
             self.record_delivery(&queued, consumer.no_ack);
@@ -181,11 +322,18 @@ impl Queue {
 
     /// basic.get: the head message and how many remain.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, usize)> {
-        let mut st = self.state.lock();
-        let queued = st.ready.pop_front()?;
-        st.ready_bytes -= queued.message.body_size();
-        self.record_delivery(&queued, no_ack);
-        Some((queued, st.ready.len()))
+        let mut dead = DeadLetters::new();
+        let got = {
+            let mut st = self.state.lock();
+            st.last_used = Instant::now();
+            self.expire_head(&mut st, &mut dead);
+            st.ready.pop_front().map(|queued| {
+                self.record_delivery(&queued, no_ack);
+                (queued, st.ready.len())
+            })
+        };
+        self.dead_letter(dead);
+        got
     }
 
     /// 403 when an exclusive consumer is in the way.
@@ -205,26 +353,42 @@ impl Queue {
     }
 
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
-        let mut st = self.state.lock();
-        self.check_exclusive_use(&st, consumer.exclusive)?;
-        st.consumers.push(consumer);
-        st.ever_had_consumer = true;
-        self.dispatch_locked(&mut st);
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            self.check_exclusive_use(&st, consumer.exclusive)?;
+            st.consumers.push(consumer);
+            st.ever_had_consumer = true;
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        self.dead_letter(dead);
         Ok(())
     }
 
     /// Removes a consumer. Returns it, and whether the queue should now be
     /// auto-deleted (it had consumers and this was the last).
-    pub fn remove_consumer(&self, tag: &str, channel: (u64, u16)) -> Option<(Arc<Consumer>, bool)> {
-        let mut st = self.state.lock();
-        let pos = st
-            .consumers
-            .iter()
-            .position(|c| c.tag == tag && c.on_channel(channel))?;
-        let consumer = st.consumers.remove(pos);
-        let auto_delete =
-            self.options.auto_delete && st.ever_had_consumer && st.consumers.is_empty();
-        Some((consumer, auto_delete))
+    pub fn remove_consumer(
+        self: &Arc<Self>,
+        tag: &str,
+        channel: (u64, u16),
+    ) -> Option<(Arc<Consumer>, bool)> {
+        let removed = {
+            let mut st = self.state.lock();
+            let pos = st
+                .consumers
+                .iter()
+                .position(|c| c.tag == tag && c.on_channel(channel))?;
+            let consumer = st.consumers.remove(pos);
+            st.last_used = Instant::now();
+            let auto_delete =
+                self.options.auto_delete && st.ever_had_consumer && st.consumers.is_empty();
+            (consumer, auto_delete, pos == 0)
+        };
+        // With a single active consumer, the next one in line takes over.
+        if self.args.single_active_consumer && removed.2 {
+            self.dispatch();
+        }
+        Some((removed.0, removed.1))
     }
 
     /// Acked messages leave the queue for good.
@@ -236,9 +400,23 @@ impl Queue {
             .fetch_add(count as u64, Ordering::Relaxed);
     }
 
+    /// Rejected without requeue: the messages leave, dead-lettered as
+    /// `rejected` when the queue has a dead-letter exchange.
+    pub fn rejected(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
+        self.acked(messages.len());
+        self.dead_letter(
+            messages
+                .into_iter()
+                .map(|m| (m.message, Reason::Rejected))
+                .collect(),
+        );
+        self.dispatch();
+    }
+
     /// Puts unacked messages back at their original positions, flagged
-    /// redelivered, then dispatches.
-    pub fn requeue(self: &Arc<Self>, mut messages: Vec<QueuedMessage>) {
+    /// redelivered, then dispatches. With `x-delivery-limit`, a message that
+    /// came back too often is dead-lettered instead.
+    pub fn requeue(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
         if messages.is_empty() {
             return;
         }
@@ -247,24 +425,30 @@ impl Queue {
         if self.is_deleted() {
             return;
         }
-        messages.sort_by_key(|m| m.seq);
-        let mut st = self.state.lock();
-        for mut queued in messages {
-            queued.redelivered = true;
-            st.ready_bytes += queued.message.body_size();
-            let pos = st.ready.partition_point(|m| m.seq < queued.seq);
-            st.ready.insert(pos, queued);
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            for mut queued in messages {
+                queued.redelivered = true;
+                if let Some(limit) = self.args.delivery_limit {
+                    queued.delivery_count += 1;
+                    if queued.delivery_count as u64 > limit {
+                        dead.push((queued.message, Reason::DeliveryLimit));
+                        continue;
+                    }
+                    queued.message =
+                        Arc::new(with_delivery_count(&queued.message, queued.delivery_count));
+                }
+                st.ready.insert_by_seq(queued);
+            }
+            self.dispatch_locked(&mut st, &mut dead);
         }
-        self.dispatch_locked(&mut st);
+        self.dead_letter(dead);
     }
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> usize {
-        let mut st = self.state.lock();
-        let count = st.ready.len();
-        st.ready.clear();
-        st.ready_bytes = 0;
-        count
+        self.state.lock().ready.clear()
     }
 
     /// Marks the queue deleted and returns its consumers (to be told) and
@@ -272,22 +456,110 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
         self.deleted.store(true, Ordering::Release);
         let mut st = self.state.lock();
-        let count = st.ready.len();
-        st.ready.clear();
-        st.ready_bytes = 0;
+        let count = st.ready.clear();
         (std::mem::take(&mut st.consumers), count)
+    }
+
+    /// Republishes dead letters to the dead-letter exchange (outside the
+    /// queue lock); without one they are dropped.
+    fn dead_letter(&self, dead: DeadLetters) {
+        if dead.is_empty() {
+            return;
+        }
+        let (Some(dlx), Some(vhost)) = (&self.args.dead_letter_exchange, self.vhost_ref.upgrade())
+        else {
+            return;
+        };
+        let dlrk = self.args.dead_letter_routing_key.as_deref();
+        for (message, reason) in dead {
+            let (letter, keys) = dead_letter::build(&message, &self.name, reason, dlx, dlrk);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let targets = vhost.route_by_name(dlx, &keys, letter.properties.headers().as_ref());
+            let letter = Arc::new(letter);
+            for target in targets {
+                if dead_letter::is_silent_cycle(&letter, &target.name) {
+                    tracing::debug!(queue = %target.name, "dead letter dropped: cycle without rejection");
+                    continue;
+                }
+                target.publish(letter.clone());
+            }
+        }
+    }
+
+    /// Starts the `x-expires` timer: the queue is deleted once unused for
+    /// that long (no consumers, no declare, no get).
+    pub fn start_expiry_timer(self: &Arc<Self>) {
+        let Some(ms) = self.args.expires else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let period = Duration::from_millis(ms);
+        let queue = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut wake = Instant::now() + period;
+            loop {
+                tokio::time::sleep_until(wake.into()).await;
+                let Some(q) = queue.upgrade() else { return };
+                if q.is_deleted() {
+                    return;
+                }
+                let idle_until = {
+                    let mut st = q.state.lock();
+                    if !st.consumers.is_empty() {
+                        st.last_used = Instant::now();
+                    }
+                    st.last_used + period
+                };
+                if Instant::now() >= idle_until {
+                    if let Some(vhost) = q.vhost_ref.upgrade() {
+                        tracing::info!(queue = %q.name, "queue expired (x-expires)");
+                        vhost.remove_queue(&q);
+                    }
+                    return;
+                }
+                wake = idle_until;
+            }
+        });
     }
 }
 
+/// The message with an `x-delivery-count` header (as quorum queues add it).
+fn with_delivery_count(message: &Message, count: u32) -> Message {
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-delivery-count".into(),
+        AMQPValue::LongLongInt(count as i64),
+    );
+    let properties = message.properties.clone().with_headers(headers);
+    let raw = crate::protocol::encode::properties(&properties);
+    Message::new(
+        message.exchange.clone(),
+        message.routing_key.clone(),
+        properties,
+        raw,
+        message.body.clone(),
+    )
+}
+
 /// The consumer to serve next: among those with credit, the highest
-/// priority, round-robin within a priority. Consumers held back by write
-/// back-pressure ask to be woken.
+/// priority, round-robin within a priority; with a single active consumer,
+/// only the first registered. Consumers held back by write back-pressure
+/// ask to be woken.
 fn pick_consumer(st: &QueueState, queue: &Arc<Queue>) -> Option<usize> {
-    let n = st.consumers.len();
+    let n = if queue.args.single_active_consumer {
+        1
+    } else {
+        st.consumers.len()
+    };
+    let start = if queue.args.single_active_consumer {
+        0
+    } else {
+        st.next_consumer
+    };
     let mut best: Option<usize> = None;
     let mut saturated = Vec::new();
     for i in 0..n {
-        let index = (st.next_consumer + i) % n;
+        let index = (start + i) % st.consumers.len();
         let consumer = &st.consumers[index];
         match consumer.credit() {
             Credit::Yes => {
