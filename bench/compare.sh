@@ -57,6 +57,10 @@ for tool in python3 taskset; do
     command -v "$tool" >/dev/null || { log "missing $tool"; exit 1; }
 done
 
+# What is being measured: the commit, and whether tracked files differ from it.
+OURS_REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes to tracked files')"
+[ "${SKIP_BUILD:-0}" = 1 ] && OURS_REV="$OURS_REV (SKIP_BUILD: existing target/release binary)"
+
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building release binaries"
     (cd "$ROOT" && cargo build --release --bin broker --bin amqp-perf) >&2
@@ -231,7 +235,7 @@ done
     echo "memory: $(free -g | awk '/Mem:/{print $2}') GiB"
     echo "rabbitmq: $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
     echo "erlang: $(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().' 2>/dev/null || echo '?')"
-    echo "ours: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes to tracked files')"
+    echo "ours: $OURS_REV"
     echo "date: $date_utc"
     echo "settings: DURATION=$DURATION WARMUP=$WARMUP BACKLOG_COUNT=$BACKLOG_COUNT CONNECTIONS=$CONNECTIONS CONFIRM=$CONFIRM QUICK=$QUICK"
     echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"

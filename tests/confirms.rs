@@ -152,7 +152,7 @@ async fn tx_and_confirm_modes_exclude_each_other() {
     ch.tx_select().await.unwrap();
     let err = ch.confirm_select(Default::default()).await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - cannot switch from tx to confirm mode".into()
@@ -162,7 +162,7 @@ async fn tx_and_confirm_modes_exclude_each_other() {
     ch.confirm_select(Default::default()).await.unwrap();
     let err = ch.tx_select().await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - cannot switch from confirm to tx mode".into()
@@ -171,7 +171,7 @@ async fn tx_and_confirm_modes_exclude_each_other() {
     let ch = conn.create_channel().await.unwrap();
     let err = ch.tx_commit().await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - channel is not transactional".into()
@@ -260,7 +260,7 @@ async fn direct_reply_to_errors() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - fast reply consumer does not exist".into()
@@ -276,7 +276,7 @@ async fn direct_reply_to_errors() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - reply consumer cannot acknowledge".into()
@@ -326,7 +326,7 @@ async fn publish_checks_user_id_and_expiration() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - user_id property set to 'bob' but authenticated user was 'guest'".into()
@@ -363,7 +363,7 @@ async fn publish_checks_user_id_and_expiration() {
             )
             .await;
         assert_eq!(
-            expect_amqp_error(err),
+            broker.error_of(err).await,
             (406, text.to_string()),
             "expiration {value}"
         );
@@ -426,7 +426,7 @@ async fn message_over_max_size_is_refused_with_406() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1000"

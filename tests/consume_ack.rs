@@ -149,7 +149,7 @@ async fn unknown_delivery_tag_is_406() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (406, "PRECONDITION_FAILED - unknown delivery tag 99".into())
     );
     // Double ack too.
@@ -173,7 +173,7 @@ async fn unknown_delivery_tag_is_406() {
             FieldTable::default(),
         )
         .await;
-    assert_eq!(expect_amqp_error(err).0, 406);
+    assert_eq!(broker.error_of(err).await.0, 406);
     broker.assert_healthy().await;
 }
 
@@ -339,7 +339,7 @@ async fn exclusive_consumer_and_duplicate_tags() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             403,
             "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use".into()
@@ -359,7 +359,7 @@ async fn exclusive_consumer_and_duplicate_tags() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             530,
             "NOT_ALLOWED - attempt to reuse consumer tag 'only'".into()
@@ -420,7 +420,7 @@ async fn qos_prefetch_size_and_recover_without_requeue_are_540() {
         .basic_recover(BasicRecoverOptions { requeue: false })
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (540, "NOT_IMPLEMENTED - requeue=false".into())
     );
     broker.assert_healthy().await;

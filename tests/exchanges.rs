@@ -183,7 +183,7 @@ async fn bad_x_match_is_406() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - Invalid x-match field value <<\"bogus\">>; expected all, any, all-with-x, or any-with-x"
@@ -295,7 +295,7 @@ async fn declare_errors_match_rabbitmq() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (404, "NOT_FOUND - no exchange 'missing' in vhost '/'".into())
     );
 
@@ -309,7 +309,7 @@ async fn declare_errors_match_rabbitmq() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             403,
             "ACCESS_REFUSED - exchange name 'amq.foo' contains reserved prefix 'amq.*'".into()
@@ -327,7 +327,7 @@ async fn declare_errors_match_rabbitmq() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x1' in vhost '/': received 'fanout' but current is 'direct'".into()
@@ -346,14 +346,14 @@ async fn declare_errors_match_rabbitmq() {
             FieldTable::default(),
         )
         .await;
-    assert_eq!(expect_amqp_error(err).0, 406);
+    assert_eq!(broker.error_of(err).await.0, 406);
 
     let ch = conn.create_channel().await.unwrap();
     let err = ch
         .exchange_delete("amq.fanout".into(), Default::default())
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             403,
             "ACCESS_REFUSED - deletion of system exchange 'amq.fanout' in vhost '/' not allowed"
@@ -364,7 +364,7 @@ async fn declare_errors_match_rabbitmq() {
     let ch = conn.create_channel().await.unwrap();
     let err = ch.exchange_delete("".into(), Default::default()).await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             403,
             "ACCESS_REFUSED - operation not permitted on the default exchange".into()
@@ -389,7 +389,7 @@ async fn declare_errors_match_rabbitmq() {
             FieldTable::default(),
         )
         .await;
-    assert_eq!(expect_amqp_error(err).0, 403);
+    assert_eq!(broker.error_of(err).await.0, 403);
 
     // Redeclaring amq.direct with its own properties is fine.
     let ch = conn.create_channel().await.unwrap();
@@ -424,7 +424,7 @@ async fn unknown_exchange_type_closes_the_connection_with_503() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (503, "COMMAND_INVALID - invalid exchange type 'foo'".into())
     );
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -448,7 +448,7 @@ async fn delete_if_unused_and_auto_delete() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - exchange 'used' in vhost '/' in use".into()
@@ -488,7 +488,7 @@ async fn delete_if_unused_and_auto_delete() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err).0,
+        broker.error_of(err).await.0,
         404,
         "auto-delete exchange goes with its last binding"
     );
@@ -515,7 +515,7 @@ async fn publishing_to_missing_or_internal_exchange_fails() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (404, "NOT_FOUND - no exchange 'nope' in vhost '/'".into())
     );
 
@@ -548,7 +548,7 @@ async fn publishing_to_missing_or_internal_exchange_fails() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             403,
             "ACCESS_REFUSED - cannot publish to internal exchange 'int' in vhost '/'".into()

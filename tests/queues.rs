@@ -71,7 +71,7 @@ async fn redeclare_with_different_arguments_is_406() {
         .queue_declare("q".into(), Default::default(), ttl(2000))
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '2000' but current is '1000'".into()
@@ -82,7 +82,7 @@ async fn redeclare_with_different_arguments_is_406() {
         .queue_declare("q".into(), Default::default(), FieldTable::default())
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '1000' of type 'signedint'".into()
@@ -100,7 +100,7 @@ async fn redeclare_with_different_arguments_is_406() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'".into()
@@ -131,7 +131,7 @@ async fn reserved_and_missing_names() {
         .queue_declare("amq.foo".into(), Default::default(), FieldTable::default())
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             403,
             "ACCESS_REFUSED - queue name 'amq.foo' contains reserved prefix 'amq.*'".into()
@@ -149,16 +149,16 @@ async fn reserved_and_missing_names() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (404, "NOT_FOUND - no queue 'nope' in vhost '/'".into())
     );
     let ch = conn.create_channel().await.unwrap();
     let err = ch.basic_get("nope".into(), Default::default()).await;
-    assert_eq!(expect_amqp_error(err).0, 404);
+    assert_eq!(broker.error_of(err).await.0, 404);
     let ch = conn.create_channel().await.unwrap();
     let err = ch.queue_purge("".into(), Default::default()).await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (404, "NOT_FOUND - no previously declared queue".into())
     );
     // Deleting a missing queue is fine; so is unbinding a missing binding.
@@ -218,10 +218,10 @@ async fn exclusive_queue_is_locked_to_its_connection_and_goes_with_it() {
             FieldTable::default(),
         )
         .await;
-    assert_eq!(expect_amqp_error(err), (405, locked.to_string()));
+    assert_eq!(broker.error_of(err).await, (405, locked.to_string()));
     let och = other.create_channel().await.unwrap();
     let err = och.basic_get("excl".into(), Default::default()).await;
-    assert_eq!(expect_amqp_error(err).0, 405);
+    assert_eq!(broker.error_of(err).await.0, 405);
     // Publishing to it from elsewhere is allowed.
     let och = other.create_channel().await.unwrap();
     publish(&och, "", "excl", b"hi").await;
@@ -242,7 +242,7 @@ async fn exclusive_queue_is_locked_to_its_connection_and_goes_with_it() {
             FieldTable::default(),
         )
         .await;
-    assert_eq!(expect_amqp_error(err).0, 404);
+    assert_eq!(broker.error_of(err).await.0, 404);
 }
 
 #[tokio::test]
@@ -289,7 +289,7 @@ async fn auto_delete_queue_goes_after_its_last_consumer() {
     let err = ch
         .queue_declare("ad".into(), passive, FieldTable::default())
         .await;
-    assert_eq!(expect_amqp_error(err).0, 404);
+    assert_eq!(broker.error_of(err).await.0, 404);
 }
 
 #[tokio::test]
@@ -320,7 +320,7 @@ async fn purge_and_delete_report_ready_counts() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - queue 'pq' in vhost '/' not empty".into()
@@ -347,7 +347,7 @@ async fn purge_and_delete_report_ready_counts() {
         )
         .await;
     assert_eq!(
-        expect_amqp_error(err),
+        broker.error_of(err).await,
         (
             406,
             "PRECONDITION_FAILED - queue 'pq' in vhost '/' in use".into()

@@ -10,6 +10,7 @@ use futures_lite::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,6 +18,9 @@ use tokio::net::TcpStream;
 pub struct TestBroker {
     pub port: u16,
     _dir: tempfile::TempDir,
+    /// AMQP errors (channel and connection closes) seen by connections made
+    /// with `connect`, newest last.
+    errors: Arc<Mutex<Vec<(u16, String)>>>,
 }
 
 impl TestBroker {
@@ -34,7 +38,11 @@ impl TestBroker {
         let server = broker::Server::bind(config).await.expect("bind");
         let port = server.local_addr().port();
         tokio::spawn(server.run(std::future::pending()));
-        TestBroker { port, _dir: dir }
+        TestBroker {
+            port,
+            _dir: dir,
+            errors: Default::default(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -42,9 +50,52 @@ impl TestBroker {
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&self.url(), ConnectionProperties::default())
+        let conn = Connection::connect(&self.url(), ConnectionProperties::default())
             .await
-            .expect("connect")
+            .expect("connect");
+        let mut events = conn.events_listener();
+        let errors = self.errors.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let lapin::Event::Error(e) = event {
+                    if let lapin::ErrorKind::ProtocolError(p) = e.kind() {
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push((p.get_id(), p.get_message().to_string()));
+                    }
+                }
+            }
+        });
+        conn
+    }
+
+    /// The AMQP error a probe call ran into. A probe sent after an
+    /// asynchronous mistake (publish, ack) may find the channel already
+    /// closing; the close's code and text are then taken from the events
+    /// of the connection.
+    pub async fn error_of<T: std::fmt::Debug>(
+        &self,
+        result: Result<T, lapin::Error>,
+    ) -> (u16, String) {
+        let err = match result {
+            Ok(v) => panic!("expected an AMQP error, got {v:?}"),
+            Err(e) => e,
+        };
+        if let lapin::ErrorKind::ProtocolError(p) = err.kind() {
+            // Let the same close reach the event log, then forget it, so
+            // that the next probe sees only what comes after.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.errors.lock().unwrap().clear();
+            return (p.get_id(), p.get_message().to_string());
+        }
+        for _ in 0..100 {
+            if let Some(last) = self.errors.lock().unwrap().drain(..).last() {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no AMQP error recorded; probe failed with {err:?}")
     }
 
     pub async fn channel(&self) -> (Connection, Channel) {

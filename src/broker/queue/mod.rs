@@ -226,13 +226,30 @@ impl Queue {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 let expires_at = self.expiry_of(&message, now);
-                st.ready.push_back(QueuedMessage {
+                let queued = QueuedMessage {
                     seq,
                     message,
                     redelivered: false,
                     expires_at,
                     delivery_count: 0,
-                });
+                };
+                // Nothing waiting and a consumer ready: hand it over at once.
+                // This is also how a TTL of 0 gets delivered rather than
+                // expired.
+                let direct = if st.ready.is_empty() && !st.consumers.is_empty() {
+                    pick_consumer(&st, self)
+                } else {
+                    None
+                };
+                match direct {
+                    Some(index) => {
+                        let consumer = st.consumers[index].clone();
+                        st.next_consumer = index + 1;
+                        self.record_delivery(&queued, consumer.no_ack);
+                        consumer.sink.deliver(&consumer, self, queued);
+                    }
+                    None => st.ready.push_back(queued),
+                }
                 // drop-head: the oldest go, dead-lettered as maxlen.
                 while self.over_limit(&st, 0, 0) {
                     match st.ready.pop_oldest_lowest() {
