@@ -101,15 +101,22 @@ impl Output {
         self.pending_bytes.load(Ordering::Relaxed) >= HIGH_WATER
     }
 
-    pub fn wake_when_writable(&self, queue: Weak<Queue>) {
+    /// Called by a queue, with its lock held, when this connection's
+    /// consumers could not take more. Never dispatches synchronously: that
+    /// would take the caller's queue lock again.
+    pub fn wake_when_writable(self: &Arc<Self>, queue: Weak<Queue>) {
         let mut wakeups = self.wakeups.lock();
         if !wakeups.iter().any(|w| w.ptr_eq(&queue)) {
             wakeups.push(queue);
         }
         drop(wakeups);
-        // The writer may have drained between the check and now.
+        // The writer may have drained between the queue's check and the
+        // registration above; then nobody else would wake the queue.
         if !self.is_saturated() {
-            self.wake_queues();
+            let output = self.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { output.wake_queues() });
+            }
         }
     }
 

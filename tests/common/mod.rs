@@ -90,7 +90,7 @@ impl TestBroker {
             return (p.get_id(), p.get_message().to_string());
         }
         for _ in 0..100 {
-            if let Some(last) = self.errors.lock().unwrap().drain(..).last() {
+            if let Some(last) = self.errors.lock().unwrap().drain(..).next_back() {
                 return last;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
