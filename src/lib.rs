@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod protocol;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::Server;

@@ -3,6 +3,7 @@
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +23,9 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create data dir {}: {e}",
-                config.storage.data_dir.display()
-            )
-        })?;
-        let broker = Broker::new(config);
+        let (store, recovered) = Store::open(&config.storage.data_dir)?;
+        let broker = Broker::new(config, Some(Arc::new(store)));
+        broker.restore(recovered);
         Ok(Server { broker, listener })
     }
 
@@ -69,6 +66,10 @@ impl Server {
             .is_err()
         {
             tracing::warn!("connections did not close in time; stopping anyway");
+        }
+        // Acks and removals of the last moments reach the disk too.
+        if let Some(store) = &self.broker.store {
+            store.log.sync().await;
         }
         tracing::info!("broker stopped");
     }

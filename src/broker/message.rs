@@ -13,6 +13,8 @@ pub struct Message {
     /// Encoded form of `properties`, sent unchanged on delivery.
     pub raw_properties: Bytes,
     pub body: Bytes,
+    /// Its id in the message log, when it was stored for durable queues.
+    pub store_id: Option<u64>,
 }
 
 impl Message {
@@ -29,6 +31,7 @@ impl Message {
             properties,
             raw_properties,
             body,
+            store_id: None,
         }
     }
 

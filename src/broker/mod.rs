@@ -9,6 +9,7 @@ pub mod users;
 pub mod vhost;
 
 use crate::config::Config;
+use crate::store::{Recovered, Store};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,13 +19,16 @@ use vhost::VHost;
 
 pub struct Broker {
     pub config: Config,
+    pub store: Option<Arc<Store>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     pub users: RwLock<Users>,
     next_connection_id: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Self> {
+    /// A broker over `store` (`None`: nothing persists, for tests of the
+    /// logic alone).
+    pub fn new(config: Config, store: Option<Arc<Store>>) -> Arc<Self> {
         let mut users = Users::default();
         let default_user = &config.auth.default_user;
         let default_vhost = &config.auth.default_vhost;
@@ -39,13 +43,59 @@ impl Broker {
             },
         );
         let mut vhosts = HashMap::new();
-        vhosts.insert(default_vhost.clone(), VHost::new(default_vhost));
+        vhosts.insert(
+            default_vhost.clone(),
+            VHost::new(default_vhost, store.clone()),
+        );
         Arc::new(Broker {
             config,
+            store,
             vhosts: RwLock::new(vhosts),
             users: RwLock::new(users),
             next_connection_id: AtomicU64::new(1),
         })
+    }
+
+    /// Rebuilds durable definitions from the catalog and puts recovered
+    /// messages back into their queues, in their original order.
+    pub fn restore(&self, recovered: Recovered) {
+        let Some(store) = &self.store else { return };
+        let (exchanges, queues, bindings) = (
+            store.catalog.exchanges(),
+            store.catalog.queues(),
+            store.catalog.bindings(),
+        );
+        for r in &exchanges {
+            if let Some(v) = self.vhost(&r.vhost) {
+                v.restore_exchange(r);
+            }
+        }
+        for r in &queues {
+            if let Some(v) = self.vhost(&r.vhost) {
+                v.restore_queue(r);
+            }
+        }
+        for r in &bindings {
+            if let Some(v) = self.vhost(&r.vhost) {
+                v.restore_binding(r);
+            }
+        }
+        let count = recovered.messages.len();
+        for message in recovered.messages {
+            match self.vhost(&message.vhost) {
+                Some(v) => v.restore_message(message),
+                None => {
+                    tracing::warn!(vhost = %message.vhost, "stored message for an unknown vhost dropped")
+                }
+            }
+        }
+        tracing::info!(
+            exchanges = exchanges.len(),
+            queues = queues.len(),
+            bindings = bindings.len(),
+            messages = count,
+            "restored durable state"
+        );
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -5,9 +5,12 @@ use super::arguments;
 use super::exchange::{
     validate_headers_binding, Binding, Destination, Exchange, ExchangeKind, Routed,
 };
+use super::message::Message;
 use super::names;
 use super::queue::{Queue, QueueArguments, QueueOptions};
 use crate::protocol::{AmqpError, FieldTable};
+use crate::store::catalog::{BindingRecord, ExchangeRecord, QueueRecord};
+use crate::store::Store;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -20,6 +23,8 @@ pub struct VHost {
     pub name: String,
     /// Handed to queues so they can dead-letter and expire themselves.
     self_ref: Weak<VHost>,
+    /// Where durable definitions and persistent messages go.
+    store: Option<Arc<Store>>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Direct reply-to consumers by their full reply address.
@@ -50,14 +55,15 @@ fn default_exchange_error() -> AmqpError {
 }
 
 impl VHost {
-    pub fn new(name: &str) -> Arc<Self> {
-        Arc::new_cyclic(|self_ref| Self::build(name, self_ref.clone()))
+    pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<Self> {
+        Arc::new_cyclic(|self_ref| Self::build(name, self_ref.clone(), store))
     }
 
-    fn build(name: &str, self_ref: Weak<VHost>) -> Self {
+    fn build(name: &str, self_ref: Weak<VHost>, store: Option<Arc<Store>>) -> Self {
         let vhost = VHost {
             name: name.to_string(),
             self_ref,
+            store,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
@@ -152,6 +158,17 @@ impl VHost {
             req.arguments.clone(),
         ));
         exchanges.insert(req.name.to_string(), exchange.clone());
+        drop(exchanges);
+        if let (true, Some(store)) = (exchange.durable, &self.store) {
+            store.catalog.put_exchange(&ExchangeRecord {
+                vhost: self.name.clone(),
+                name: exchange.name.clone(),
+                kind: exchange.kind.as_str().to_string(),
+                auto_delete: exchange.auto_delete,
+                internal: exchange.internal,
+                arguments: exchange.arguments.clone(),
+            });
+        }
         Ok(exchange)
     }
 
@@ -214,8 +231,14 @@ impl VHost {
     }
 
     fn remove_exchange(&self, name: &str) {
-        if self.exchanges.write().remove(name).is_none() {
+        let Some(removed) = self.exchanges.write().remove(name) else {
             return;
+        };
+        if let (true, Some(store)) = (removed.durable, &self.store) {
+            store.catalog.delete_exchange(&self.name, name);
+            store
+                .catalog
+                .delete_bindings_touching(&self.name, name, false);
         }
         self.unbind_everywhere(&Destination::Exchange(name.to_string()));
     }
@@ -318,7 +341,20 @@ impl VHost {
             options,
             args,
             self.self_ref.clone(),
+            if req.durable {
+                self.store.as_ref().map(|s| s.log.clone())
+            } else {
+                None
+            },
         ));
+        if let (true, Some(store)) = (req.durable, &self.store) {
+            store.catalog.put_queue(&QueueRecord {
+                vhost: self.name.clone(),
+                name: name.clone(),
+                auto_delete: req.auto_delete,
+                arguments: req.arguments.clone(),
+            });
+        }
         queues.insert(name, queue.clone());
         drop(queues);
         queue.start_expiry_timer();
@@ -366,6 +402,12 @@ impl VHost {
             }
         }
         self.unbind_everywhere(&Destination::Queue(queue.clone()));
+        if let (true, Some(store)) = (queue.options.durable, &self.store) {
+            store.catalog.delete_queue(&self.name, &queue.name);
+            store
+                .catalog
+                .delete_bindings_touching(&self.name, &queue.name, true);
+        }
         let (consumers, count) = queue.mark_deleted();
         for consumer in consumers {
             consumer.sink.cancelled(&consumer.tag);
@@ -393,11 +435,16 @@ impl VHost {
         if source.kind == ExchangeKind::Headers {
             validate_headers_binding(args)?;
         }
+        let durable = source.durable && queue.options.durable;
+        let record = self.binding_record(exchange, &queue.name, true, key, args);
         source.bind(Binding {
             routing_key: key.to_string(),
             arguments: args.clone(),
             destination: Destination::Queue(queue),
         });
+        if let (true, Some(store)) = (durable, &self.store) {
+            store.catalog.put_binding(&record);
+        }
         Ok(())
     }
 
@@ -416,12 +463,16 @@ impl VHost {
             return Ok(());
         };
         queue.check_access(conn)?;
+        let record = self.binding_record(exchange, &queue.name, true, key, args);
         let binding = Binding {
             routing_key: key.to_string(),
             arguments: args.clone(),
             destination: Destination::Queue(queue),
         };
         if source.unbind(&binding) {
+            if let Some(store) = &self.store {
+                store.catalog.delete_binding(&record);
+            }
             self.auto_delete_if_unused(&source);
         }
         Ok(())
@@ -451,6 +502,12 @@ impl VHost {
             arguments: args.clone(),
             destination: Destination::Exchange(destination.to_string()),
         });
+        let durable = src.durable && self.exchange(destination).is_some_and(|d| d.durable);
+        if let (true, Some(store)) = (durable, &self.store) {
+            store
+                .catalog
+                .put_binding(&self.binding_record(source, destination, false, key, args));
+        }
         Ok(())
     }
 
@@ -473,9 +530,136 @@ impl VHost {
             destination: Destination::Exchange(destination.to_string()),
         };
         if src.unbind(&binding) {
+            if let Some(store) = &self.store {
+                store.catalog.delete_binding(&self.binding_record(
+                    source,
+                    destination,
+                    false,
+                    key,
+                    args,
+                ));
+            }
             self.auto_delete_if_unused(&src);
         }
         Ok(())
+    }
+
+    fn binding_record(
+        &self,
+        source: &str,
+        destination: &str,
+        to_queue: bool,
+        key: &str,
+        args: &FieldTable,
+    ) -> BindingRecord {
+        BindingRecord {
+            vhost: self.name.clone(),
+            source: source.to_string(),
+            destination: destination.to_string(),
+            destination_is_queue: to_queue,
+            routing_key: key.to_string(),
+            arguments: args.clone(),
+        }
+    }
+
+    // ---- restore at start ----
+
+    pub fn restore_exchange(&self, r: &ExchangeRecord) {
+        let Ok(kind) = ExchangeKind::parse(&r.kind) else {
+            tracing::error!(exchange = %r.name, kind = %r.kind, "skipping stored exchange of unknown type");
+            return;
+        };
+        let exchange = Exchange::new(
+            r.name.clone(),
+            kind,
+            true,
+            r.auto_delete,
+            r.internal,
+            r.arguments.clone(),
+        );
+        self.exchanges
+            .write()
+            .insert(r.name.clone(), Arc::new(exchange));
+    }
+
+    pub fn restore_queue(&self, r: &QueueRecord) {
+        let args = match QueueArguments::parse(&r.arguments, &self.queue_resource(&r.name)) {
+            Ok(args) => args,
+            Err(e) => {
+                tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
+                return;
+            }
+        };
+        let options = QueueOptions {
+            durable: true,
+            auto_delete: r.auto_delete,
+            exclusive_owner: None,
+            arguments: r.arguments.clone(),
+        };
+        let queue = Arc::new(Queue::with_arguments(
+            r.name.clone(),
+            self.name.clone(),
+            options,
+            args,
+            self.self_ref.clone(),
+            self.store.as_ref().map(|s| s.log.clone()),
+        ));
+        self.queues.write().insert(r.name.clone(), queue.clone());
+        queue.start_expiry_timer();
+    }
+
+    pub fn restore_binding(&self, r: &BindingRecord) {
+        let Some(source) = self.exchange(&r.source) else {
+            return;
+        };
+        let destination = if r.destination_is_queue {
+            match self.queue(&r.destination) {
+                Some(q) => Destination::Queue(q),
+                None => return,
+            }
+        } else {
+            Destination::Exchange(r.destination.clone())
+        };
+        source.bind(Binding {
+            routing_key: r.routing_key.clone(),
+            arguments: r.arguments.clone(),
+            destination,
+        });
+    }
+
+    /// Puts a message read back from the log into the queues still holding it.
+    pub fn restore_message(&self, recovered: crate::store::message_log::RecoveredMessage) {
+        let properties =
+            match amq_protocol::protocol::basic::parse_properties(&recovered.raw_properties[..]) {
+                Ok((_, p)) => p,
+                Err(_) => {
+                    tracing::error!(
+                        id = recovered.id,
+                        "skipping stored message with unreadable properties"
+                    );
+                    return;
+                }
+            };
+        let mut message = Message::new(
+            recovered.exchange,
+            recovered.routing_key,
+            properties,
+            recovered.raw_properties,
+            recovered.body,
+        );
+        message.store_id = Some(recovered.id);
+        let message = Arc::new(message);
+        for (queue, delivered) in recovered.queues {
+            match self.queue(&queue) {
+                Some(q) => q.restore(message.clone(), delivered),
+                None => {
+                    // Its queue is gone: tell the log, so the segment can go.
+                    if let Some(store) = &self.store {
+                        store.log.remove(recovered.id, &self.name, &queue);
+                    }
+                }
+            }
+        }
     }
 
     // ---- direct reply-to ----

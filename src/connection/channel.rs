@@ -1,6 +1,7 @@
 //! One AMQP channel: its state machine and the handling of every
 //! channel-level method (exchange, queue, basic, confirm, tx).
 
+use super::confirms::{Confirm, Confirms};
 use super::delivery::{ChannelDelivery, Unacked};
 use super::publish::{Assembled, PendingPublish, Progress};
 use super::ConnContext;
@@ -48,11 +49,9 @@ pub struct Channel {
     /// Per-consumer prefetch applied to consumers created from now on.
     prefetch: u32,
     confirm: bool,
-    publish_seq: u64,
-    /// Highest publish sequence number ready to be confirmed, and the last
-    /// one confirmed to the client.
-    confirm_ready: u64,
-    confirmed: u64,
+    confirms: Confirms,
+    /// Sequence number of the publish being completed (confirm mode).
+    current_publish: Option<u64>,
     tx: Option<Transaction>,
     /// The last queue declared on this channel (for empty queue names).
     last_queue: Option<String>,
@@ -72,9 +71,8 @@ impl Channel {
             publishing: None,
             prefetch: 0,
             confirm: false,
-            publish_seq: 0,
-            confirm_ready: 0,
-            confirmed: 0,
+            confirms: Confirms::default(),
+            current_publish: None,
             tx: None,
             last_queue: None,
         }
@@ -327,9 +325,8 @@ impl Channel {
         ctx: &mut ConnContext,
         mut message: Assembled,
     ) -> Result<(), AmqpError> {
-        if self.confirm {
-            self.publish_seq += 1;
-        }
+        // Every publish counts, even one that fails the checks below.
+        self.current_publish = self.confirm.then(|| self.confirms.next());
         let exchange_name = message.publish.exchange.as_str();
         if !exchange_name.is_empty() {
             let exchange = ctx
@@ -438,13 +435,36 @@ impl Channel {
                 None => Vec::new(),
             }
         };
-        let message = Arc::new(Message::new(
+        let mut message = Message::new(
             exchange_name.to_string(),
             routing_key.to_string(),
             properties,
             raw_properties,
             body,
-        ));
+        );
+        // A persistent message for durable queues is stored once, for all
+        // of them; its confirm waits for the log's sync.
+        let mut log_seq = None;
+        if message.is_persistent() {
+            let durable: Vec<&str> = queues
+                .iter()
+                .filter(|q| q.options.durable)
+                .map(|q| q.name.as_str())
+                .collect();
+            if let (false, Some(store)) = (durable.is_empty(), &ctx.broker.store) {
+                let (id, seq) = store.log.append(
+                    &ctx.vhost.name,
+                    &durable,
+                    &message.exchange,
+                    &message.routing_key,
+                    &message.raw_properties,
+                    &message.body,
+                );
+                message.store_id = Some(id);
+                log_seq = Some(seq);
+            }
+        }
+        let message = Arc::new(message);
         if queues.is_empty() && publish.mandatory {
             ctx.output.send(super::output::Outbound::Return {
                 channel: self.id,
@@ -457,38 +477,40 @@ impl Channel {
         for queue in &queues {
             refused |= queue.publish(message.clone()) == Accepted::Refused;
         }
-        if self.confirm {
+        if let Some(publish_seq) = self.current_publish.take() {
             if refused {
-                // Ack everything before this publish, then nack it alone.
-                self.confirm_ready = self.publish_seq - 1;
-                self.flush_confirms(ctx);
-                ctx.output.method(
-                    self.id,
-                    AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-                        delivery_tag: self.publish_seq,
-                        multiple: false,
-                        requeue: false,
-                    })),
-                );
-                self.confirmed = self.publish_seq;
+                self.confirms.nack(publish_seq);
+            } else if let Some(seq) = log_seq {
+                self.confirms.wait_for_log(publish_seq, seq);
             }
-            self.confirm_ready = self.publish_seq;
         }
     }
 
-    /// Sends one basic.ack covering every publish confirmed since the last
-    /// call (called once per batch of frames read).
-    pub fn flush_confirms(&mut self, ctx: &ConnContext) {
-        if self.confirm_ready > self.confirmed {
-            let multiple = self.confirm_ready > self.confirmed + 1;
-            ctx.output.method(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: self.confirm_ready,
+    /// Whether some confirm waits for the message log.
+    pub fn waiting_for_log(&self) -> bool {
+        self.confirm && self.confirms.waiting_for_log()
+    }
+
+    /// Sends the acks and nacks that are due: everything published and
+    /// routed, except what still waits for the message log to sync past
+    /// `synced`. Called once per batch of frames read and on each sync.
+    pub fn flush_confirms(&mut self, ctx: &ConnContext, synced: u64) {
+        if !self.confirm {
+            return;
+        }
+        for confirm in self.confirms.flush(synced) {
+            let method = match confirm {
+                Confirm::Ack { tag, multiple } => basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
                     multiple,
-                })),
-            );
-            self.confirmed = self.confirm_ready;
+                }),
+                Confirm::Nack { tag, multiple } => basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: tag,
+                    multiple,
+                    requeue: false,
+                }),
+            };
+            ctx.output.method(self.id, AMQPClass::Basic(method));
         }
     }
 
@@ -868,7 +890,7 @@ fn settle(taken: Vec<Unacked>, how: Settle) {
             Settle::Requeue => queue.requeue(messages),
             Settle::Reject => queue.rejected(messages),
             Settle::Ack => {
-                queue.acked(messages.len());
+                queue.acked(&messages);
                 queue.dispatch();
             }
         }

@@ -3,6 +3,7 @@
 //! through the connection's single writer (`output`).
 
 mod channel;
+mod confirms;
 mod delivery;
 mod handshake;
 mod output;
@@ -147,6 +148,8 @@ fn send_connection_close(output: &Output, error: &AmqpError) {
 
 impl Connection {
     async fn run(&mut self, reader: &mut Reader, shutdown: &mut watch::Receiver<bool>) {
+        // Confirms of persistent messages wait for the message log's sync.
+        let mut synced = self.ctx.broker.store.as_ref().map(|s| s.log.synced());
         loop {
             // Handle every frame already buffered, then confirm in one go.
             loop {
@@ -161,10 +164,20 @@ impl Connection {
                     Err(_) => return,
                 }
             }
+            let synced_now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
+            let mut waiting_for_log = false;
             for channel in self.channels.values_mut() {
-                channel.flush_confirms(&self.ctx);
+                channel.flush_confirms(&self.ctx, synced_now);
+                waiting_for_log |= channel.waiting_for_log();
             }
+            let log_synced = async {
+                match synced.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = log_synced, if waiting_for_log => {}
                 read = reader.fill() => match read {
                     Ok(()) => {}
                     Err(ReadError::Timeout) => {
@@ -353,7 +366,7 @@ impl Connection {
                 let Some(mut channel) = self.channels.remove(&channel_id) else {
                     return Err(expected_open(class_id, method_id));
                 };
-                channel.flush_confirms(&self.ctx);
+                channel.flush_confirms(&self.ctx, self.synced_now());
                 channel.close(&mut self.ctx);
                 self.send_channel_close_ok(channel_id);
                 Ok(Next::Continue)
@@ -392,7 +405,7 @@ impl Connection {
             Err(error) if error.scope == ErrorScope::Channel => {
                 tracing::warn!(peer = %self.peer, channel = channel_id, %error, "closing channel");
                 if let Some(mut channel) = self.channels.remove(&channel_id) {
-                    channel.flush_confirms(&self.ctx);
+                    channel.flush_confirms(&self.ctx, self.synced_now());
                     channel.close(&mut self.ctx);
                 }
                 self.closing.insert(channel_id);
@@ -411,6 +424,14 @@ impl Connection {
             }
             Err(error) => Err(error),
         }
+    }
+
+    fn synced_now(&self) -> u64 {
+        self.ctx
+            .broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| *s.log.synced().borrow())
     }
 
     fn send_channel_close_ok(&self, channel_id: u16) {

@@ -19,6 +19,9 @@ pub struct Reader {
     /// Reading nothing for this long ends the connection (missed heartbeats,
     /// or the handshake timeout before that).
     pub idle_timeout: Option<Duration>,
+    /// When bytes last arrived: the idle deadline counts from here, not
+    /// from the start of a read that something else interrupted.
+    last_read: tokio::time::Instant,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,6 +33,7 @@ impl Reader {
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(frame_max),
             idle_timeout: None,
+            last_read: tokio::time::Instant::now(),
         }
     }
 
@@ -40,14 +44,17 @@ impl Reader {
         }
         let read = self.stream.read_buf(&mut self.buf);
         let n = match self.idle_timeout {
-            Some(limit) => tokio::time::timeout(limit, read)
+            Some(limit) => tokio::time::timeout_at(self.last_read + limit, read)
                 .await
                 .map_err(|_| ReadError::Timeout)?,
             None => read.await,
         };
         match n {
             Ok(0) | Err(_) => Err(ReadError::Closed),
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.last_read = tokio::time::Instant::now();
+                Ok(())
+            }
         }
     }
 

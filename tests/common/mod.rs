@@ -352,3 +352,60 @@ impl RawClient {
         }
     }
 }
+
+/// The real broker binary on a data dir, for restart and crash tests.
+pub struct BrokerProcess {
+    pub port: u16,
+    pub child: std::process::Child,
+}
+
+impl BrokerProcess {
+    pub async fn start(data_dir: &std::path::Path) -> BrokerProcess {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .env("BROKER__AMQP__BIND", "127.0.0.1")
+            .env("BROKER__AMQP__PORT", port.to_string())
+            .env("BROKER__STORAGE__DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start broker binary");
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return BrokerProcess { port, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("broker did not start listening on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let conn = Connection::connect(&self.url(), ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        (conn, ch)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "broker exited with {status}");
+    }
+}

@@ -20,6 +20,7 @@ pub use dead_letter::Reason;
 use super::message::Message;
 use super::vhost::VHost;
 use crate::protocol::{AMQPValue, AmqpError, FieldTable};
+use crate::store::MessageLog;
 use parking_lot::Mutex;
 use ready::Ready;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -78,6 +79,9 @@ pub struct Queue {
     pub options: QueueOptions,
     pub args: QueueArguments,
     vhost_ref: Weak<VHost>,
+    /// The message log, for a durable queue: persistent messages in it are
+    /// stored there until they leave the queue.
+    log: Option<Arc<MessageLog>>,
     state: Mutex<QueueState>,
     unacked: AtomicUsize,
     deleted: AtomicBool,
@@ -100,7 +104,14 @@ pub enum Accepted {
 
 impl Queue {
     pub fn new(name: String, vhost: String, options: QueueOptions) -> Self {
-        Self::with_arguments(name, vhost, options, QueueArguments::default(), Weak::new())
+        Self::with_arguments(
+            name,
+            vhost,
+            options,
+            QueueArguments::default(),
+            Weak::new(),
+            None,
+        )
     }
 
     pub fn with_arguments(
@@ -109,6 +120,7 @@ impl Queue {
         options: QueueOptions,
         args: QueueArguments,
         vhost_ref: Weak<VHost>,
+        log: Option<Arc<MessageLog>>,
     ) -> Self {
         Queue {
             name,
@@ -125,6 +137,7 @@ impl Queue {
             }),
             args,
             vhost_ref,
+            log,
             unacked: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
             counters: QueueCounters::default(),
@@ -177,6 +190,34 @@ impl Queue {
         (st.ready.len(), st.ready.bytes(), st.consumers.len())
     }
 
+    /// Whether this queue keeps `message` in the message log.
+    pub fn stores(&self, message: &Message) -> bool {
+        self.log.is_some() && message.store_id.is_some()
+    }
+
+    /// The message left this queue for good: its log entry for this queue
+    /// can go.
+    fn forget(&self, message: &Message) {
+        if let (Some(log), Some(id)) = (&self.log, message.store_id) {
+            log.remove(id, &self.vhost, &self.name);
+        }
+    }
+
+    /// Puts a message read back from the log at the tail (start-up only).
+    pub fn restore(self: &Arc<Self>, message: Arc<Message>, redelivered: bool) {
+        let mut st = self.state.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let expires_at = self.expiry_of(&message, Instant::now());
+        st.ready.push_back(QueuedMessage {
+            seq,
+            message,
+            redelivered,
+            expires_at,
+            delivery_count: 0,
+        });
+    }
+
     /// Records a use (declare, get, consumer gone) for `x-expires`.
     pub fn touch(&self) {
         self.state.lock().last_used = Instant::now();
@@ -217,6 +258,7 @@ impl Queue {
             let refuse = self.args.overflow != Overflow::DropHead
                 && self.over_limit(&st, message.body_size(), 1);
             if refuse {
+                self.forget(&message);
                 if self.args.overflow == Overflow::RejectPublishDlx {
                     dead.push((message, Reason::Maxlen));
                 }
@@ -253,7 +295,10 @@ impl Queue {
                 // drop-head: the oldest go, dead-lettered as maxlen.
                 while self.over_limit(&st, 0, 0) {
                     match st.ready.pop_oldest_lowest() {
-                        Some(old) => dead.push((old.message, Reason::Maxlen)),
+                        Some(old) => {
+                            self.forget(&old.message);
+                            dead.push((old.message, Reason::Maxlen));
+                        }
                         None => break,
                     }
                 }
@@ -285,6 +330,7 @@ impl Queue {
             .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
         {
             if let Some(expired) = st.ready.pop_front() {
+                self.forget(&expired.message);
                 dead.push((expired.message, Reason::Expired));
             }
         }
@@ -332,8 +378,14 @@ impl Queue {
         if queued.redelivered {
             self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
         }
-        if !no_ack {
+        if no_ack {
+            // Auto-ack: delivered means gone.
+            self.forget(&queued.message);
+        } else {
             self.unacked.fetch_add(1, Ordering::Relaxed);
+            if let (Some(log), Some(id)) = (&self.log, queued.message.store_id) {
+                log.delivered(id, &self.vhost, &self.name);
+            }
         }
     }
 
@@ -409,18 +461,22 @@ impl Queue {
     }
 
     /// Acked messages leave the queue for good.
-    pub fn acked(&self, count: usize) {
+    pub fn acked(&self, messages: &[QueuedMessage]) {
+        let count = messages.len();
         self.unacked
             .fetch_sub(count.min(self.unacked_count()), Ordering::Relaxed);
         self.counters
             .acked
             .fetch_add(count as u64, Ordering::Relaxed);
+        for m in messages {
+            self.forget(&m.message);
+        }
     }
 
     /// Rejected without requeue: the messages leave, dead-lettered as
     /// `rejected` when the queue has a dead-letter exchange.
     pub fn rejected(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
-        self.acked(messages.len());
+        self.acked(&messages);
         self.dead_letter(
             messages
                 .into_iter()
@@ -450,11 +506,13 @@ impl Queue {
                 if let Some(limit) = self.args.delivery_limit {
                     queued.delivery_count += 1;
                     if queued.delivery_count as u64 > limit {
+                        self.forget(&queued.message);
                         dead.push((queued.message, Reason::DeliveryLimit));
                         continue;
                     }
-                    queued.message =
-                        Arc::new(with_delivery_count(&queued.message, queued.delivery_count));
+                    let mut counted = with_delivery_count(&queued.message, queued.delivery_count);
+                    counted.store_id = queued.message.store_id;
+                    queued.message = Arc::new(counted);
                 }
                 st.ready.insert_by_seq(queued);
             }
@@ -465,16 +523,25 @@ impl Queue {
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> usize {
-        self.state.lock().ready.clear()
+        let dropped = self.state.lock().ready.drain();
+        for m in &dropped {
+            self.forget(&m.message);
+        }
+        dropped.len()
     }
 
     /// Marks the queue deleted and returns its consumers (to be told) and
     /// the number of ready messages dropped.
     pub fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
         self.deleted.store(true, Ordering::Release);
-        let mut st = self.state.lock();
-        let count = st.ready.clear();
-        (std::mem::take(&mut st.consumers), count)
+        let (consumers, dropped) = {
+            let mut st = self.state.lock();
+            (std::mem::take(&mut st.consumers), st.ready.drain())
+        };
+        for m in &dropped {
+            self.forget(&m.message);
+        }
+        (consumers, dropped.len())
     }
 
     /// Republishes dead letters to the dead-letter exchange (outside the
@@ -489,15 +556,42 @@ impl Queue {
         };
         let dlrk = self.args.dead_letter_routing_key.as_deref();
         for (message, reason) in dead {
-            let (letter, keys) = dead_letter::build(&message, &self.name, reason, dlx, dlrk);
+            let (mut letter, keys) = dead_letter::build(&message, &self.name, reason, dlx, dlrk);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let targets = vhost.route_by_name(dlx, &keys, letter.properties.headers().as_ref());
+            let mut targets = vhost.route_by_name(dlx, &keys, letter.properties.headers().as_ref());
+            targets.retain(|target| {
+                let cycle = dead_letter::is_silent_cycle(&letter, &target.name);
+                if cycle {
+                    tracing::debug!(queue = %target.name, "dead letter dropped: cycle without rejection");
+                }
+                !cycle
+            });
+            // A persistent dead letter is stored for its durable targets
+            // before the source's removal record reaches the log, so a
+            // crash in between keeps it (at least once).
+            if letter.is_persistent() {
+                let durable: Vec<&str> = targets
+                    .iter()
+                    .filter(|q| q.log.is_some())
+                    .map(|q| q.name.as_str())
+                    .collect();
+                if let (false, Some(log)) = (
+                    durable.is_empty(),
+                    targets.iter().find_map(|q| q.log.clone()),
+                ) {
+                    let (id, _) = log.append(
+                        &self.vhost,
+                        &durable,
+                        &letter.exchange,
+                        &letter.routing_key,
+                        &letter.raw_properties,
+                        &letter.body,
+                    );
+                    letter.store_id = Some(id);
+                }
+            }
             let letter = Arc::new(letter);
             for target in targets {
-                if dead_letter::is_silent_cycle(&letter, &target.name) {
-                    tracing::debug!(queue = %target.name, "dead letter dropped: cycle without rejection");
-                    continue;
-                }
                 target.publish(letter.clone());
             }
         }

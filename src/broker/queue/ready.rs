@@ -75,11 +75,14 @@ impl Ready {
         Some(message)
     }
 
-    pub fn clear(&mut self) -> usize {
-        let count = self.len;
-        self.levels.iter_mut().for_each(VecDeque::clear);
+    /// Takes every message out.
+    pub fn drain(&mut self) -> Vec<QueuedMessage> {
+        let mut all = Vec::with_capacity(self.len);
+        for level in self.levels.iter_mut().rev() {
+            all.extend(level.drain(..));
+        }
         self.len = 0;
         self.bytes = 0;
-        count
+        all
     }
 }

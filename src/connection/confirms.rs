@@ -1,0 +1,140 @@
+//! Publisher confirms for one channel: which publishes may be acked or must
+//! be nacked, sent in order and batched with `multiple=true`. A persistent
+//! message stored for durable queues is confirmable only once the message
+//! log has synced past it.
+
+use std::collections::VecDeque;
+
+#[derive(Default)]
+pub struct Confirms {
+    /// Sequence number of the last publish (they start at 1).
+    published: u64,
+    /// Everything up to here has been acked or nacked to the client.
+    confirmed: u64,
+    /// (publish sequence, log sequence) waiting for the log's sync.
+    waiting: VecDeque<(u64, u64)>,
+    /// Publishes a queue refused, to be nacked in their turn.
+    nacks: VecDeque<u64>,
+}
+
+/// One basic.ack or basic.nack to send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Confirm {
+    Ack { tag: u64, multiple: bool },
+    Nack { tag: u64, multiple: bool },
+}
+
+impl Confirms {
+    /// Numbers the next publish.
+    pub fn next(&mut self) -> u64 {
+        self.published += 1;
+        self.published
+    }
+
+    pub fn wait_for_log(&mut self, publish: u64, log_seq: u64) {
+        self.waiting.push_back((publish, log_seq));
+    }
+
+    pub fn nack(&mut self, publish: u64) {
+        self.nacks.push_back(publish);
+    }
+
+    pub fn waiting_for_log(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// How many publishes are not yet confirmed.
+    #[cfg(test)]
+    pub fn outstanding(&self) -> u64 {
+        self.published - self.confirmed
+    }
+
+    /// The confirms that can go out now, given the log synced up to
+    /// `synced`.
+    pub fn flush(&mut self, synced: u64) -> Vec<Confirm> {
+        while self.waiting.front().is_some_and(|(_, seq)| *seq <= synced) {
+            self.waiting.pop_front();
+        }
+        let limit = self.waiting.front().map_or(self.published, |(p, _)| p - 1);
+        let mut out = Vec::new();
+        while self.confirmed < limit {
+            match self.nacks.front().copied().filter(|n| *n <= limit) {
+                Some(nack) => {
+                    if nack > self.confirmed + 1 {
+                        out.push(Confirm::Ack {
+                            tag: nack - 1,
+                            multiple: nack - 1 > self.confirmed + 1,
+                        });
+                    }
+                    out.push(Confirm::Nack {
+                        tag: nack,
+                        multiple: false,
+                    });
+                    self.nacks.pop_front();
+                    self.confirmed = nack;
+                }
+                None => {
+                    out.push(Confirm::Ack {
+                        tag: limit,
+                        multiple: limit > self.confirmed + 1,
+                    });
+                    self.confirmed = limit;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_wait_for_the_log_and_keep_order_with_nacks() {
+        let mut c = Confirms::default();
+        let one = c.next();
+        let two = c.next();
+        c.wait_for_log(two, 10);
+        let three = c.next();
+        c.nack(three);
+        let _four = c.next();
+        // Publish 2 is not synced: only 1 goes.
+        assert_eq!(
+            c.flush(9),
+            vec![Confirm::Ack {
+                tag: one,
+                multiple: false
+            }]
+        );
+        // Synced: 2 acked, 3 nacked, 4 acked.
+        assert_eq!(
+            c.flush(10),
+            vec![
+                Confirm::Ack {
+                    tag: 2,
+                    multiple: false
+                },
+                Confirm::Nack {
+                    tag: 3,
+                    multiple: false
+                },
+                Confirm::Ack {
+                    tag: 4,
+                    multiple: false
+                },
+            ]
+        );
+        assert_eq!(c.outstanding(), 0);
+        for _ in 0..5 {
+            c.next();
+        }
+        assert_eq!(
+            c.flush(10),
+            vec![Confirm::Ack {
+                tag: 9,
+                multiple: true
+            }]
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Durable definitions in sled: exchanges, queues and bindings. Written
+//! (and flushed) before the -ok reply; read back at start.
+
+use crate::protocol::FieldTable;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub vhost: String,
+    pub name: String,
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub vhost: String,
+    pub name: String,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BindingRecord {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    pub destination_is_queue: bool,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+pub struct Catalog {
+    db: sled::Db,
+    exchanges: sled::Tree,
+    queues: sled::Tree,
+    bindings: sled::Tree,
+}
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    parts.join("\0").into_bytes()
+}
+
+impl BindingRecord {
+    fn key(&self) -> Vec<u8> {
+        let args = serde_json::to_string(&self.arguments).unwrap_or_default();
+        let kind = if self.destination_is_queue { "q" } else { "e" };
+        key(&[
+            &self.vhost,
+            &self.source,
+            kind,
+            &self.destination,
+            &self.routing_key,
+            &args,
+        ])
+    }
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> anyhow::Result<Catalog> {
+        let db =
+            sled::open(path).with_context(|| format!("cannot open catalog {}", path.display()))?;
+        Ok(Catalog {
+            exchanges: db.open_tree("exchanges")?,
+            queues: db.open_tree("queues")?,
+            bindings: db.open_tree("bindings")?,
+            db,
+        })
+    }
+
+    fn put<T: Serialize>(&self, tree: &sled::Tree, k: Vec<u8>, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => {
+                if let Err(e) = tree.insert(k, bytes) {
+                    tracing::error!("catalog write failed: {e}");
+                }
+            }
+            Err(e) => tracing::error!("catalog record not encodable: {e}"),
+        }
+        self.flush();
+    }
+
+    fn remove(&self, tree: &sled::Tree, k: Vec<u8>) {
+        if let Err(e) = tree.remove(k) {
+            tracing::error!("catalog delete failed: {e}");
+        }
+        self.flush();
+    }
+
+    fn flush(&self) {
+        if let Err(e) = self.db.flush() {
+            tracing::error!("catalog flush failed: {e}");
+        }
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> Vec<T> {
+        tree.iter()
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| match serde_json::from_slice(&v) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::error!("skipping unreadable catalog record: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    pub fn put_exchange(&self, r: &ExchangeRecord) {
+        self.put(&self.exchanges, key(&[&r.vhost, &r.name]), r);
+    }
+
+    pub fn delete_exchange(&self, vhost: &str, name: &str) {
+        self.remove(&self.exchanges, key(&[vhost, name]));
+    }
+
+    pub fn put_queue(&self, r: &QueueRecord) {
+        self.put(&self.queues, key(&[&r.vhost, &r.name]), r);
+    }
+
+    pub fn delete_queue(&self, vhost: &str, name: &str) {
+        self.remove(&self.queues, key(&[vhost, name]));
+    }
+
+    pub fn put_binding(&self, r: &BindingRecord) {
+        self.put(&self.bindings, r.key(), r);
+    }
+
+    pub fn delete_binding(&self, r: &BindingRecord) {
+        self.remove(&self.bindings, r.key());
+    }
+
+    /// Removes every binding with `name` as source or destination.
+    pub fn delete_bindings_touching(&self, vhost: &str, name: &str, is_queue: bool) {
+        for binding in self.bindings() {
+            let as_source = !is_queue && binding.source == name;
+            let as_destination =
+                binding.destination == name && binding.destination_is_queue == is_queue;
+            if binding.vhost == vhost && (as_source || as_destination) {
+                let _ = self.bindings.remove(binding.key());
+            }
+        }
+        self.flush();
+    }
+
+    pub fn exchanges(&self) -> Vec<ExchangeRecord> {
+        Self::all(&self.exchanges)
+    }
+
+    pub fn queues(&self) -> Vec<QueueRecord> {
+        Self::all(&self.queues)
+    }
+
+    pub fn bindings(&self) -> Vec<BindingRecord> {
+        Self::all(&self.bindings)
+    }
+}

@@ -1,0 +1,69 @@
+//! Persistence: the definitions catalog (sled) and the message log (own
+//! segment files with group commit). See README "Storage".
+
+pub mod catalog;
+pub mod message_log;
+mod record;
+
+use anyhow::{bail, Context};
+use std::fs::File;
+use std::path::Path;
+
+pub use catalog::Catalog;
+pub use message_log::{MessageLog, Recovered};
+
+/// On-disk format version of the data directory; bumped on any change that
+/// an older broker could misread.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub struct Store {
+    pub catalog: Catalog,
+    pub log: std::sync::Arc<MessageLog>,
+    /// Held for the life of the broker: a second broker on the same data
+    /// directory cannot take it.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (or creates) the data directory: lock, format check, catalog,
+    /// and the message log with its recovered contents.
+    pub fn open(dir: &Path) -> anyhow::Result<(Store, Recovered)> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "data dir {} is in use by another broker (lock {} is held)",
+                dir.display(),
+                lock_path.display()
+            );
+        }
+        let version_path = dir.join("FORMAT");
+        match std::fs::read_to_string(&version_path) {
+            Ok(text) => match text.trim().parse::<u32>() {
+                Ok(FORMAT_VERSION) => {}
+                Ok(other) => bail!(
+                    "data dir {} has format version {other}; this broker reads version {FORMAT_VERSION}",
+                    dir.display()
+                ),
+                Err(_) => bail!("data dir {} has an unreadable FORMAT file: {text:?}", dir.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(&version_path, format!("{FORMAT_VERSION}\n"))?;
+            }
+            Err(e) => return Err(e).context("cannot read FORMAT"),
+        }
+        let catalog = Catalog::open(&dir.join("catalog"))?;
+        let (log, recovered) = MessageLog::open(&dir.join("messages"))?;
+        Ok((
+            Store {
+                catalog,
+                log: std::sync::Arc::new(log),
+                _lock: lock,
+            },
+            recovered,
+        ))
+    }
+}
