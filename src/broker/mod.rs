@@ -5,6 +5,7 @@ pub mod exchange;
 pub mod message;
 pub mod names;
 pub mod queue;
+pub mod registry;
 pub mod users;
 pub mod vhost;
 
@@ -22,6 +23,8 @@ pub struct Broker {
     pub store: Option<Arc<Store>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     pub users: RwLock<Users>,
+    /// Live connections, for management and metrics.
+    pub registry: registry::Registry,
     next_connection_id: AtomicU64,
 }
 
@@ -50,6 +53,7 @@ impl Broker {
         Arc::new(Broker {
             config,
             store,
+            registry: Default::default(),
             vhosts: RwLock::new(vhosts),
             users: RwLock::new(users),
             next_connection_id: AtomicU64::new(1),
@@ -96,6 +100,10 @@ impl Broker {
             messages = count,
             "restored durable state"
         );
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -89,6 +89,22 @@ impl Users {
         }
     }
 
+    pub fn list(&self) -> Vec<User> {
+        self.users.values().cloned().collect()
+    }
+
+    /// Every (user, vhost, permission).
+    pub fn permissions(&self) -> Vec<(String, String, Permission)> {
+        self.permissions
+            .iter()
+            .map(|((u, v), p)| (u.clone(), v.clone(), p.clone()))
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
     pub fn permission(&self, user: &str, vhost: &str) -> Option<&Permission> {
         self.permissions.get(&(user.to_string(), vhost.to_string()))
     }

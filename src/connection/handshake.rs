@@ -17,6 +17,7 @@ pub struct Negotiated {
     pub frame_max: u32,
     pub heartbeat: u16,
     pub cancel_notify: bool,
+    pub client_properties: FieldTable,
 }
 
 pub enum HandshakeError {
@@ -237,6 +238,7 @@ pub async fn negotiate(
     );
     Ok(Negotiated {
         cancel_notify: capability(&start_ok.client_properties, "consumer_cancel_notify"),
+        client_properties: start_ok.client_properties.clone(),
         user,
         vhost,
         channel_max,

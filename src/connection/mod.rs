@@ -11,6 +11,7 @@ mod publish;
 mod reader;
 
 use crate::broker::queue::Queue;
+use crate::broker::registry::ConnectionInfo;
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
 use crate::protocol::text::short;
@@ -46,6 +47,7 @@ struct Connection {
     closing: HashSet<u16>,
     channel_max: u16,
     cancel_notify: bool,
+    info: Arc<ConnectionInfo>,
 }
 
 enum Next {
@@ -62,6 +64,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
     let (read_half, write_half) = stream.into_split();
     let config = broker.config.amqp.clone();
     let mut reader = Reader::new(Box::new(read_half), config.frame_max);
@@ -107,6 +110,18 @@ pub async fn serve(
     reader.idle_timeout =
         (negotiated.heartbeat > 0).then(|| Duration::from_secs(negotiated.heartbeat as u64 * 2));
     let id = broker.next_connection_id();
+    let info = Arc::new(ConnectionInfo::new(
+        id,
+        peer,
+        local,
+        negotiated.user.clone(),
+        negotiated.vhost.clone(),
+        negotiated.client_properties.clone(),
+        negotiated.channel_max,
+        negotiated.frame_max,
+        negotiated.heartbeat,
+    ));
+    broker.registry.add(info.clone());
     tracing::info!(%peer, id, user = negotiated.user, vhost = negotiated.vhost, "connection opened");
 
     let mut conn = Connection {
@@ -123,9 +138,11 @@ pub async fn serve(
         closing: HashSet::new(),
         channel_max: negotiated.channel_max,
         cancel_notify: negotiated.cancel_notify,
+        info: info.clone(),
     };
     conn.run(&mut reader, &mut shutdown).await;
     conn.cleanup();
+    broker.registry.remove(id);
     tracing::info!(%peer, id, "connection closed");
 }
 
@@ -164,6 +181,9 @@ impl Connection {
                     Err(_) => return,
                 }
             }
+            self.info
+                .channels
+                .store(self.channels.len(), std::sync::atomic::Ordering::Relaxed);
             let synced_now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
             let mut waiting_for_log = false;
             for channel in self.channels.values_mut() {
@@ -176,10 +196,19 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            let buffered = reader.buf.len();
+            let info = self.info.clone();
             tokio::select! {
                 _ = log_synced, if waiting_for_log => {}
+                reason = info.close_requested() => {
+                    let error = AmqpError::connection(crate::protocol::error::code::CONNECTION_FORCED, reason);
+                    return self.close_with(error, reader).await;
+                }
                 read = reader.fill() => match read {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        let received = reader.buf.len().saturating_sub(buffered);
+                        self.info.recv_bytes.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(ReadError::Timeout) => {
                         tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s",
                             reader.idle_timeout.map_or(0, |d| d.as_secs() / 2));

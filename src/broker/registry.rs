@@ -1,0 +1,118 @@
+//! The live connections and their channels, as management and metrics see
+//! them. Connection tasks register here and keep the counters current;
+//! nothing on the hot path takes a lock for it.
+
+use crate::protocol::FieldTable;
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// What management can see of one connection.
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    pub client_properties: FieldTable,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    pub channels: AtomicUsize,
+    pub recv_bytes: AtomicU64,
+    pub send_bytes: AtomicU64,
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    close_requested: AtomicBool,
+    close_notify: Notify,
+    close_reason: parking_lot::Mutex<String>,
+}
+
+impl ConnectionInfo {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        user: String,
+        vhost: String,
+        client_properties: FieldTable,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> Self {
+        ConnectionInfo {
+            id,
+            peer,
+            local,
+            user,
+            vhost,
+            client_properties,
+            channel_max,
+            frame_max,
+            heartbeat,
+            connected_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            channels: AtomicUsize::new(0),
+            recv_bytes: AtomicU64::new(0),
+            send_bytes: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            close_requested: AtomicBool::new(false),
+            close_notify: Notify::new(),
+            close_reason: parking_lot::Mutex::new(String::new()),
+        }
+    }
+
+    /// RabbitMQ's connection name: `"127.0.0.1:57214 -> 127.0.0.1:5672"`.
+    pub fn name(&self) -> String {
+        format!("{} -> {}", self.peer, self.local)
+    }
+
+    /// Asks the connection to close with 320 CONNECTION_FORCED and `reason`
+    /// (management's DELETE /api/connections/{name}).
+    pub fn request_close(&self, reason: &str) {
+        *self.close_reason.lock() = reason.to_string();
+        self.close_requested.store(true, Ordering::Release);
+        self.close_notify.notify_one();
+    }
+
+    /// Resolves when a close was requested; returns the reason.
+    pub async fn close_requested(&self) -> String {
+        loop {
+            let notified = self.close_notify.notified();
+            if self.close_requested.load(Ordering::Acquire) {
+                return self.close_reason.lock().clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    connections: DashMap<u64, Arc<ConnectionInfo>>,
+}
+
+impl Registry {
+    pub fn add(&self, info: Arc<ConnectionInfo>) {
+        self.connections.insert(info.id, info);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.connections.remove(&id);
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.connections.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.connections.len()
+    }
+}
