@@ -4,13 +4,34 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct Config {
     pub amqp: AmqpConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub management: ListenerConfig,
+    pub prometheus: ListenerConfig,
+}
+
+/// An HTTP listener (management API, Prometheus metrics).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ListenerConfig {
+    pub enabled: bool,
+    pub bind: String,
+    pub port: u16,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            enabled: true,
+            bind: "0.0.0.0".into(),
+            port: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -51,6 +72,25 @@ pub struct AuthConfig {
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `broker=debug`.
     pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp: AmqpConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            management: ListenerConfig {
+                port: 15672,
+                ..Default::default()
+            },
+            prometheus: ListenerConfig {
+                port: 15692,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 impl Default for AmqpConfig {
