@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod mgmt;
 pub mod protocol;
 pub mod server;
 pub mod store;

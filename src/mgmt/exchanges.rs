@@ -1,0 +1,344 @@
+//! `/api/exchanges[/{vhost}[/{name}]]` (GET, PUT, DELETE) and
+//! `/api/exchanges/{vhost}/{name}/publish`. The default exchange is listed
+//! with name `""` and addressed as `amq.default` in paths.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::values::{table_from_json, table_to_json};
+use super::{
+    arguments_field, bool_field, created, flag, json_body, list, no_content, string_field, Ctx,
+};
+use crate::broker::exchange::Exchange;
+use crate::broker::message::Message;
+use crate::broker::vhost::{ExchangeDeclare, VHost};
+use crate::protocol::{encode, AMQPValue, AmqpError, BasicProperties, ShortString};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/exchanges", get(list_all))
+        .route("/exchanges/{vhost}", get(list_in))
+        .route(
+            "/exchanges/{vhost}/{name}",
+            get(get_one).put(declare).delete(delete),
+        )
+        .route("/exchanges/{vhost}/{name}/publish", post(publish))
+}
+
+/// Path name to exchange name: `amq.default` is the default exchange.
+pub(crate) fn exchange_name(path_name: &str) -> &str {
+    if path_name == "amq.default" {
+        ""
+    } else {
+        path_name
+    }
+}
+
+pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
+    json!({
+        "name": x.name,
+        "vhost": vhost,
+        "type": x.kind.as_str(),
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": table_to_json(&x.arguments),
+    })
+}
+
+fn default_exchange_json(vhost: &str) -> Value {
+    json!({
+        "name": "",
+        "vhost": vhost,
+        "type": "direct",
+        "durable": true,
+        "auto_delete": false,
+        "internal": false,
+        "arguments": {},
+    })
+}
+
+/// All exchanges of a vhost, the default one first, then by name.
+fn vhost_exchanges(vhost: &VHost) -> Vec<Value> {
+    let mut exchanges = vhost.exchanges();
+    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    std::iter::once(default_exchange_json(&vhost.name))
+        .chain(exchanges.iter().map(|x| exchange_json(&vhost.name, x)))
+        .collect()
+}
+
+async fn list_all(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let mut vhosts = ctx.broker.vhosts();
+    vhosts.retain(|v| caller.can_read(&ctx, &v.name));
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    list(
+        vhosts.iter().flat_map(|v| vhost_exchanges(v)).collect(),
+        &query,
+    )
+}
+
+async fn list_in(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    list(vhost_exchanges(&vhost), &query)
+}
+
+async fn get_one(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    let name = exchange_name(&name);
+    let mut obj = if name.is_empty() {
+        default_exchange_json(&vhost.name)
+    } else {
+        let x = vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+        exchange_json(&vhost.name, &x)
+    };
+    if let Value::Object(map) = &mut obj {
+        map.insert("incoming".into(), json!([]));
+        map.insert("outgoing".into(), json!([]));
+    }
+    Ok(Json(obj))
+}
+
+/// PUT: `{"type": "direct", "durable": true, "auto_delete": false,
+/// "internal": false, "arguments": {}}`; 201 when created, 204 when it
+/// existed with the same properties, 400 when they differ.
+async fn declare(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let body = json_body(&body)?;
+    let kind = string_field(&body, "type")?
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,type}]"))?;
+    let arguments = arguments_field(&body)?;
+    let name = exchange_name(&name);
+    let existed = vhost.exchange(name).is_some();
+    vhost.declare_exchange(ExchangeDeclare {
+        name,
+        kind,
+        passive: false,
+        durable: bool_field(&body, "durable", true)?,
+        auto_delete: bool_field(&body, "auto_delete", false)?,
+        internal: bool_field(&body, "internal", false)?,
+        arguments: &arguments,
+    })?;
+    Ok(if existed { no_content() } else { created() })
+}
+
+/// DELETE, with `?if-unused=true`; 404 when there is no such exchange.
+async fn delete(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let name = exchange_name(&name);
+    if !name.is_empty() && vhost.exchange(name).is_none() {
+        return Err(ApiError::not_found());
+    }
+    vhost.delete_exchange(name, flag(&query, "if-unused"))?;
+    Ok(no_content())
+}
+
+/// Builds message properties from the management API's JSON form.
+pub(crate) fn properties_from_json(map: &Map<String, Value>) -> ApiResult<BasicProperties> {
+    let mut props = BasicProperties::default();
+    let short = |key: &str, v: &Value| -> ApiResult<ShortString> {
+        match v {
+            Value::String(s) if s.len() <= 255 => Ok(s.as_str().into()),
+            Value::Number(n) if key == "expiration" => Ok(n.to_string().into()),
+            _ => Err(ApiError::bad_request(format!(
+                "property {key} must be a short string"
+            ))),
+        }
+    };
+    let octet = |key: &str, v: &Value| -> ApiResult<u8> {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| ApiError::bad_request(format!("property {key} must be 0-255")))
+    };
+    for (key, v) in map {
+        props = match key.as_str() {
+            "content_type" => props.with_content_type(short(key, v)?),
+            "content_encoding" => props.with_content_encoding(short(key, v)?),
+            "headers" => match v {
+                Value::Object(h) => props.with_headers(table_from_json(h)),
+                _ => return Err(ApiError::bad_request("headers must be an object")),
+            },
+            "delivery_mode" => props.with_delivery_mode(octet(key, v)?),
+            "priority" => props.with_priority(octet(key, v)?),
+            "correlation_id" => props.with_correlation_id(short(key, v)?),
+            "reply_to" => props.with_reply_to(short(key, v)?),
+            "expiration" => props.with_expiration(short(key, v)?),
+            "message_id" => props.with_message_id(short(key, v)?),
+            "timestamp" => props.with_timestamp(
+                v.as_u64()
+                    .ok_or_else(|| ApiError::bad_request("timestamp must be an integer"))?,
+            ),
+            "type" => props.with_type(short(key, v)?),
+            "user_id" => props.with_user_id(short(key, v)?),
+            "app_id" => props.with_app_id(short(key, v)?),
+            "cluster_id" => props.with_cluster_id(short(key, v)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown message property {other}"
+                )))
+            }
+        };
+    }
+    Ok(props)
+}
+
+/// POST `{"properties": {}, "routing_key": "k", "payload": "...",
+/// "payload_encoding": "string"|"base64"}` → `{"routed": bool}`. All four
+/// keys are required, as in RabbitMQ. A persistent message reaching
+/// durable queues goes to the message log like one published over AMQP.
+async fn publish(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let body = json_body(&body)?;
+    let missing: Vec<String> = ["properties", "payload_encoding", "payload", "routing_key"]
+        .iter()
+        .filter(|k| !body.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
+    }
+    let properties = match &body["properties"] {
+        Value::Object(map) => properties_from_json(map)?,
+        Value::Array(a) if a.is_empty() => BasicProperties::default(),
+        _ => return Err(ApiError::bad_request("properties must be an object")),
+    };
+    let routing_key = string_field(&body, "routing_key")?.unwrap_or_default();
+    let payload = string_field(&body, "payload")?.unwrap_or_default();
+    let payload = match string_field(&body, "payload_encoding")? {
+        Some("string") => Bytes::copy_from_slice(payload.as_bytes()),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .map(Bytes::from)
+            .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "payload_encoding must be string or base64",
+            ))
+        }
+    };
+    let name = exchange_name(&name);
+    let queues = route(&vhost, name, routing_key, &properties)?;
+    let routed = !queues.is_empty();
+    let raw = encode::properties(&properties);
+    let mut message = Message::new(
+        name.to_string(),
+        routing_key.to_string(),
+        properties,
+        raw,
+        payload,
+    );
+    if message.is_persistent() {
+        let durable: Vec<&str> = queues
+            .iter()
+            .filter(|q| q.options.durable)
+            .map(|q| q.name.as_str())
+            .collect();
+        if let (false, Some(store)) = (durable.is_empty(), &ctx.broker.store) {
+            let (id, _) = store.log.append(
+                &vhost.name,
+                &durable,
+                &message.exchange,
+                &message.routing_key,
+                &message.raw_properties,
+                &message.body,
+            );
+            message.store_id = Some(id);
+        }
+    }
+    let message = Arc::new(message);
+    for q in &queues {
+        q.publish(message.clone());
+    }
+    Ok(Json(json!({ "routed": routed })))
+}
+
+/// The queues a management publish reaches. A missing exchange is a 400
+/// whose reason is the AMQP error, as in RabbitMQ.
+fn route(
+    vhost: &VHost,
+    exchange: &str,
+    key: &str,
+    properties: &BasicProperties,
+) -> ApiResult<Vec<Arc<crate::broker::queue::Queue>>> {
+    let amqp_error = |e: AmqpError| ApiError::bad_request(e.to_string());
+    if exchange.is_empty() {
+        return Ok(vhost.route_default(key).into_iter().collect());
+    }
+    let x = vhost
+        .exchange(exchange)
+        .ok_or_else(|| amqp_error(vhost.no_exchange(exchange)))?;
+    if x.internal {
+        return Err(amqp_error(AmqpError::access_refused(format!(
+            "cannot publish to internal {}",
+            vhost.exchange_resource(exchange)
+        ))));
+    }
+    let mut keys = vec![key.to_string()];
+    if let Some(headers) = properties.headers() {
+        // CC adds routing keys. (BCC is not supported here: it would
+        // have to be removed from the headers before delivery.)
+        if let Some(AMQPValue::FieldArray(list)) = headers.inner().get("CC") {
+            keys.extend(list.as_slice().iter().filter_map(|v| match v {
+                AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
+                AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+                _ => None,
+            }));
+        }
+    }
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    Ok(vhost.route(&x, &keys, properties.headers().as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_round_trip_from_json() {
+        let json = json!({"delivery_mode": 2, "headers": {"a": 1}, "content_type": "text/plain"});
+        let props = properties_from_json(json.as_object().unwrap()).unwrap();
+        assert_eq!(*props.delivery_mode(), Some(2));
+        assert_eq!(
+            props.content_type().as_ref().unwrap().as_str(),
+            "text/plain"
+        );
+        assert!(properties_from_json(json!({"delivery_mode": 300}).as_object().unwrap()).is_err());
+        assert!(properties_from_json(json!({"bogus": 1}).as_object().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! `/api/overview`, `/api/nodes[/{node}]`, `/api/cluster-name`: the broker
+//! as a whole. Counts are read live; rates are all 0 (not sampled yet).
+//!
+//! `message_stats` sums the per-queue counters of the queues that exist
+//! now: `publish` counts a message once per queue it reached (RabbitMQ
+//! counts it once per publish), and the counts of deleted queues are lost.
+
+use super::error::{ApiError, ApiResult};
+use super::metrics::ProcessStats;
+use super::{put_count, Ctx};
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/overview", get(overview))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{node}", get(node))
+        .route("/cluster-name", get(cluster_name))
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub(crate) fn exchange_types() -> Value {
+    json!([
+        {"name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": true},
+        {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
+        {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
+        {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
+    ])
+}
+
+/// Per-queue counters summed over all queues of the given vhosts.
+#[derive(Default)]
+pub(crate) struct Totals {
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u64,
+    pub queues: u64,
+    pub exchanges: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+}
+
+impl Totals {
+    pub fn of(vhosts: &[std::sync::Arc<crate::broker::vhost::VHost>]) -> Totals {
+        let mut t = Totals::default();
+        for vhost in vhosts {
+            // The default exchange is listed too.
+            t.exchanges += vhost.exchanges().len() as u64 + 1;
+            for q in vhost.queues() {
+                let (ready, _, consumers) = q.snapshot();
+                t.queues += 1;
+                t.ready += ready as u64;
+                t.consumers += consumers as u64;
+                t.unacked += q.unacked_count() as u64;
+                t.published += q.counters.published.load(Ordering::Relaxed);
+                t.delivered += q.counters.delivered.load(Ordering::Relaxed);
+                t.acked += q.counters.acked.load(Ordering::Relaxed);
+                t.redelivered += q.counters.redelivered.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+
+    pub fn queue_totals(&self) -> Value {
+        let mut m = Map::new();
+        put_count(&mut m, "messages", self.ready + self.unacked);
+        put_count(&mut m, "messages_ready", self.ready);
+        put_count(&mut m, "messages_unacknowledged", self.unacked);
+        Value::Object(m)
+    }
+
+    pub fn message_stats(&self) -> Value {
+        let mut m = Map::new();
+        put_count(&mut m, "publish", self.published);
+        put_count(&mut m, "deliver_get", self.delivered);
+        put_count(&mut m, "ack", self.acked);
+        put_count(&mut m, "redeliver", self.redelivered);
+        Value::Object(m)
+    }
+}
+
+async fn overview(State(ctx): State<Ctx>) -> Json<Value> {
+    let broker = &ctx.broker;
+    let vhosts = broker.vhosts();
+    let totals = Totals::of(&vhosts);
+    let connections = broker.registry.connections();
+    let channels: usize = connections
+        .iter()
+        .map(|c| c.channels.load(Ordering::Relaxed))
+        .sum();
+    let amqp = &broker.config.amqp;
+    let mut churn = Map::new();
+    for key in [
+        "channel_closed",
+        "channel_created",
+        "connection_closed",
+        "connection_created",
+        "queue_created",
+        "queue_declared",
+        "queue_deleted",
+    ] {
+        put_count(&mut churn, key, 0);
+    }
+    Json(json!({
+        "management_version": VERSION,
+        "rates_mode": "basic",
+        "sample_retention_policies": {
+            "global": [600, 3600, 28800, 86400],
+            "basic": [600, 3600],
+            "detailed": [600],
+        },
+        "exchange_types": exchange_types(),
+        "product_version": VERSION,
+        "product_name": "Broker",
+        "rabbitmq_version": VERSION,
+        "cluster_name": ctx.node,
+        "erlang_version": "none",
+        "erlang_full_version": "none (Rust)",
+        "release_series_support_status": "supported",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "message_stats": totals.message_stats(),
+        "churn_rates": churn,
+        "queue_totals": totals.queue_totals(),
+        "object_totals": {
+            "channels": channels,
+            "connections": connections.len(),
+            "consumers": totals.consumers,
+            "exchanges": totals.exchanges,
+            "queues": totals.queues,
+        },
+        "statistics_db_event_queue": 0,
+        "node": ctx.node,
+        "listeners": [{
+            "node": ctx.node,
+            "protocol": "amqp",
+            "ip_address": amqp.bind,
+            "port": amqp.port,
+            "socket_opts": {},
+        }],
+        "contexts": [],
+    }))
+}
+
+fn node_json(ctx: &Ctx) -> Value {
+    let p = ProcessStats::read();
+    let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({
+        "name": ctx.node,
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "uptime": ctx.started.elapsed().as_millis() as u64,
+        "processors": processors,
+        "os_pid": std::process::id().to_string(),
+        "fd_used": p.open_fds,
+        "fd_total": p.max_fds,
+        "sockets_used": ctx.broker.registry.count(),
+        "mem_used": p.resident_memory_bytes,
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+        "proc_used": p.threads,
+        "run_queue": 0,
+        "rates_mode": "basic",
+        "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
+        "applications": [{"name": "rabbit", "description": "RabbitMQ-compatible broker", "version": VERSION}],
+        "rabbitmq_version": VERSION,
+        "partitions": [],
+        "exchange_types": exchange_types(),
+    })
+}
+
+async fn nodes(State(ctx): State<Ctx>) -> Json<Value> {
+    Json(Value::Array(vec![node_json(&ctx)]))
+}
+
+async fn node(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    if name != ctx.node {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&ctx)))
+}
+
+async fn cluster_name(State(ctx): State<Ctx>) -> Json<Value> {
+    Json(json!({"name": ctx.node}))
+}

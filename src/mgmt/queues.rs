@@ -1,0 +1,344 @@
+//! `/api/queues[/{vhost}[/{name}]]` (GET, PUT, DELETE),
+//! `/api/queues/{vhost}/{name}/get` and `/api/queues/{vhost}/{name}/contents`
+//! (DELETE purges).
+//!
+//! Not known to the broker, so shown as 0: unacknowledged and persistent
+//! message bytes, memory. `consumer_details` is empty (consumers are not
+//! readable from outside the queue yet).
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::values::table_to_json;
+use super::{
+    arguments_field, bool_field, created, flag, json_body, list, no_content, put_count,
+    string_field, Ctx,
+};
+use crate::broker::queue::{Queue, QueuedMessage};
+use crate::broker::vhost::{QueueDeclare, VHost};
+use crate::protocol::BasicProperties;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/queues", get(list_all))
+        .route("/queues/{vhost}", get(list_in))
+        .route(
+            "/queues/{vhost}/{name}",
+            get(get_one).put(declare).delete(delete_queue),
+        )
+        .route("/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/queues/{vhost}/{name}/contents", delete(purge))
+}
+
+pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
+    let (ready, ready_bytes, consumers) = q.snapshot();
+    let (ready, ready_bytes, consumers) = (ready as u64, ready_bytes as u64, consumers as u64);
+    let unacked = q.unacked_count() as u64;
+    let c = &q.counters;
+    let mut obj = Map::new();
+    obj.insert("name".into(), json!(q.name));
+    obj.insert("vhost".into(), json!(q.vhost));
+    obj.insert("type".into(), json!("classic"));
+    obj.insert("durable".into(), json!(q.options.durable));
+    obj.insert("auto_delete".into(), json!(q.options.auto_delete));
+    obj.insert("exclusive".into(), json!(q.is_exclusive()));
+    obj.insert("arguments".into(), table_to_json(&q.options.arguments));
+    obj.insert("node".into(), json!(ctx.node));
+    obj.insert("state".into(), json!("running"));
+    obj.insert("policy".into(), Value::Null);
+    obj.insert("operator_policy".into(), Value::Null);
+    obj.insert("effective_policy_definition".into(), json!({}));
+    obj.insert("consumers".into(), json!(consumers));
+    let capacity = if consumers > 0 { 1.0 } else { 0.0 };
+    obj.insert("consumer_capacity".into(), json!(capacity));
+    obj.insert("consumer_utilisation".into(), json!(capacity));
+    obj.insert("exclusive_consumer_tag".into(), Value::Null);
+    obj.insert("single_active_consumer_tag".into(), Value::Null);
+    put_count(&mut obj, "messages", ready + unacked);
+    put_count(&mut obj, "messages_ready", ready);
+    put_count(&mut obj, "messages_unacknowledged", unacked);
+    obj.insert("messages_ram".into(), json!(ready + unacked));
+    obj.insert("messages_ready_ram".into(), json!(ready));
+    obj.insert("messages_unacknowledged_ram".into(), json!(unacked));
+    obj.insert("messages_persistent".into(), json!(0));
+    obj.insert("messages_paged_out".into(), json!(0));
+    obj.insert("message_bytes".into(), json!(ready_bytes));
+    obj.insert("message_bytes_ready".into(), json!(ready_bytes));
+    obj.insert("message_bytes_unacknowledged".into(), json!(0));
+    obj.insert("message_bytes_ram".into(), json!(ready_bytes));
+    obj.insert("message_bytes_persistent".into(), json!(0));
+    obj.insert("message_bytes_paged_out".into(), json!(0));
+    obj.insert("memory".into(), json!(0));
+    obj.insert("reductions".into(), json!(0));
+    obj.insert("head_message_timestamp".into(), Value::Null);
+    obj.insert("recoverable_slaves".into(), Value::Null);
+    let mut stats = Map::new();
+    let delivered = c.delivered.load(Ordering::Relaxed);
+    put_count(&mut stats, "publish", c.published.load(Ordering::Relaxed));
+    put_count(&mut stats, "deliver_get", delivered);
+    put_count(&mut stats, "ack", c.acked.load(Ordering::Relaxed));
+    put_count(
+        &mut stats,
+        "redeliver",
+        c.redelivered.load(Ordering::Relaxed),
+    );
+    obj.insert("message_stats".into(), Value::Object(stats));
+    obj.insert(
+        "backing_queue_status".into(),
+        json!({"mode": "default", "version": 2, "len": ready, "avg_ingress_rate": 0.0, "avg_egress_rate": 0.0}),
+    );
+    if let Some(owner) = q.options.exclusive_owner {
+        if let Some(conn) = ctx
+            .broker
+            .registry
+            .connections()
+            .into_iter()
+            .find(|c| c.id == owner)
+        {
+            obj.insert(
+                "owner_pid_details".into(),
+                json!({"name": conn.name(), "peer_host": conn.peer.ip().to_string(), "peer_port": conn.peer.port()}),
+            );
+        }
+    }
+    Value::Object(obj)
+}
+
+fn vhost_queues(ctx: &Ctx, vhost: &VHost) -> Vec<Value> {
+    let mut queues = vhost.queues();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    queues.iter().map(|q| queue_json(ctx, q)).collect()
+}
+
+async fn list_all(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let mut vhosts = ctx.broker.vhosts();
+    vhosts.retain(|v| caller.can_read(&ctx, &v.name));
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    list(
+        vhosts.iter().flat_map(|v| vhost_queues(&ctx, v)).collect(),
+        &query,
+    )
+}
+
+async fn list_in(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path(vhost): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    list(vhost_queues(&ctx, &vhost), &query)
+}
+
+async fn get_one(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let mut obj = queue_json(&ctx, &q);
+    if let Value::Object(map) = &mut obj {
+        map.insert("consumer_details".into(), json!([]));
+        map.insert("deliveries".into(), json!([]));
+        map.insert("incoming".into(), json!([]));
+    }
+    Ok(Json(obj))
+}
+
+/// PUT `{"durable": true, "auto_delete": false, "arguments": {}}`:
+/// 201 when created, 204 when it existed identically, 400 when it differs
+/// or an argument is invalid.
+async fn declare(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let body = json_body(&body)?;
+    let arguments = arguments_field(&body)?;
+    let existed = vhost.queue(&name).is_some();
+    vhost.declare_queue(
+        QueueDeclare {
+            name: &name,
+            passive: false,
+            durable: bool_field(&body, "durable", true)?,
+            exclusive: false,
+            auto_delete: bool_field(&body, "auto_delete", false)?,
+            arguments: &arguments,
+        },
+        0,
+    )?;
+    Ok(if existed { no_content() } else { created() })
+}
+
+/// DELETE with `?if-unused=true` / `?if-empty=true`; 404 when missing.
+async fn delete_queue(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    // Management may delete another connection's exclusive queue, as in
+    // RabbitMQ: act as its owner.
+    let owner = q.options.exclusive_owner.unwrap_or(0);
+    vhost.delete_queue(
+        &name,
+        flag(&query, "if-unused"),
+        flag(&query, "if-empty"),
+        owner,
+    )?;
+    Ok(no_content())
+}
+
+async fn purge(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    q.purge();
+    Ok(no_content())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    AckRequeue,
+    Ack,
+    RejectRequeue,
+    Reject,
+}
+
+/// Message properties the way the management API shows them: an object
+/// of the set properties, or an empty list when none is set.
+pub(crate) fn properties_json(p: &BasicProperties) -> Value {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    let s = |v: &Option<crate::protocol::ShortString>| v.as_ref().map(|s| json!(s.as_str()));
+    put("content_type", s(p.content_type()));
+    put("content_encoding", s(p.content_encoding()));
+    put("headers", p.headers().as_ref().map(table_to_json));
+    put("delivery_mode", p.delivery_mode().map(|v| json!(v)));
+    put("priority", p.priority().map(|v| json!(v)));
+    put("correlation_id", s(p.correlation_id()));
+    put("reply_to", s(p.reply_to()));
+    put("expiration", s(p.expiration()));
+    put("message_id", s(p.message_id()));
+    put("timestamp", p.timestamp().map(|v| json!(v)));
+    put("type", s(p.kind()));
+    put("user_id", s(p.user_id()));
+    put("app_id", s(p.app_id()));
+    put("cluster_id", s(p.cluster_id()));
+    if m.is_empty() {
+        json!([])
+    } else {
+        Value::Object(m)
+    }
+}
+
+fn message_json(
+    queued: &QueuedMessage,
+    remaining: usize,
+    base64_only: bool,
+    truncate: Option<usize>,
+) -> Value {
+    let m = &queued.message;
+    let body = &m.body[..truncate.map_or(m.body.len(), |t| t.min(m.body.len()))];
+    let (payload, encoding) = match std::str::from_utf8(body) {
+        Ok(text) if !base64_only => (text.to_string(), "string"),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(body),
+            "base64",
+        ),
+    };
+    json!({
+        "payload_bytes": m.body.len(),
+        "redelivered": queued.redelivered,
+        "exchange": m.exchange,
+        "routing_key": m.routing_key,
+        "message_count": remaining,
+        "properties": properties_json(&m.properties),
+        "payload": payload,
+        "payload_encoding": encoding,
+    })
+}
+
+/// POST `{"count": N, "ackmode": "ack_requeue_true"|"ack_requeue_false"|
+/// "reject_requeue_true"|"reject_requeue_false", "encoding": "auto"|"base64",
+/// "truncate": bytes}` → the messages taken, oldest first. Requeued
+/// messages go back to their original positions, flagged redelivered.
+async fn get_messages(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let vhost = caller.writable_vhost(&ctx, &vhost)?;
+    let q: Arc<Queue> = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let body = json_body(&body)?;
+    let count = match body.get("count") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| ApiError::bad_request("count must be a non-negative integer"))?,
+    };
+    let mode = match string_field(&body, "ackmode")? {
+        Some("ack_requeue_true") => AckMode::AckRequeue,
+        Some("ack_requeue_false") => AckMode::Ack,
+        Some("reject_requeue_true") => AckMode::RejectRequeue,
+        Some("reject_requeue_false") => AckMode::Reject,
+        Some(other) => return Err(ApiError::bad_request(format!("invalid ackmode {other}"))),
+        None => return Err(ApiError::bad_request("[{key_missing,ackmode}]")),
+    };
+    let base64_only = match string_field(&body, "encoding")? {
+        None | Some("auto") => false,
+        Some("base64") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("invalid encoding {other}"))),
+    };
+    let truncate = match body.get("truncate") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .ok_or_else(|| ApiError::bad_request("truncate must be an integer"))?
+                as usize,
+        ),
+    };
+    let mut taken = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let Some((queued, remaining)) = q.get(false) else {
+            break;
+        };
+        out.push(message_json(&queued, remaining, base64_only, truncate));
+        taken.push(queued);
+    }
+    match mode {
+        AckMode::AckRequeue | AckMode::RejectRequeue => q.requeue(taken),
+        AckMode::Ack => q.acked(&taken),
+        AckMode::Reject => q.rejected(taken),
+    }
+    Ok(Json(Value::Array(out)))
+}
