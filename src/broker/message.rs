@@ -3,7 +3,7 @@
 use crate::protocol::{encode, BasicProperties};
 use bytes::Bytes;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Message {
     /// The exchange the client published to (delivered as-is, even for copies
     /// that reached a queue through exchange-to-exchange bindings).

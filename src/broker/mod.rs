@@ -1,6 +1,7 @@
 //! The broker's logic: vhosts, exchanges, queues, consumers. No sockets.
 
 pub mod arguments;
+pub mod dedup;
 pub mod exchange;
 pub mod message;
 pub mod names;

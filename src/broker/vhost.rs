@@ -3,7 +3,8 @@
 
 use super::arguments;
 use super::exchange::{
-    validate_headers_binding, Binding, Destination, Exchange, ExchangeKind, Routed,
+    validate_consistent_hash_weight, validate_headers_binding, Binding, Destination, Exchange,
+    ExchangeKind, Routed,
 };
 use super::message::Message;
 use super::names;
@@ -48,6 +49,48 @@ pub struct QueueDeclare<'a> {
     pub exclusive: bool,
     pub auto_delete: bool,
     pub arguments: &'a FieldTable,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The message log's "queue" for a delayed message: its due time and
+/// exchange. The NUL prefix cannot occur in a real queue name.
+fn delayed_holder(due_ms: u64, exchange: &str) -> String {
+    format!("\0delayed:{due_ms}:{exchange}")
+}
+
+fn parse_delayed_holder(name: &str) -> Option<(u64, &str)> {
+    let rest = name.strip_prefix("\0delayed:")?;
+    let (due, exchange) = rest.split_once(':')?;
+    Some((due.parse().ok()?, exchange))
+}
+
+/// Binding arguments and keys as the source's type requires.
+fn validate_binding(source: &Exchange, key: &str, args: &FieldTable) -> Result<(), AmqpError> {
+    match source.kind {
+        ExchangeKind::Headers => validate_headers_binding(args),
+        ExchangeKind::ConsistentHash => validate_consistent_hash_weight(key).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// The routing type of a declared exchange type, and whether it delays
+/// (`x-delayed-message` routes as its `x-delayed-type` argument says).
+fn declared_type(kind: &str, args: &FieldTable) -> Result<(ExchangeKind, bool), AmqpError> {
+    if kind != "x-delayed-message" {
+        return ExchangeKind::parse(kind).map(|k| (k, false));
+    }
+    let inner = arguments::get(args, "x-delayed-type").and_then(arguments::as_string);
+    match inner.as_deref().map(ExchangeKind::parse) {
+        Some(Ok(k)) => Ok((k, true)),
+        _ => Err(AmqpError::precondition_failed(
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )),
+    }
 }
 
 fn default_exchange_error() -> AmqpError {
@@ -137,10 +180,10 @@ impl VHost {
                 .exchange(req.name)
                 .ok_or_else(|| self.no_exchange(req.name));
         }
-        let kind = ExchangeKind::parse(req.kind)?;
+        let (kind, delayed) = declared_type(req.kind, req.arguments)?;
         let mut exchanges = self.exchanges.write();
         if let Some(existing) = exchanges.get(req.name) {
-            self.check_exchange_equivalence(existing, kind, &req)?;
+            self.check_exchange_equivalence(existing, &req)?;
             return Ok(existing.clone());
         }
         if req.name.starts_with("amq.") {
@@ -149,21 +192,25 @@ impl VHost {
                 req.name
             )));
         }
-        let exchange = Arc::new(Exchange::new(
+        let mut exchange = Exchange::new(
             req.name.to_string(),
             kind,
             req.durable,
             req.auto_delete,
             req.internal,
             req.arguments.clone(),
-        ));
+        );
+        if delayed {
+            exchange = exchange.with_delay();
+        }
+        let exchange = Arc::new(exchange);
         exchanges.insert(req.name.to_string(), exchange.clone());
         drop(exchanges);
         if let (true, Some(store)) = (exchange.durable, &self.store) {
             store.catalog.put_exchange(&ExchangeRecord {
                 vhost: self.name.clone(),
                 name: exchange.name.clone(),
-                kind: exchange.kind.as_str().to_string(),
+                kind: exchange.type_name().to_string(),
                 auto_delete: exchange.auto_delete,
                 internal: exchange.internal,
                 arguments: exchange.arguments.clone(),
@@ -175,7 +222,7 @@ impl VHost {
     fn check_exchange_equivalence(
         &self,
         existing: &Exchange,
-        kind: ExchangeKind,
+
         req: &ExchangeDeclare,
     ) -> Result<(), AmqpError> {
         let resource = self.exchange_resource(req.name);
@@ -184,8 +231,8 @@ impl VHost {
                 "inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"
             ))
         };
-        if existing.kind != kind {
-            return Err(differ("type", kind.as_str(), existing.kind.as_str()));
+        if existing.type_name() != req.kind {
+            return Err(differ("type", req.kind, existing.type_name()));
         }
         for (field, received, current) in [
             ("durable", req.durable, existing.durable),
@@ -199,7 +246,7 @@ impl VHost {
         if let Some(text) = arguments::first_difference(
             &existing.arguments,
             req.arguments,
-            Some(&["alternate-exchange"]),
+            Some(&["alternate-exchange", "x-delayed-type"]),
             &resource,
         ) {
             return Err(AmqpError::precondition_failed(text));
@@ -432,9 +479,7 @@ impl VHost {
             .exchange(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
         let queue = self.usable_queue(queue, conn)?;
-        if source.kind == ExchangeKind::Headers {
-            validate_headers_binding(args)?;
-        }
+        validate_binding(&source, key, args)?;
         let durable = source.durable && queue.options.durable;
         let record = self.binding_record(exchange, &queue.name, true, key, args);
         source.bind(Binding {
@@ -494,9 +539,7 @@ impl VHost {
         if self.exchange(destination).is_none() {
             return Err(self.no_exchange(destination));
         }
-        if src.kind == ExchangeKind::Headers {
-            validate_headers_binding(args)?;
-        }
+        validate_binding(&src, key, args)?;
         src.bind(Binding {
             routing_key: key.to_string(),
             arguments: args.clone(),
@@ -565,11 +608,11 @@ impl VHost {
     // ---- restore at start ----
 
     pub fn restore_exchange(&self, r: &ExchangeRecord) {
-        let Ok(kind) = ExchangeKind::parse(&r.kind) else {
+        let Ok((kind, delayed)) = declared_type(&r.kind, &r.arguments) else {
             tracing::error!(exchange = %r.name, kind = %r.kind, "skipping stored exchange of unknown type");
             return;
         };
-        let exchange = Exchange::new(
+        let mut exchange = Exchange::new(
             r.name.clone(),
             kind,
             true,
@@ -577,6 +620,9 @@ impl VHost {
             r.internal,
             r.arguments.clone(),
         );
+        if delayed {
+            exchange = exchange.with_delay();
+        }
         self.exchanges
             .write()
             .insert(r.name.clone(), Arc::new(exchange));
@@ -650,6 +696,10 @@ impl VHost {
         message.store_id = Some(recovered.id);
         let message = Arc::new(message);
         for (queue, delivered) in recovered.queues {
+            if let Some((due_ms, exchange)) = parse_delayed_holder(&queue) {
+                self.schedule_delayed(exchange.to_string(), message.clone(), due_ms);
+                continue;
+            }
             match self.queue(&queue) {
                 Some(q) => q.restore(message.clone(), delivered),
                 None => {
@@ -676,6 +726,115 @@ impl VHost {
 
     pub fn reply_queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.reply_queues.read().get(name).cloned()
+    }
+
+    // ---- delivery ----
+
+    /// Hands a routed message to its queues. A persistent message is first
+    /// stored once for all its durable queues. Returns whether some queue
+    /// refused it (overflow), the log sequence a confirm must wait for, and
+    /// the shared message.
+    pub fn deliver(
+        &self,
+        mut message: Message,
+        queues: &[Arc<Queue>],
+    ) -> (bool, Option<u64>, Arc<Message>) {
+        let mut log_seq = None;
+        if message.is_persistent() {
+            let durable: Vec<&str> = queues
+                .iter()
+                .filter(|q| q.options.durable)
+                .map(|q| q.name.as_str())
+                .collect();
+            if let (false, Some(store)) = (durable.is_empty(), &self.store) {
+                let (id, seq) = store.log.append(
+                    &self.name,
+                    &durable,
+                    &message.exchange,
+                    &message.routing_key,
+                    &message.raw_properties,
+                    &message.body,
+                );
+                message.store_id = Some(id);
+                log_seq = Some(seq);
+            }
+        }
+        let message = Arc::new(message);
+        let mut refused = false;
+        for queue in queues {
+            refused |= queue.publish(message.clone()) == super::queue::Accepted::Refused;
+        }
+        (refused, log_seq, message)
+    }
+
+    /// Holds a message in an `x-delayed-message` exchange for `delay_ms`,
+    /// then routes it. Persistent messages on a durable exchange are stored
+    /// (with their due time) so the delay survives a restart; returns the
+    /// log sequence a confirm must wait for.
+    pub fn delay(
+        &self,
+        exchange: &Arc<Exchange>,
+        mut message: Message,
+        delay_ms: u64,
+    ) -> Option<u64> {
+        let due_ms = now_ms().saturating_add(delay_ms);
+        let mut log_seq = None;
+        if message.is_persistent() && exchange.durable {
+            let holder = delayed_holder(due_ms, &exchange.name);
+            match (&self.store, holder.len() <= 255) {
+                (Some(store), true) => {
+                    let (id, seq) = store.log.append(
+                        &self.name,
+                        &[holder.as_str()],
+                        &message.exchange,
+                        &message.routing_key,
+                        &message.raw_properties,
+                        &message.body,
+                    );
+                    message.store_id = Some(id);
+                    log_seq = Some(seq);
+                }
+                (Some(_), false) => {
+                    tracing::warn!(exchange = %exchange.name, "exchange name too long to persist a delayed message")
+                }
+                (None, _) => {}
+            }
+        }
+        self.schedule_delayed(exchange.name.clone(), Arc::new(message), due_ms);
+        log_seq
+    }
+
+    fn schedule_delayed(&self, exchange: String, message: Arc<Message>, due_ms: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let vhost = self.self_ref.clone();
+        let wait = std::time::Duration::from_millis(due_ms.saturating_sub(now_ms()));
+        runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(vhost) = vhost.upgrade() {
+                vhost.fire_delayed(&exchange, &message, due_ms);
+            }
+        });
+    }
+
+    /// A delayed message is due: route it now through its exchange.
+    fn fire_delayed(&self, exchange_name: &str, held: &Message, due_ms: u64) {
+        if let Some(exchange) = self.exchange(exchange_name) {
+            let mut message = held.clone();
+            message.store_id = None;
+            let queues = self.route(
+                &exchange,
+                &[&message.routing_key.clone()],
+                message.properties.headers().as_ref(),
+            );
+            self.deliver(message, &queues);
+        }
+        if let (Some(store), Some(id)) = (&self.store, held.store_id) {
+            store
+                .log
+                .remove(id, &self.name, &delayed_holder(due_ms, exchange_name));
+        }
     }
 
     // ---- routing ----

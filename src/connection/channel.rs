@@ -8,7 +8,7 @@ use super::ConnContext;
 use crate::broker::arguments;
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Accepted, Consumer, DeliverySink, Queue, QueueOptions};
+use crate::broker::queue::{Consumer, DeliverySink, Queue, QueueOptions};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
 use crate::protocol::error::code;
 use crate::protocol::text::short;
@@ -388,8 +388,9 @@ impl Channel {
         Ok(())
     }
 
-    /// Routes a checked message to its queues; returns it to the publisher
-    /// when mandatory and unroutable; marks it confirmable.
+    /// Routes a checked message to its queues (or holds it in a delaying
+    /// exchange); returns it to the publisher when mandatory and
+    /// unroutable; marks it confirmable.
     fn route(&mut self, ctx: &mut ConnContext, message: Assembled) {
         let Assembled {
             publish,
@@ -397,6 +398,7 @@ impl Channel {
             mut raw_properties,
             body,
         } = message;
+        let publish_seq = self.current_publish.take();
         let exchange_name = publish.exchange.as_str();
         let routing_key = publish.routing_key.as_str();
         // CC and BCC add routing keys; BCC is removed before delivery.
@@ -418,6 +420,13 @@ impl Channel {
                 raw_properties = crate::protocol::encode::properties(&properties);
             }
         }
+        let message = Message::new(
+            exchange_name.to_string(),
+            routing_key.to_string(),
+            properties,
+            raw_properties,
+            body,
+        );
         let mut keys: Vec<&str> = vec![routing_key];
         keys.extend(extra_keys.iter().map(String::as_str));
         let queues: Vec<Arc<Queue>> = if exchange_name.is_empty() {
@@ -428,61 +437,42 @@ impl Channel {
             found.dedup_by(|a, b| Arc::ptr_eq(a, b));
             found
         } else {
-            match ctx.vhost.exchange(exchange_name) {
-                Some(exchange) => ctx
-                    .vhost
-                    .route(&exchange, &keys, properties.headers().as_ref()),
-                None => Vec::new(),
+            let Some(exchange) = ctx.vhost.exchange(exchange_name) else {
+                return;
+            };
+            if exchange.is_duplicate(&message) {
+                // A repeat of a recent deduplication key: accepted, not routed.
+                self.confirm_later(publish_seq, false, None);
+                return;
             }
+            if let Some(delay) = x_delay(&exchange, &message) {
+                let log_seq = ctx.vhost.delay(&exchange, message, delay);
+                self.confirm_later(publish_seq, false, log_seq);
+                return;
+            }
+            ctx.vhost
+                .route(&exchange, &keys, message.properties.headers().as_ref())
         };
-        let mut message = Message::new(
-            exchange_name.to_string(),
-            routing_key.to_string(),
-            properties,
-            raw_properties,
-            body,
-        );
-        // A persistent message for durable queues is stored once, for all
-        // of them; its confirm waits for the log's sync.
-        let mut log_seq = None;
-        if message.is_persistent() {
-            let durable: Vec<&str> = queues
-                .iter()
-                .filter(|q| q.options.durable)
-                .map(|q| q.name.as_str())
-                .collect();
-            if let (false, Some(store)) = (durable.is_empty(), &ctx.broker.store) {
-                let (id, seq) = store.log.append(
-                    &ctx.vhost.name,
-                    &durable,
-                    &message.exchange,
-                    &message.routing_key,
-                    &message.raw_properties,
-                    &message.body,
-                );
-                message.store_id = Some(id);
-                log_seq = Some(seq);
-            }
-        }
-        let message = Arc::new(message);
+        let (refused, log_seq, message) = ctx.vhost.deliver(message, &queues);
         if queues.is_empty() && publish.mandatory {
             ctx.output.send(super::output::Outbound::Return {
                 channel: self.id,
                 reply_code: code::NO_ROUTE,
                 reply_text: "NO_ROUTE",
-                message: message.clone(),
+                message,
             });
         }
-        let mut refused = false;
-        for queue in &queues {
-            refused |= queue.publish(message.clone()) == Accepted::Refused;
-        }
-        if let Some(publish_seq) = self.current_publish.take() {
-            if refused {
-                self.confirms.nack(publish_seq);
-            } else if let Some(seq) = log_seq {
-                self.confirms.wait_for_log(publish_seq, seq);
-            }
+        self.confirm_later(publish_seq, refused, log_seq);
+    }
+
+    /// Records how publish `seq` (confirm mode) is to be confirmed: nacked
+    /// when a queue refused it, acked once the log synced past `log_seq`.
+    fn confirm_later(&mut self, seq: Option<u64>, refused: bool, log_seq: Option<u64>) {
+        let Some(seq) = seq else { return };
+        if refused {
+            self.confirms.nack(seq);
+        } else if let Some(log_seq) = log_seq {
+            self.confirms.wait_for_log(seq, log_seq);
         }
     }
 
@@ -944,4 +934,19 @@ fn validate_expiration(value: &str) -> Result<(), AmqpError> {
 
 pub fn method_ids(method: &AMQPClass) -> (u16, u16) {
     (method.get_amqp_class_id(), method.get_amqp_method_id())
+}
+
+/// The `x-delay` (ms) of a message published to a delaying exchange, when
+/// positive.
+fn x_delay(exchange: &crate::broker::exchange::Exchange, message: &Message) -> Option<u64> {
+    if !exchange.delayed {
+        return None;
+    }
+    let delay = message
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delay"))
+        .and_then(arguments::as_int)?;
+    (delay > 0).then(|| delay.min(u64::MAX as i128) as u64)
 }

@@ -1,6 +1,7 @@
 //! Exchanges: a name, a type, and the bindings its router matches against.
 //! One file per exchange type; this file holds what they share.
 
+mod consistent_hash;
 mod direct;
 mod fanout;
 mod headers;
@@ -11,6 +12,7 @@ use crate::protocol::{AmqpError, FieldTable};
 use parking_lot::RwLock;
 use std::sync::Arc;
 
+pub use consistent_hash::validate_weight as validate_consistent_hash_weight;
 pub use headers::validate_binding_arguments as validate_headers_binding;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +21,7 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -30,6 +33,7 @@ impl ExchangeKind {
             "fanout" => Ok(Self::Fanout),
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
+            "x-consistent-hash" => Ok(Self::ConsistentHash),
             other if other.starts_with("x-") => Err(AmqpError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -45,6 +49,7 @@ impl ExchangeKind {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::ConsistentHash => "x-consistent-hash",
         }
     }
 }
@@ -116,6 +121,7 @@ enum Router {
     Fanout(fanout::FanoutRouter),
     Topic(topic::TopicRouter),
     Headers(headers::HeadersRouter),
+    ConsistentHash(consistent_hash::ConsistentHashRouter),
 }
 
 impl Router {
@@ -125,6 +131,7 @@ impl Router {
             ExchangeKind::Fanout => Router::Fanout(Default::default()),
             ExchangeKind::Topic => Router::Topic(Default::default()),
             ExchangeKind::Headers => Router::Headers(Default::default()),
+            ExchangeKind::ConsistentHash => Router::ConsistentHash(Default::default()),
         }
     }
 
@@ -134,6 +141,7 @@ impl Router {
             Router::Fanout(r) => r.add(binding),
             Router::Topic(r) => r.add(binding),
             Router::Headers(r) => r.add(binding),
+            Router::ConsistentHash(r) => r.add(binding),
         }
     }
 
@@ -143,15 +151,23 @@ impl Router {
             Router::Fanout(r) => r.remove(binding),
             Router::Topic(r) => r.remove(binding),
             Router::Headers(r) => r.remove(binding),
+            Router::ConsistentHash(r) => r.remove(binding),
         }
     }
 
-    fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Routed) {
+    fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        hash_header: Option<&str>,
+        out: &mut Routed,
+    ) {
         match self {
             Router::Direct(r) => r.route(routing_key, out),
             Router::Fanout(r) => r.route(out),
             Router::Topic(r) => r.route(routing_key, out),
             Router::Headers(r) => r.route(headers, out),
+            Router::ConsistentHash(r) => r.route(routing_key, headers, hash_header, out),
         }
     }
 }
@@ -168,6 +184,12 @@ pub struct Exchange {
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
+    /// `x-delayed-message`: messages with an `x-delay` header are held
+    /// that many ms before routing.
+    pub delayed: bool,
+    /// Consistent-hash exchanges: hash this header instead of the key.
+    hash_header: Option<String>,
+    dedup: Option<super::dedup::Deduplicator>,
     pub arguments: FieldTable,
     table: RwLock<BindingTable>,
 }
@@ -187,18 +209,30 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
+        let hash_header =
+            super::arguments::get(&arguments, "hash-header").and_then(super::arguments::as_string);
+        let dedup = super::dedup::Deduplicator::from_arguments(&arguments);
         Exchange {
             name,
             kind,
             durable,
             auto_delete,
             internal,
+            delayed: false,
+            hash_header,
+            dedup,
             arguments,
             table: RwLock::new(BindingTable {
                 list: Vec::new(),
                 router: Router::new(kind),
             }),
         }
+    }
+
+    /// Makes this an `x-delayed-message` exchange routing as `kind`.
+    pub fn with_delay(mut self) -> Self {
+        self.delayed = true;
+        self
     }
 
     pub fn alternate_exchange(&self) -> Option<String> {
@@ -249,7 +283,26 @@ impl Exchange {
     }
 
     pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Routed) {
-        self.table.read().router.route(routing_key, headers, out);
+        self.table
+            .read()
+            .router
+            .route(routing_key, headers, self.hash_header.as_deref(), out);
+    }
+
+    /// The declared type: `x-delayed-message` for a delaying exchange,
+    /// otherwise the routing type.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            "x-delayed-message"
+        } else {
+            self.kind.as_str()
+        }
+    }
+
+    /// Whether this message repeats a recent deduplication key
+    /// (`x-message-deduplication` on the exchange).
+    pub fn is_duplicate(&self, message: &super::message::Message) -> bool {
+        self.dedup.as_ref().is_some_and(|d| d.is_duplicate(message))
     }
 }
 

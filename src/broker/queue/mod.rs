@@ -82,6 +82,8 @@ pub struct Queue {
     /// The message log, for a durable queue: persistent messages in it are
     /// stored there until they leave the queue.
     log: Option<Arc<MessageLog>>,
+    /// `x-message-deduplication`: repeats of a recent key are dropped.
+    dedup: Option<crate::broker::dedup::Deduplicator>,
     state: Mutex<QueueState>,
     unacked: AtomicUsize,
     deleted: AtomicBool,
@@ -122,6 +124,7 @@ impl Queue {
         vhost_ref: Weak<VHost>,
         log: Option<Arc<MessageLog>>,
     ) -> Self {
+        let dedup = crate::broker::dedup::Deduplicator::from_arguments(&options.arguments);
         Queue {
             name,
             vhost,
@@ -135,6 +138,7 @@ impl Queue {
                 expiry_timer: None,
                 last_used: Instant::now(),
             }),
+            dedup,
             args,
             vhost_ref,
             log,
@@ -251,6 +255,14 @@ impl Queue {
         if self.is_deleted() {
             return Accepted::Yes;
         }
+        if self
+            .dedup
+            .as_ref()
+            .is_some_and(|d| d.is_duplicate(&message))
+        {
+            self.forget(&message);
+            return Accepted::Yes;
+        }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         let mut dead = DeadLetters::new();
         let accepted = {
@@ -258,9 +270,10 @@ impl Queue {
             let refuse = self.args.overflow != Overflow::DropHead
                 && self.over_limit(&st, message.body_size(), 1);
             if refuse {
-                self.forget(&message);
                 if self.args.overflow == Overflow::RejectPublishDlx {
                     dead.push((message, Reason::Maxlen));
+                } else {
+                    self.forget(&message);
                 }
                 Accepted::Refused
             } else {
@@ -295,10 +308,7 @@ impl Queue {
                 // drop-head: the oldest go, dead-lettered as maxlen.
                 while self.over_limit(&st, 0, 0) {
                     match st.ready.pop_oldest_lowest() {
-                        Some(old) => {
-                            self.forget(&old.message);
-                            dead.push((old.message, Reason::Maxlen));
-                        }
+                        Some(old) => dead.push((old.message, Reason::Maxlen)),
                         None => break,
                     }
                 }
@@ -330,7 +340,6 @@ impl Queue {
             .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
         {
             if let Some(expired) = st.ready.pop_front() {
-                self.forget(&expired.message);
                 dead.push((expired.message, Reason::Expired));
             }
         }
@@ -476,7 +485,13 @@ impl Queue {
     /// Rejected without requeue: the messages leave, dead-lettered as
     /// `rejected` when the queue has a dead-letter exchange.
     pub fn rejected(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
-        self.acked(&messages);
+        let count = messages.len();
+        self.unacked
+            .fetch_sub(count.min(self.unacked_count()), Ordering::Relaxed);
+        self.counters
+            .acked
+            .fetch_add(count as u64, Ordering::Relaxed);
+        // dead_letter records their removal once the copies are stored.
         self.dead_letter(
             messages
                 .into_iter()
@@ -506,7 +521,6 @@ impl Queue {
                 if let Some(limit) = self.args.delivery_limit {
                     queued.delivery_count += 1;
                     if queued.delivery_count as u64 > limit {
-                        self.forget(&queued.message);
                         dead.push((queued.message, Reason::DeliveryLimit));
                         continue;
                     }
@@ -546,17 +560,22 @@ impl Queue {
 
     /// Republishes dead letters to the dead-letter exchange (outside the
     /// queue lock); without one they are dropped.
+    /// The messages leave this queue; their removal from the log is
+    /// recorded after any dead-letter copy was stored.
     fn dead_letter(&self, dead: DeadLetters) {
         if dead.is_empty() {
             return;
         }
         let (Some(dlx), Some(vhost)) = (&self.args.dead_letter_exchange, self.vhost_ref.upgrade())
         else {
+            for (message, _) in &dead {
+                self.forget(message);
+            }
             return;
         };
         let dlrk = self.args.dead_letter_routing_key.as_deref();
         for (message, reason) in dead {
-            let (mut letter, keys) = dead_letter::build(&message, &self.name, reason, dlx, dlrk);
+            let (letter, keys) = dead_letter::build(&message, &self.name, reason, dlx, dlrk);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let mut targets = vhost.route_by_name(dlx, &keys, letter.properties.headers().as_ref());
             targets.retain(|target| {
@@ -569,31 +588,8 @@ impl Queue {
             // A persistent dead letter is stored for its durable targets
             // before the source's removal record reaches the log, so a
             // crash in between keeps it (at least once).
-            if letter.is_persistent() {
-                let durable: Vec<&str> = targets
-                    .iter()
-                    .filter(|q| q.log.is_some())
-                    .map(|q| q.name.as_str())
-                    .collect();
-                if let (false, Some(log)) = (
-                    durable.is_empty(),
-                    targets.iter().find_map(|q| q.log.clone()),
-                ) {
-                    let (id, _) = log.append(
-                        &self.vhost,
-                        &durable,
-                        &letter.exchange,
-                        &letter.routing_key,
-                        &letter.raw_properties,
-                        &letter.body,
-                    );
-                    letter.store_id = Some(id);
-                }
-            }
-            let letter = Arc::new(letter);
-            for target in targets {
-                target.publish(letter.clone());
-            }
+            vhost.deliver(letter, &targets);
+            self.forget(&message);
         }
     }
 
