@@ -1127,3 +1127,53 @@ async fn lists_page_filter_and_select_columns() {
         .expect("paged list parses");
     assert_eq!(paged.len(), 3);
 }
+
+#[tokio::test]
+async fn http_publish_honours_delayed_exchanges() {
+    let m = Mgmt::start().await;
+    let client = m.client();
+    let (status, _) = m
+        .call(
+            reqwest::Method::PUT,
+            "/exchanges/%2F/later",
+            Some(r#"{"type":"x-delayed-message","arguments":{"x-delayed-type":"direct"}}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, x) = m.get("/exchanges/%2F/later").await;
+    assert_eq!(x["type"], "x-delayed-message");
+    client
+        .declare_queue("/", &QueueParams::new_durable_classic_queue("due", None))
+        .await
+        .unwrap();
+    client
+        .bind_queue("/", "due", "later", Some("due"), None)
+        .await
+        .unwrap();
+    let (status, body) = m
+        .call(
+            reqwest::Method::POST,
+            "/exchanges/%2F/later/publish",
+            Some(r#"{"properties":{"headers":{"x-delay":200}},"routing_key":"due","payload":"tick","payload_encoding":"string"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"routed": false}), "held, not routed yet");
+    assert_eq!(
+        client
+            .get_queue_info("/", "due")
+            .await
+            .unwrap()
+            .message_count,
+        0
+    );
+    eventually(|| async {
+        client
+            .get_queue_info("/", "due")
+            .await
+            .unwrap()
+            .message_count
+            == 1
+    })
+    .await;
+}

@@ -55,7 +55,7 @@ fn exchanges(vhost: &VHost, with_vhost: bool) -> Vec<Value> {
             let mut v = json!({
                 "name": x.name,
                 "vhost": vhost.name,
-                "type": x.kind.as_str(),
+                "type": x.type_name(),
                 "durable": x.durable,
                 "auto_delete": x.auto_delete,
                 "internal": x.internal,

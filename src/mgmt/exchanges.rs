@@ -46,7 +46,7 @@ pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
     json!({
         "name": x.name,
         "vhost": vhost,
-        "type": x.kind.as_str(),
+        "type": x.type_name(),
         "durable": x.durable,
         "auto_delete": x.auto_delete,
         "internal": x.internal,
@@ -253,62 +253,82 @@ async fn publish(
         }
     };
     let name = exchange_name(&name);
-    let queues = route(&vhost, name, routing_key, &properties)?;
-    let routed = !queues.is_empty();
+    let exchange = check_exchange(&vhost, name)?;
     let raw = encode::properties(&properties);
-    let mut message = Message::new(
+    let message = Message::new(
         name.to_string(),
         routing_key.to_string(),
         properties,
         raw,
         payload,
     );
-    if message.is_persistent() {
-        let durable: Vec<&str> = queues
-            .iter()
-            .filter(|q| q.options.durable)
-            .map(|q| q.name.as_str())
-            .collect();
-        if let (false, Some(store)) = (durable.is_empty(), &ctx.broker.store) {
-            let (id, _) = store.log.append(
-                &vhost.name,
-                &durable,
-                &message.exchange,
-                &message.routing_key,
-                &message.raw_properties,
-                &message.body,
-            );
-            message.store_id = Some(id);
+    // As over AMQP: a repeated deduplication key is dropped, a delayed
+    // message is held by its exchange (neither counts as routed).
+    if let Some(x) = &exchange {
+        if x.is_duplicate(&message) {
+            return Ok(Json(json!({ "routed": false })));
+        }
+        if let Some(delay) = x_delay(x, &message) {
+            vhost.delay(x, message, delay);
+            return Ok(Json(json!({ "routed": false })));
         }
     }
-    let message = Arc::new(message);
-    for q in &queues {
-        q.publish(message.clone());
-    }
+    let queues = route(
+        &vhost,
+        exchange.as_deref(),
+        routing_key,
+        &message.properties,
+    );
+    let routed = !queues.is_empty();
+    // Stores a persistent message for durable queues, like an AMQP publish.
+    vhost.deliver(message, &queues);
     Ok(Json(json!({ "routed": routed })))
 }
 
-/// The queues a management publish reaches. A missing exchange is a 400
-/// whose reason is the AMQP error, as in RabbitMQ.
-fn route(
-    vhost: &VHost,
-    exchange: &str,
-    key: &str,
-    properties: &BasicProperties,
-) -> ApiResult<Vec<Arc<crate::broker::queue::Queue>>> {
-    let amqp_error = |e: AmqpError| ApiError::bad_request(e.to_string());
-    if exchange.is_empty() {
-        return Ok(vhost.route_default(key).into_iter().collect());
+/// The exchange a management publish goes to (`None`: the default one).
+/// A missing or internal exchange is a 400 whose reason is the AMQP
+/// error, as in RabbitMQ.
+fn check_exchange(vhost: &VHost, name: &str) -> ApiResult<Option<Arc<Exchange>>> {
+    if name.is_empty() {
+        return Ok(None);
     }
+    let amqp_error = |e: AmqpError| ApiError::bad_request(e.to_string());
     let x = vhost
-        .exchange(exchange)
-        .ok_or_else(|| amqp_error(vhost.no_exchange(exchange)))?;
+        .exchange(name)
+        .ok_or_else(|| amqp_error(vhost.no_exchange(name)))?;
     if x.internal {
         return Err(amqp_error(AmqpError::access_refused(format!(
             "cannot publish to internal {}",
-            vhost.exchange_resource(exchange)
+            vhost.exchange_resource(name)
         ))));
     }
+    Ok(Some(x))
+}
+
+/// The `x-delay` (ms) of a message published to a delaying exchange.
+fn x_delay(exchange: &Exchange, message: &Message) -> Option<u64> {
+    if !exchange.delayed {
+        return None;
+    }
+    let delay = message
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delay"))
+        .and_then(crate::broker::arguments::as_int)?;
+    (delay > 0).then(|| delay.min(u64::MAX as i128) as u64)
+}
+
+/// The queues a management publish reaches.
+fn route(
+    vhost: &VHost,
+    exchange: Option<&Exchange>,
+    key: &str,
+    properties: &BasicProperties,
+) -> Vec<Arc<crate::broker::queue::Queue>> {
+    let Some(x) = exchange else {
+        return vhost.route_default(key).into_iter().collect();
+    };
     let mut keys = vec![key.to_string()];
     if let Some(headers) = properties.headers() {
         // CC adds routing keys. (BCC is not supported here: it would
@@ -322,7 +342,7 @@ fn route(
         }
     }
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    Ok(vhost.route(&x, &keys, properties.headers().as_ref()))
+    vhost.route(x, &keys, properties.headers().as_ref())
 }
 
 #[cfg(test)]
