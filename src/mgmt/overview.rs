@@ -5,12 +5,13 @@
 //! now: `publish` counts a message once per queue it reached (RabbitMQ
 //! counts it once per publish), and the counts of deleted queues are lost.
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::metrics::ProcessStats;
 use super::{put_count, Ctx};
 use axum::extract::{Path, State};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 
@@ -88,11 +89,18 @@ impl Totals {
     }
 }
 
-async fn overview(State(ctx): State<Ctx>) -> Json<Value> {
+/// Counts cover what the caller may see: every vhost and connection for
+/// administrators and monitoring users, otherwise its vhosts and its own
+/// connections.
+async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) -> Json<Value> {
     let broker = &ctx.broker;
-    let vhosts = broker.vhosts();
+    let mut vhosts = broker.vhosts();
+    vhosts.retain(|v| caller.can_read(&ctx, &v.name));
     let totals = Totals::of(&vhosts);
-    let connections = broker.registry.connections();
+    let mut connections = broker.registry.connections();
+    if !caller.sees_everything() {
+        connections.retain(|c| c.user == caller.name);
+    }
     let channels: usize = connections
         .iter()
         .map(|c| c.channels.load(Ordering::Relaxed))
