@@ -42,6 +42,9 @@ enum Scenario {
     Connections,
     /// Connect, open a channel and close (5 s limit): a health check.
     Ping,
+    /// Publish --count messages with --expiration into a queue nobody
+    /// reads; time and broker CPU until all have expired.
+    Expiry,
 }
 
 /// A PerfTest-style load generator for AMQP 0-9-1 brokers.
@@ -111,6 +114,10 @@ struct Cli {
     /// backlog: messages to publish before draining.
     #[arg(long, short = 'C', default_value_t = 100_000)]
     count: u64,
+    /// Per-message TTL in ms (the `expiration` property); expiry scenario
+    /// default 1000.
+    #[arg(long)]
+    expiration: Option<u64>,
     /// connections: idle connections to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -185,6 +192,7 @@ fn run(cli: &Cli) -> Result<()> {
             Scenario::Connections => connections(&cli, &uri).await,
             Scenario::Ping => ping(&cli, &uri).await,
             Scenario::Backlog => backlog(&cli, &uri).await,
+            Scenario::Expiry => expiry(&cli, &uri).await,
             _ => load(&cli, &uri).await,
         }
     })?;
@@ -211,6 +219,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Backlog => "backlog",
         Scenario::Connections => "connections",
         Scenario::Ping => "ping",
+        Scenario::Expiry => "expiry",
     }
 }
 
@@ -347,6 +356,7 @@ impl Plan {
             confirm: cli.confirm,
             rate: cli.rate,
             count,
+            expiration: cli.expiration,
             max_backlog: cli.max_backlog,
             fanout: self.fanout,
             has_consumers: self.consumers > 0,
@@ -942,6 +952,96 @@ async fn backlog(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
                 cli.size
             ),
         );
+    }
+    for e in &errors {
+        t.row("error", e.clone());
+    }
+    Ok((json, t))
+}
+
+/// expiry: publish --count messages with a per-message TTL into one queue
+/// with no consumer, then wait until the broker has expired them all.
+/// Reports the time from the last publish to an empty queue and the
+/// broker's CPU time over the whole run.
+async fn expiry(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
+    let mut cli = cli.clone();
+    cli.queue_count = Some(1);
+    cli.consumers = Some(0);
+    cli.expiration = Some(cli.expiration.unwrap_or(1000));
+    let cli = &cli;
+    let plan = Plan::new(cli)?;
+    let monitor = Monitor::new(cli)?;
+    let queue = plan.queues[0].clone();
+    let mut control = Conn::connect(uri, "amqp-perf control").await?;
+    plan.setup(cli, &mut control).await?;
+    let counters = Arc::new(Counters::default());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let mut errors = Vec::new();
+    let before = monitor.sample();
+    let start = Instant::now();
+    let mut spec = plan.publish_spec(cli, 0, cli.count);
+    spec.has_consumers = false;
+    spec.rate = 0.0;
+    spec.max_backlog = 0;
+    let handle = tokio::spawn(publisher::run(
+        uri.clone(),
+        spec,
+        0,
+        counters.clone(),
+        stop_rx.clone(),
+    ));
+    let sent = join_publishers(vec![handle], &mut errors, Duration::from_secs(600)).await;
+    let published_at = Instant::now();
+    let publish_secs = start.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut depth;
+    loop {
+        depth = control.queue_declare(&queue, false, true).await? as u64;
+        if depth == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expire_secs = published_at.elapsed().as_secs_f64();
+    let total_secs = start.elapsed().as_secs_f64();
+    let after = monitor.sample();
+    if depth > 0 {
+        errors.push(format!("{depth} messages still queued after 600 s"));
+    }
+    control.close().await;
+    plan.teardown(cli, uri).await;
+    let cpu_secs = match (before.broker, after.broker) {
+        (Some(a), Some(b)) => Some((b.ticks - a.ticks) as f64 / monitor.hz),
+        _ => None,
+    };
+    let json = Json::obj()
+        .with("scenario", "expiry")
+        .with("label", cli.label.clone())
+        .with("broker", uri.addr.to_string())
+        .with("count", sent)
+        .with("expiration_ms", cli.expiration.unwrap_or(0))
+        .with("publish_seconds", publish_secs)
+        .with("empty_after_last_publish_seconds", expire_secs)
+        .with("total_seconds", total_secs)
+        .with("broker_cpu_seconds", cpu_secs)
+        .with("errors", errors.clone());
+    let mut t = Table::default();
+    t.row(
+        "setup",
+        format!(
+            "{} messages, {} B, expiration {} ms, no consumer",
+            thousands(sent as f64),
+            cli.size,
+            cli.expiration.unwrap_or(0)
+        ),
+    );
+    t.row("published", format!("in {publish_secs:.2} s"));
+    t.row(
+        "expired",
+        format!("queue empty {expire_secs:.2} s after the last publish ({total_secs:.2} s in all)"),
+    );
+    if let Some(cpu) = cpu_secs {
+        t.row("broker CPU", format!("{cpu:.2} s"));
     }
     for e in &errors {
         t.row("error", e.clone());

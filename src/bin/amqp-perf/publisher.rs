@@ -29,6 +29,8 @@ pub struct PublishSpec {
     pub rate: f64,
     /// Stop after this many messages (0 = until stopped).
     pub count: u64,
+    /// Per-message TTL (the `expiration` property), in ms.
+    pub expiration: Option<u64>,
     /// Pause while (published x fanout - consumed) exceeds this (0 = off).
     pub max_backlog: u64,
     /// Deliveries expected per published message (queues it reaches).
@@ -59,6 +61,9 @@ pub fn build_template(spec: &PublishSpec, frame_max: u32) -> Template {
     let mut props = BasicProperties::default();
     if spec.persistent {
         props = props.with_delivery_mode(2);
+    }
+    if let Some(ms) = spec.expiration {
+        props = props.with_expiration(ms.to_string().as_str().into());
     }
     let raw_props = encode::properties(&props);
     let content_start = buf.len();
@@ -321,6 +326,7 @@ mod tests {
                 confirm: 0,
                 rate: 0.0,
                 count: 0,
+                expiration: None,
                 max_backlog: 0,
                 fanout: 1,
                 has_consumers: false,
