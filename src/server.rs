@@ -14,6 +14,23 @@ use tokio::task::JoinSet;
 pub struct Server {
     pub broker: Arc<Broker>,
     listener: TcpListener,
+    management: Option<TcpListener>,
+    prometheus: Option<TcpListener>,
+}
+
+/// Binds an optional HTTP listener (port 0 = any free port).
+async fn bind_http(
+    config: &crate::config::ListenerConfig,
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let addr = format!("{}:{}", config.bind, config.port);
+    TcpListener::bind(&addr)
+        .await
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for {what}: {e}"))
 }
 
 impl Server {
@@ -23,10 +40,27 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let management = bind_http(&config.management, "the management API").await?;
+        let prometheus = bind_http(&config.prometheus, "Prometheus metrics").await?;
         let (store, recovered) = Store::open(&config.storage.data_dir)?;
         let broker = Broker::new(config, Some(Arc::new(store)));
         broker.restore(recovered);
-        Ok(Server { broker, listener })
+        Ok(Server {
+            broker,
+            listener,
+            management,
+            prometheus,
+        })
+    }
+
+    /// Where the management API listens, if enabled.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where Prometheus metrics are served, if enabled.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -36,8 +70,28 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then closes every connection.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        if let Some(listener) = self.management.take() {
+            let serve = crate::mgmt::serve(self.broker.clone(), listener, stopped(stop_rx.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!("management API stopped: {e}");
+                }
+            });
+        }
+        if let Some(listener) = self.prometheus.take() {
+            let serve =
+                crate::mgmt::serve_metrics(self.broker.clone(), listener, stopped(stop_rx.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!("Prometheus endpoint stopped: {e}");
+                }
+            });
+        }
         let mut connections = JoinSet::new();
         tracing::info!(addr = %self.local_addr(), "AMQP listener started");
         tokio::pin!(shutdown);

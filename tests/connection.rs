@@ -301,6 +301,8 @@ async fn graceful_shutdown_closes_connections_with_320() {
     config.amqp.bind = "127.0.0.1".into();
     config.amqp.port = 0;
     config.storage.data_dir = dir.path().to_path_buf();
+    config.management.port = 0;
+    config.prometheus.port = 0;
     let server = broker::Server::bind(config).await.unwrap();
     let port = server.local_addr().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -324,4 +326,40 @@ async fn graceful_shutdown_closes_connections_with_320() {
         .await
         .expect("server stops")
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_server_serves_the_management_api_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::default();
+    config.amqp.bind = "127.0.0.1".into();
+    config.amqp.port = 0;
+    config.storage.data_dir = dir.path().to_path_buf();
+    config.management.bind = "127.0.0.1".into();
+    config.management.port = 0;
+    config.prometheus.bind = "127.0.0.1".into();
+    config.prometheus.port = 0;
+    let server = broker::Server::bind(config).await.unwrap();
+    let api = server
+        .management_addr()
+        .expect("management enabled by default");
+    let metrics = server
+        .prometheus_addr()
+        .expect("prometheus enabled by default");
+    tokio::spawn(server.run(std::future::pending()));
+    let http = reqwest::Client::new();
+    let overview = http
+        .get(format!("http://{api}/api/overview"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+    let scrape = http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape.text().await.unwrap().contains("rabbitmq_queues"));
 }

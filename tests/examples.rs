@@ -73,6 +73,8 @@ async fn run_example(name: &str) {
     config.amqp.port = 0;
     config.amqp.bind = "127.0.0.1".into();
     config.storage.data_dir = dir.path().join("data");
+    config.management.port = 0;
+    config.prometheus.port = 0;
     let server = broker::Server::bind(config).await.unwrap();
     let port = server.local_addr().port();
     tokio::spawn(server.run(std::future::pending()));

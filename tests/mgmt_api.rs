@@ -32,6 +32,9 @@ impl Mgmt {
         config.amqp.bind = "127.0.0.1".into();
         config.amqp.port = 0;
         config.storage.data_dir = dir.path().to_path_buf();
+        // The test serves the API itself, on a port of its own.
+        config.management.enabled = false;
+        config.prometheus.enabled = false;
         let server = broker::Server::bind(config).await.expect("bind");
         let amqp_port = server.local_addr().port();
         let broker = server.broker.clone();

@@ -34,6 +34,11 @@ impl TestBroker {
         config.amqp.bind = "127.0.0.1".into();
         config.amqp.port = 0;
         config.storage.data_dir = dir.path().to_path_buf();
+        // Any free ports: tests run side by side.
+        config.management.bind = "127.0.0.1".into();
+        config.management.port = 0;
+        config.prometheus.bind = "127.0.0.1".into();
+        config.prometheus.port = 0;
         adjust(&mut config);
         let server = broker::Server::bind(config).await.expect("bind");
         let port = server.local_addr().port();
@@ -369,6 +374,8 @@ impl BrokerProcess {
             .env("BROKER__AMQP__BIND", "127.0.0.1")
             .env("BROKER__AMQP__PORT", port.to_string())
             .env("BROKER__STORAGE__DATA_DIR", data_dir)
+            .env("BROKER__MANAGEMENT__PORT", "0")
+            .env("BROKER__PROMETHEUS__PORT", "0")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -85,6 +85,8 @@ class BrokerProcess:
         env["BROKER__AMQP__PORT"] = str(self.port)
         env["BROKER__AMQP__BIND"] = self.host
         env["BROKER__STORAGE__DATA_DIR"] = str(self.data_dir)
+        env["BROKER__MANAGEMENT__PORT"] = "0"
+        env["BROKER__PROMETHEUS__PORT"] = "0"
         env.setdefault("RUST_LOG", "info")
         return env
 
