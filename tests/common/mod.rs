@@ -370,7 +370,7 @@ impl BrokerProcess {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
             .env("BROKER__AMQP__BIND", "127.0.0.1")
             .env("BROKER__AMQP__PORT", port.to_string())
             .env("BROKER__STORAGE__DATA_DIR", data_dir)
@@ -386,6 +386,8 @@ impl BrokerProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("broker did not start listening on {port}");
     }
 
