@@ -253,6 +253,8 @@ impl Queue {
     /// Appends a message and hands it on if a consumer has credit.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Accepted {
         if self.is_deleted() {
+            // Raced with the queue's deletion: it will never hold the message.
+            self.forget(&message);
             return Accepted::Yes;
         }
         if self
