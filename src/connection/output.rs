@@ -1,10 +1,16 @@
-//! The write side of a connection: everything the broker sends goes through
-//! one unbounded channel to one writer task, which encodes a batch of
-//! outbound items into a buffer and writes it with one syscall.
+//! The write side of a connection: everything the broker sends is encoded
+//! at once, by the sender, into the connection's shared write buffer; one
+//! writer task swaps that buffer out and writes it with one syscall.
 //!
-//! Back-pressure: deliveries are counted in `pending_bytes`; past
-//! `HIGH_WATER` consumers on this connection get no more messages until the
-//! writer drains below `LOW_WATER` and wakes the queues that held back.
+//! Encoding at send time means no queue of items between the two: no
+//! allocation, no `Arc<Message>` kept alive (and then freed on another
+//! thread) per delivery. The writer is woken only when the buffer goes from
+//! empty to non-empty, and everything added meanwhile rides along.
+//!
+//! Back-pressure: encoded bytes not yet written are counted in
+//! `pending_bytes`; past `HIGH_WATER` consumers on this connection get no
+//! more messages until the writer drains below `LOW_WATER` and wakes the
+//! queues that held back.
 
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -14,13 +20,14 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 const HIGH_WATER: usize = 4 * 1024 * 1024;
 const LOW_WATER: usize = HIGH_WATER / 2;
-/// Fixed cost counted per delivery besides its body.
-const DELIVERY_OVERHEAD: usize = 256;
+/// A write buffer that grew past this is dropped after use, so that a
+/// burst does not pin memory on an idle connection.
+const KEEP_CAPACITY: usize = 1024 * 1024;
 
 pub enum Outbound {
     Method(u16, Box<AMQPClass>),
@@ -50,8 +57,20 @@ pub enum Outbound {
     Close,
 }
 
+/// What senders and the writer share.
+struct Pending {
+    /// Encoded frames waiting for the writer.
+    buf: BytesMut,
+    /// `Close` was sent: nothing more is accepted.
+    closing: bool,
+    /// The writer is gone (socket closed or failed): nothing is accepted.
+    dead: bool,
+}
+
 pub struct Output {
-    tx: mpsc::UnboundedSender<Outbound>,
+    pending: Mutex<Pending>,
+    /// Wakes the writer when `pending.buf` stops being empty.
+    notify: Notify,
     pending_bytes: AtomicUsize,
     wakeups: Mutex<Vec<Weak<Queue>>>,
     frame_max: AtomicU32,
@@ -63,15 +82,19 @@ pub struct Output {
 impl Output {
     /// Creates the output and spawns its writer task on `writer`.
     pub fn start<W: AsyncWrite + Unpin + Send + 'static>(writer: W, frame_max: u32) -> Arc<Output> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let output = Arc::new(Output {
-            tx,
+            pending: Mutex::new(Pending {
+                buf: BytesMut::new(),
+                closing: false,
+                dead: false,
+            }),
+            notify: Notify::new(),
             pending_bytes: AtomicUsize::new(0),
             wakeups: Mutex::new(Vec::new()),
             frame_max: AtomicU32::new(frame_max),
             heartbeat: AtomicU16::new(0),
         });
-        tokio::spawn(write_loop(output.clone(), rx, writer));
+        tokio::spawn(write_loop(output.clone(), writer));
         output
     }
 
@@ -84,13 +107,28 @@ impl Output {
     }
 
     pub fn send(&self, item: Outbound) {
-        if let Outbound::Deliver { message, .. } | Outbound::GetOk { message, .. } = &item {
-            self.pending_bytes
-                .fetch_add(message.body_size() + DELIVERY_OVERHEAD, Ordering::Relaxed);
+        let frame_max = self.frame_max.load(Ordering::Relaxed);
+        let mut pending = self.pending.lock();
+        // After Close, or once the socket is gone, everything is dropped:
+        // the connection task is ending and requeues what was unacked.
+        if pending.closing || pending.dead {
+            return;
         }
-        // A send fails only when the writer is gone (socket closed): the
-        // connection task is ending too and requeues what was unacked.
-        let _ = self.tx.send(item);
+        let was_empty = pending.buf.is_empty();
+        let before = pending.buf.len();
+        match &item {
+            Outbound::Close => pending.closing = true,
+            item => encode_item(&mut pending.buf, item, frame_max),
+        }
+        // Counted before the writer can take (and subtract) these bytes.
+        let added = pending.buf.len() - before;
+        if added > 0 {
+            self.pending_bytes.fetch_add(added, Ordering::Relaxed);
+        }
+        drop(pending);
+        if was_empty {
+            self.notify.notify_one();
+        }
     }
 
     pub fn method(&self, channel: u16, method: AMQPClass) {
@@ -126,147 +164,224 @@ impl Output {
             queue.dispatch();
         }
     }
+}
 
-    fn encode(&self, buf: &mut BytesMut, item: &Outbound) -> (usize, bool) {
-        let frame_max = self.frame_max.load(Ordering::Relaxed);
-        match item {
-            Outbound::Method(channel, method) => {
-                encode::method(buf, *channel, method);
-                (0, false)
-            }
-            Outbound::Deliver {
-                channel,
+fn encode_item(buf: &mut BytesMut, item: &Outbound, frame_max: u32) {
+    match item {
+        Outbound::Method(channel, method) => encode::method(buf, *channel, method),
+        Outbound::Deliver {
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            message,
+        } => {
+            encode::deliver(
+                buf,
+                *channel,
                 consumer_tag,
-                delivery_tag,
-                redelivered,
-                message,
-            } => {
-                encode::deliver(
-                    buf,
-                    *channel,
-                    consumer_tag,
-                    *delivery_tag,
-                    *redelivered,
-                    &message.exchange,
-                    &message.routing_key,
-                );
-                encode::content(
-                    buf,
-                    *channel,
-                    &message.raw_properties,
-                    &message.body,
-                    frame_max,
-                );
-                (message.body_size() + DELIVERY_OVERHEAD, false)
-            }
-            Outbound::GetOk {
-                channel,
-                delivery_tag,
-                redelivered,
-                message_count,
-                message,
-            } => {
-                use amq_protocol::protocol::basic::{AMQPMethod, GetOk};
-                let get_ok = AMQPClass::Basic(AMQPMethod::GetOk(GetOk {
-                    delivery_tag: *delivery_tag,
-                    redelivered: *redelivered,
-                    exchange: crate::protocol::text::short(message.exchange.as_str()),
-                    routing_key: crate::protocol::text::short(message.routing_key.as_str()),
-                    message_count: *message_count,
-                }));
-                encode::method(buf, *channel, &get_ok);
-                encode::content(
-                    buf,
-                    *channel,
-                    &message.raw_properties,
-                    &message.body,
-                    frame_max,
-                );
-                (message.body_size() + DELIVERY_OVERHEAD, false)
-            }
-            Outbound::Return {
-                channel,
-                reply_code,
-                reply_text,
-                message,
-            } => {
-                use amq_protocol::protocol::basic::{AMQPMethod, Return};
-                let ret = AMQPClass::Basic(AMQPMethod::Return(Return {
-                    reply_code: *reply_code,
-                    reply_text: (*reply_text).into(),
-                    exchange: crate::protocol::text::short(message.exchange.as_str()),
-                    routing_key: crate::protocol::text::short(message.routing_key.as_str()),
-                }));
-                encode::method(buf, *channel, &ret);
-                encode::content(
-                    buf,
-                    *channel,
-                    &message.raw_properties,
-                    &message.body,
-                    frame_max,
-                );
-                (0, false)
-            }
-            Outbound::Raw(bytes) => {
-                buf.extend_from_slice(bytes);
-                (0, false)
-            }
-            Outbound::Close => (0, true),
+                *delivery_tag,
+                *redelivered,
+                &message.exchange,
+                &message.routing_key,
+            );
+            encode::content(
+                buf,
+                *channel,
+                &message.raw_properties,
+                &message.body,
+                frame_max,
+            );
         }
+        Outbound::GetOk {
+            channel,
+            delivery_tag,
+            redelivered,
+            message_count,
+            message,
+        } => {
+            use amq_protocol::protocol::basic::{AMQPMethod, GetOk};
+            let get_ok = AMQPClass::Basic(AMQPMethod::GetOk(GetOk {
+                delivery_tag: *delivery_tag,
+                redelivered: *redelivered,
+                exchange: crate::protocol::text::short(message.exchange.as_str()),
+                routing_key: crate::protocol::text::short(message.routing_key.as_str()),
+                message_count: *message_count,
+            }));
+            encode::method(buf, *channel, &get_ok);
+            encode::content(
+                buf,
+                *channel,
+                &message.raw_properties,
+                &message.body,
+                frame_max,
+            );
+        }
+        Outbound::Return {
+            channel,
+            reply_code,
+            reply_text,
+            message,
+        } => {
+            use amq_protocol::protocol::basic::{AMQPMethod, Return};
+            let ret = AMQPClass::Basic(AMQPMethod::Return(Return {
+                reply_code: *reply_code,
+                reply_text: (*reply_text).into(),
+                exchange: crate::protocol::text::short(message.exchange.as_str()),
+                routing_key: crate::protocol::text::short(message.routing_key.as_str()),
+            }));
+            encode::method(buf, *channel, &ret);
+            encode::content(
+                buf,
+                *channel,
+                &message.raw_properties,
+                &message.body,
+                frame_max,
+            );
+        }
+        Outbound::Raw(bytes) => buf.extend_from_slice(bytes),
+        Outbound::Close => {}
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    output: Arc<Output>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    mut writer: W,
-) {
-    let mut batch = Vec::with_capacity(256);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+async fn write_loop<W: AsyncWrite + Unpin>(output: Arc<Output>, mut writer: W) {
+    // The buffer being written; swapped with the shared one each round so
+    // that both keep their capacity.
+    let mut buf = BytesMut::new();
     let mut last_write = Instant::now();
     loop {
-        let heartbeat = output.heartbeat.load(Ordering::Relaxed);
-        let interval = Duration::from_millis(heartbeat as u64 * 500);
-        tokio::select! {
-            received = rx.recv_many(&mut batch, 256) => {
-                if received == 0 {
-                    break;
+        let closing = {
+            let mut pending = output.pending.lock();
+            std::mem::swap(&mut pending.buf, &mut buf);
+            pending.closing
+        };
+        // Heartbeats are not counted in `pending_bytes`; the rest was, when
+        // it was encoded.
+        let mut uncounted = 0;
+        if buf.is_empty() && !closing {
+            let heartbeat = output.heartbeat.load(Ordering::Relaxed);
+            let interval = Duration::from_millis(heartbeat as u64 * 500);
+            tokio::select! {
+                _ = output.notify.notified() => continue,
+                _ = tokio::time::sleep_until(last_write + interval), if heartbeat > 0 => {
+                    encode::heartbeat(&mut buf);
+                    uncounted = buf.len();
                 }
             }
-            _ = tokio::time::sleep_until(last_write + interval), if heartbeat > 0 => {
-                encode::heartbeat(&mut buf);
-            }
         }
-        let mut drained = 0;
-        let mut close = false;
-        for item in batch.drain(..) {
-            let (bytes, is_close) = output.encode(&mut buf, &item);
-            drained += bytes;
-            if is_close {
-                close = true;
-                break;
-            }
-        }
-        if !buf.is_empty() {
+        let written = buf.len();
+        if written > 0 {
             if writer.write_all(&buf).await.is_err() {
                 break;
             }
             buf.clear();
-            if buf.capacity() > 4 * 1024 * 1024 {
-                buf = BytesMut::with_capacity(64 * 1024);
+            if buf.capacity() > KEEP_CAPACITY {
+                buf = BytesMut::new();
             }
             last_write = Instant::now();
-        }
-        if drained > 0 {
+            let drained = written - uncounted;
             let before = output.pending_bytes.fetch_sub(drained, Ordering::Relaxed);
             if before - drained < LOW_WATER && !output.wakeups.lock().is_empty() {
                 output.wake_queues();
             }
         }
-        if close {
+        if closing {
             break;
         }
     }
+    {
+        let mut pending = output.pending.lock();
+        pending.dead = true;
+        pending.buf = BytesMut::new();
+    }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{BasicProperties, Frame, FrameDecoder};
+    use amq_protocol::protocol::basic::AMQPMethod;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    fn message(body: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message::new(
+            "ex".into(),
+            "rk".into(),
+            BasicProperties::default(),
+            encode::properties(&BasicProperties::default()),
+            Bytes::from_static(body),
+        ))
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_and_close_ends_the_stream() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let output = Output::start(ours, 4096);
+        output.method(
+            1,
+            AMQPClass::Basic(AMQPMethod::QosOk(amq_protocol::protocol::basic::QosOk {})),
+        );
+        for tag in 1..=3 {
+            output.send(Outbound::Deliver {
+                channel: 1,
+                consumer_tag: Arc::from("ctag"),
+                delivery_tag: tag,
+                redelivered: false,
+                message: message(b"hello"),
+            });
+        }
+        assert!(output.pending_bytes.load(Ordering::Relaxed) > 0);
+        output.send(Outbound::Close);
+        // Dropped: sent after Close.
+        output.send(Outbound::Raw(b"late"));
+        let mut bytes = Vec::new();
+        theirs.read_to_end(&mut bytes).await.unwrap();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let decoder = FrameDecoder::new(4096);
+        let mut seen = Vec::new();
+        while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            seen.push(match frame {
+                Frame::Method { method, .. } => match *method {
+                    AMQPClass::Basic(AMQPMethod::Deliver(d)) => {
+                        format!("deliver {}", d.delivery_tag)
+                    }
+                    other => format!("{other:?}"),
+                },
+                Frame::Header { body_size, .. } => format!("header {body_size}"),
+                Frame::Body { payload, .. } => format!("body {}", payload.len()),
+                Frame::Heartbeat { .. } => "heartbeat".into(),
+            });
+        }
+        assert!(buf.is_empty());
+        assert_eq!(seen.len(), 10, "{seen:?}");
+        assert!(seen[0].contains("QosOk"), "{seen:?}");
+        for (i, tag) in (1..=3).enumerate() {
+            assert_eq!(seen[1 + 3 * i], format!("deliver {tag}"));
+            assert_eq!(seen[2 + 3 * i], "header 5");
+            assert_eq!(seen[3 + 3 * i], "body 5");
+        }
+        assert_eq!(output.pending_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_writer_sends_heartbeats() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let output = Output::start(ours, 4096);
+        output.set_heartbeat(1);
+        // Wake the writer so that it picks up the heartbeat setting.
+        output.send(Outbound::Raw(b""));
+        output.send(Outbound::Raw(b"x"));
+        let mut first = [0u8; 1];
+        theirs.read_exact(&mut first).await.unwrap();
+        let mut frame = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(3), theirs.read_exact(&mut frame))
+            .await
+            .expect("a heartbeat within 3 s")
+            .unwrap();
+        assert_eq!(frame, [8, 0, 0, 0, 0, 0, 0, 0xCE]);
+        assert_eq!(output.pending_bytes.load(Ordering::Relaxed), 0);
+    }
 }
