@@ -13,6 +13,29 @@ pub struct Config {
     pub log: LogConfig,
     pub management: ListenerConfig,
     pub prometheus: ListenerConfig,
+    pub resources: ResourceConfig,
+}
+
+/// Resource alarms: past these, publishing connections are blocked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ResourceConfig {
+    /// Memory high watermark as a fraction of RAM (RabbitMQ: 0.4).
+    pub memory_high_watermark: f64,
+    /// An absolute memory high watermark in bytes; wins when set (> 0).
+    pub memory_high_watermark_bytes: u64,
+    /// Free disk space below which publishers are blocked (RabbitMQ: 50 MB).
+    pub disk_free_limit_bytes: u64,
+}
+
+impl Default for ResourceConfig {
+    fn default() -> Self {
+        ResourceConfig {
+            memory_high_watermark: 0.4,
+            memory_high_watermark_bytes: 0,
+            disk_free_limit_bytes: 50_000_000,
+        }
+    }
 }
 
 /// An HTTP listener (management API, Prometheus metrics).
@@ -89,6 +112,7 @@ impl Default for Config {
                 port: 15692,
                 ..Default::default()
             },
+            resources: ResourceConfig::default(),
         }
     }
 }

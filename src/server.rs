@@ -72,6 +72,8 @@ impl Server {
     /// Serves until `shutdown` resolves, then closes every connection.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        self.broker.alarms.check();
+        self.broker.alarms.start();
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };

@@ -1,5 +1,6 @@
 //! The broker's logic: vhosts, exchanges, queues, consumers. No sockets.
 
+pub mod alarms;
 pub mod arguments;
 pub mod dedup;
 pub mod exchange;
@@ -26,6 +27,8 @@ pub struct Broker {
     pub users: RwLock<Users>,
     /// Live connections, for management and metrics.
     pub registry: registry::Registry,
+    /// Memory and disk alarms that block publishers.
+    pub alarms: Arc<alarms::Alarms>,
     next_connection_id: AtomicU64,
 }
 
@@ -46,6 +49,16 @@ impl Broker {
                 read: ".*".into(),
             },
         );
+        let resources = &config.resources;
+        let memory_limit = match resources.memory_high_watermark_bytes {
+            0 => alarms::Alarms::memory_limit_for(resources.memory_high_watermark),
+            bytes => bytes,
+        };
+        let alarms = alarms::Alarms::new(
+            memory_limit,
+            resources.disk_free_limit_bytes,
+            &config.storage.data_dir,
+        );
         let mut vhosts = HashMap::new();
         vhosts.insert(
             default_vhost.clone(),
@@ -55,6 +68,7 @@ impl Broker {
             config,
             store,
             registry: Default::default(),
+            alarms,
             vhosts: RwLock::new(vhosts),
             users: RwLock::new(users),
             next_connection_id: AtomicU64::new(1),

@@ -17,6 +17,8 @@ pub struct Negotiated {
     pub frame_max: u32,
     pub heartbeat: u16,
     pub cancel_notify: bool,
+    /// The client understands connection.blocked/unblocked.
+    pub blocked_notify: bool,
     pub client_properties: FieldTable,
 }
 
@@ -238,6 +240,7 @@ pub async fn negotiate(
     );
     Ok(Negotiated {
         cancel_notify: capability(&start_ok.client_properties, "consumer_cancel_notify"),
+        blocked_notify: capability(&start_ok.client_properties, "connection.blocked"),
         client_properties: start_ok.client_properties.clone(),
         user,
         vhost,

@@ -47,6 +47,10 @@ struct Connection {
     closing: HashSet<u16>,
     channel_max: u16,
     cancel_notify: bool,
+    blocked_notify: bool,
+    /// Whether this connection ever published: only publishers are
+    /// blocked by resource alarms.
+    publisher: bool,
     info: Arc<ConnectionInfo>,
 }
 
@@ -138,6 +142,8 @@ pub async fn serve(
         closing: HashSet::new(),
         channel_max: negotiated.channel_max,
         cancel_notify: negotiated.cancel_notify,
+        blocked_notify: negotiated.blocked_notify,
+        publisher: false,
         info: info.clone(),
     };
     conn.run(&mut reader, &mut shutdown).await;
@@ -167,6 +173,7 @@ impl Connection {
     async fn run(&mut self, reader: &mut Reader, shutdown: &mut watch::Receiver<bool>) {
         // Confirms of persistent messages wait for the message log's sync.
         let mut synced = self.ctx.broker.store.as_ref().map(|s| s.log.synced());
+        let mut alarms = self.ctx.broker.alarms.subscribe();
         loop {
             // Handle every frame already buffered, then confirm in one go.
             loop {
@@ -179,6 +186,14 @@ impl Connection {
                     Ok(None) => break,
                     Err(ReadError::Protocol(error)) => return self.close_with(error, reader).await,
                     Err(_) => return,
+                }
+            }
+            if self.publisher && alarms.borrow().is_some() {
+                if let Err(error) = self
+                    .wait_while_blocked(&mut alarms, &mut synced, shutdown)
+                    .await
+                {
+                    return self.close_with(error, reader).await;
                 }
             }
             self.info
@@ -227,6 +242,65 @@ impl Connection {
         }
     }
 
+    /// A resource alarm is raised: tell the client (if it understands
+    /// connection.blocked) and stop reading its socket until the alarm
+    /// clears. Confirms already due still go out.
+    async fn wait_while_blocked(
+        &mut self,
+        alarms: &mut watch::Receiver<crate::broker::alarms::AlarmState>,
+        synced: &mut Option<watch::Receiver<u64>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), AmqpError> {
+        let reason = alarms.borrow().unwrap_or("resource alarm");
+        if self.blocked_notify {
+            self.ctx.output.method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: reason.into(),
+                })),
+            );
+        }
+        tracing::info!(peer = %self.peer, reason, "publishing connection blocked");
+        let info = self.info.clone();
+        loop {
+            if alarms.borrow().is_none() {
+                break;
+            }
+            let log_synced = async {
+                match synced.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = alarms.changed() => if changed.is_err() { break },
+                _ = log_synced => {
+                    let now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
+                    for channel in self.channels.values_mut() {
+                        channel.flush_confirms(&self.ctx, now);
+                    }
+                }
+                reason = info.close_requested() => {
+                    return Err(AmqpError::connection(crate::protocol::error::code::CONNECTION_FORCED, reason));
+                }
+                _ = shutdown.changed() => {
+                    return Err(AmqpError::connection(
+                        crate::protocol::error::code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+            }
+        }
+        if self.blocked_notify {
+            self.ctx.output.method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
+        }
+        tracing::info!(peer = %self.peer, "publishing connection unblocked");
+        Ok(())
+    }
+
     /// Sends connection.close and waits briefly for close-ok.
     async fn close_with(&mut self, error: AmqpError, reader: &mut Reader) {
         tracing::warn!(peer = %self.peer, %error, "closing connection");
@@ -269,7 +343,15 @@ impl Connection {
                 Err(AmqpError::unexpected_frame("type 8, all octets = <<>>"))
             }
             Frame::Method { channel: 0, method } => self.connection_method(*method),
-            Frame::Method { method, .. } => self.channel_method(channel_id, *method),
+            Frame::Method { method, .. } => {
+                if matches!(
+                    *method,
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
+                ) {
+                    self.publisher = true;
+                }
+                self.channel_method(channel_id, *method)
+            }
             Frame::Header {
                 class_id,
                 body_size,

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 
 pub struct TestBroker {
     pub port: u16,
+    /// The broker itself, for tests that change settings at run time.
+    pub broker: std::sync::Arc<broker::broker::Broker>,
     _dir: tempfile::TempDir,
     /// AMQP errors (channel and connection closes) seen by connections made
     /// with `connect`, newest last.
@@ -42,9 +44,11 @@ impl TestBroker {
         adjust(&mut config);
         let server = broker::Server::bind(config).await.expect("bind");
         let port = server.local_addr().port();
+        let broker = server.broker.clone();
         tokio::spawn(server.run(std::future::pending()));
         TestBroker {
             port,
+            broker,
             _dir: dir,
             errors: Default::default(),
         }
