@@ -363,3 +363,58 @@ async fn the_server_serves_the_management_api_and_metrics() {
     assert_eq!(scrape.status(), 200);
     assert!(scrape.text().await.unwrap().contains("rabbitmq_queues"));
 }
+
+#[tokio::test]
+async fn the_binary_reads_a_config_file_and_env_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (file_port, env_port) = (free_port(), free_port());
+    let config = dir.path().join("custom.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[amqp]\nbind = \"127.0.0.1\"\nport = {file_port}\n[storage]\ndata_dir = \"{}\"\n[management]\nenabled = false\n[prometheus]\nenabled = false\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let reachable = |port: u16| async move {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    // The file alone.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    let ok = reachable(file_port).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "broker did not listen on the port from --config");
+    // An environment variable wins over the file.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--config")
+        .arg(&config)
+        .env("BROKER__AMQP__PORT", env_port.to_string())
+        .spawn()
+        .unwrap();
+    let ok = reachable(env_port).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "BROKER__AMQP__PORT did not override the file");
+}
