@@ -243,7 +243,7 @@ impl Cursor<'_> {
 
 /// A content header decoded by hand, with the same result as
 /// amq-protocol's `parse_content_header`; `None` sends it the general way.
-fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, BasicProperties)> {
+fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, Box<BasicProperties>)> {
     let mut c = Cursor {
         buf: payload,
         pos: 0,
@@ -252,6 +252,9 @@ fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, BasicProperties)> {
     let _weight = c.u16()?;
     let body_size = c.u64()?;
     let flags = c.u16()?;
+    if flags == 0 && c.pos == payload.len() {
+        return Some((class_id, body_size, Box::default()));
+    }
     let mut props = BasicProperties::default();
     let bit = |n: u16| flags & (1 << (15 - n)) != 0;
     if bit(0) {
@@ -301,7 +304,7 @@ fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, BasicProperties)> {
     if c.pos != payload.len() {
         return None;
     }
-    Some((class_id, body_size, props))
+    Some((class_id, body_size, Box::new(props)))
 }
 
 /// class-id (2) + weight (2) + body-size (8), then the properties.
@@ -316,7 +319,7 @@ fn decode_header(payload: &[u8]) -> Result<(u16, u64, Box<BasicProperties>), Amq
         return Err(AmqpError::frame_error("field table nesting too deep"));
     }
     if let Some((class_id, body_size, properties)) = decode_header_fast(payload) {
-        return Ok((class_id, body_size, Box::new(properties)));
+        return Ok((class_id, body_size, properties));
     }
     match parse_content_header(payload) {
         Ok((&[], header)) => Ok((
@@ -499,9 +502,12 @@ mod tests {
         ];
         for (i, props) in cases.iter().enumerate() {
             let payload = header_payload(props, 1000 + i as u64);
-            let fast = decode_header_fast(&payload).expect("well formed");
-            assert_eq!(Some(fast.clone()), via_parse_content_header(&payload));
-            assert_eq!(&fast.2, props);
+            let (class_id, body_size, fast) = decode_header_fast(&payload).expect("well formed");
+            assert_eq!(
+                Some((class_id, body_size, *fast.clone())),
+                via_parse_content_header(&payload)
+            );
+            assert_eq!(&*fast, props);
         }
         // Mutations: whatever the hand decoder accepts, amq-protocol decodes
         // to the same thing.
@@ -515,10 +521,10 @@ mod tests {
             if rng.next().is_multiple_of(4) {
                 payload.truncate((rng.next() as usize) % payload.len());
             }
-            if let Some(fast) = decode_header_fast(&payload) {
+            if let Some((class_id, body_size, fast)) = decode_header_fast(&payload) {
                 accepted += 1;
                 assert_eq!(
-                    Some(fast),
+                    Some((class_id, body_size, *fast)),
                     via_parse_content_header(&payload),
                     "{payload:?}"
                 );
