@@ -42,16 +42,37 @@ pub fn content(
     frame_max: u32,
 ) {
     let header_len = 12 + raw_properties.len();
-    buf.reserve(FRAME_OVERHEAD + header_len + body.len() + FRAME_OVERHEAD);
-    buf.put_u8(FRAME_HEADER);
-    buf.put_u16(channel);
-    buf.put_u32(header_len as u32);
-    buf.put_u16(60);
-    buf.put_u16(0);
-    buf.put_u64(body.len() as u64);
-    buf.put_slice(raw_properties);
-    buf.put_u8(FRAME_END);
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    buf.reserve(
+        FRAME_OVERHEAD + header_len + body.len() + FRAME_OVERHEAD * body.len().div_ceil(chunk),
+    );
+    let [c0, c1] = channel.to_be_bytes();
+    let [h0, h1, h2, h3] = (header_len as u32).to_be_bytes();
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = (body.len() as u64).to_be_bytes();
+    // Envelope, class 60, weight 0, body size: one copy.
+    buf.extend_from_slice(&[
+        FRAME_HEADER,
+        c0,
+        c1,
+        h0,
+        h1,
+        h2,
+        h3,
+        0,
+        60,
+        0,
+        0,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+    ]);
+    buf.extend_from_slice(raw_properties);
+    buf.put_u8(FRAME_END);
     for part in body.chunks(chunk) {
         envelope(buf, FRAME_BODY, channel, part);
     }
@@ -67,33 +88,60 @@ pub fn deliver(
     exchange: &str,
     routing_key: &str,
 ) {
-    let size = 4 + 1 + consumer_tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
+    let (tag, exchange, routing_key) = (
+        shortstr(consumer_tag),
+        shortstr(exchange),
+        shortstr(routing_key),
+    );
+    let size = 4 + 1 + tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
     buf.reserve(size + FRAME_OVERHEAD);
-    buf.put_u8(FRAME_METHOD);
-    buf.put_u16(channel);
-    buf.put_u32(size as u32);
-    buf.put_u16(60);
-    buf.put_u16(60);
-    put_shortstr(buf, consumer_tag);
-    buf.put_u64(delivery_tag);
-    buf.put_u8(redelivered as u8);
-    put_shortstr(buf, exchange);
-    put_shortstr(buf, routing_key);
+    let [c0, c1] = channel.to_be_bytes();
+    let [s0, s1, s2, s3] = (size as u32).to_be_bytes();
+    buf.extend_from_slice(&[
+        FRAME_METHOD,
+        c0,
+        c1,
+        s0,
+        s1,
+        s2,
+        s3,
+        0,
+        60,
+        0,
+        60,
+        tag.len() as u8,
+    ]);
+    buf.extend_from_slice(tag);
+    let [t0, t1, t2, t3, t4, t5, t6, t7] = delivery_tag.to_be_bytes();
+    buf.extend_from_slice(&[
+        t0,
+        t1,
+        t2,
+        t3,
+        t4,
+        t5,
+        t6,
+        t7,
+        redelivered as u8,
+        exchange.len() as u8,
+    ]);
+    buf.extend_from_slice(exchange);
+    buf.put_u8(routing_key.len() as u8);
+    buf.extend_from_slice(routing_key);
     buf.put_u8(FRAME_END);
 }
 
-fn put_shortstr(buf: &mut BytesMut, s: &str) {
-    let bytes = &s.as_bytes()[..s.len().min(255)];
-    buf.put_u8(bytes.len() as u8);
-    buf.put_slice(bytes);
+/// A short string's bytes, cut at 255.
+fn shortstr(s: &str) -> &[u8] {
+    &s.as_bytes()[..s.len().min(255)]
 }
 
 fn envelope(buf: &mut BytesMut, frame_type: u8, channel: u16, payload: &[u8]) {
     buf.reserve(payload.len() + FRAME_OVERHEAD);
-    buf.put_u8(frame_type);
-    buf.put_u16(channel);
-    buf.put_u32(payload.len() as u32);
-    buf.put_slice(payload);
+    let [c0, c1] = channel.to_be_bytes();
+    let [l0, l1, l2, l3] = (payload.len() as u32).to_be_bytes();
+    buf.extend_from_slice(&[frame_type, c0, c1, l0, l1, l2, l3]);
+    buf.extend_from_slice(payload);
     buf.put_u8(FRAME_END);
 }
 
