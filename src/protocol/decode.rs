@@ -236,6 +236,10 @@ impl Cursor<'_> {
 
     fn shortstr(&mut self) -> Option<ShortString> {
         let len = self.u8()? as usize;
+        if len == 0 {
+            // The default exchange, mostly.
+            return Some(ShortString::default());
+        }
         let text = std::str::from_utf8(self.take(len)?).ok()?;
         Some(ShortString::from(text))
     }
