@@ -25,9 +25,14 @@ use tokio::time::{Duration, Instant};
 
 const HIGH_WATER: usize = 4 * 1024 * 1024;
 const LOW_WATER: usize = HIGH_WATER / 2;
-/// A write buffer that grew past this is dropped after use, so that a
-/// burst does not pin memory on an idle connection.
-const KEEP_CAPACITY: usize = 1024 * 1024;
+/// Write buffers keep their capacity while the connection is busy (growing
+/// them again is a realloc and a copy); after `IDLE_SHRINK` without writes,
+/// buffers larger than `IDLE_CAPACITY` are let go, so that a burst does not
+/// pin memory on a quiet connection. One message larger than
+/// `MAX_KEPT_CAPACITY` drops its buffer at once.
+const IDLE_CAPACITY: usize = 64 * 1024;
+const MAX_KEPT_CAPACITY: usize = 16 * 1024 * 1024;
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
 
 pub enum Outbound {
     Method(u16, Box<AMQPClass>),
@@ -261,8 +266,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(output: Arc<Output>, mut writer: W) {
         if buf.is_empty() && !closing {
             let heartbeat = output.heartbeat.load(Ordering::Relaxed);
             let interval = Duration::from_millis(heartbeat as u64 * 500);
+            let large = buf.capacity() > IDLE_CAPACITY;
             tokio::select! {
                 _ = output.notify.notified() => continue,
+                _ = tokio::time::sleep_until(last_write + IDLE_SHRINK), if large => {
+                    buf = BytesMut::new();
+                    let mut pending = output.pending.lock();
+                    if pending.buf.is_empty() {
+                        pending.buf = BytesMut::new();
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(last_write + interval), if heartbeat > 0 => {
                     encode::heartbeat(&mut buf);
                     uncounted = buf.len();
@@ -275,7 +289,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(output: Arc<Output>, mut writer: W) {
                 break;
             }
             buf.clear();
-            if buf.capacity() > KEEP_CAPACITY {
+            if buf.capacity() > MAX_KEPT_CAPACITY {
                 buf = BytesMut::new();
             }
             last_write = Instant::now();
