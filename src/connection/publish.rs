@@ -12,20 +12,18 @@ use bytes::{Bytes, BytesMut};
 
 pub struct PendingPublish(Box<State>);
 
+/// The header's fields sit directly in the block (no `Option<Header>` to
+/// build and move): `body_size` is `None` until the header arrived.
 struct State {
     publish: Publish,
-    header: Option<Header>,
+    body_size: Option<u64>,
+    properties: BasicProperties,
+    raw_properties: Bytes,
     /// The body when it came in one frame (the usual case): no Vec then.
     first: Option<Bytes>,
     /// Further body frames, for bodies larger than one frame.
     rest: Vec<Bytes>,
     received: u64,
-}
-
-struct Header {
-    body_size: u64,
-    properties: BasicProperties,
-    raw_properties: Bytes,
 }
 
 /// A message whose frames have all arrived.
@@ -48,7 +46,9 @@ impl PendingPublish {
     pub fn new(publish: Publish) -> Self {
         PendingPublish(Box::new(State {
             publish,
-            header: None,
+            body_size: None,
+            properties: BasicProperties::default(),
+            raw_properties: Bytes::new(),
             first: None,
             rest: Vec::new(),
             received: 0,
@@ -56,7 +56,7 @@ impl PendingPublish {
     }
 
     pub fn expects_header(&self) -> bool {
-        self.0.header.is_none()
+        self.0.body_size.is_none()
     }
 
     pub fn header(
@@ -72,17 +72,16 @@ impl PendingPublish {
             ))
             .on(60, 40));
         }
-        self.0.header = Some(Header {
-            body_size,
-            properties,
-            raw_properties,
-        });
-        Ok(self.progress())
+        let state = &mut *self.0;
+        state.body_size = Some(body_size);
+        state.properties = properties;
+        state.raw_properties = raw_properties;
+        self.progress()
     }
 
     pub fn body(mut self, payload: Bytes) -> Result<Progress, AmqpError> {
         let state = &mut *self.0;
-        let body_size = state.header.as_ref().map_or(0, |h| h.body_size);
+        let body_size = state.body_size.unwrap_or(0);
         state.received += payload.len() as u64;
         if state.received > body_size {
             return Err(AmqpError::unexpected_frame(format!(
@@ -97,42 +96,36 @@ impl PendingPublish {
                 state.rest.push(payload);
             }
         }
-        Ok(self.progress())
+        self.progress()
     }
 
-    fn progress(self) -> Progress {
-        match &self.0.header {
-            Some(header) if self.0.received >= header.body_size => {}
-            _ => return Progress::Incomplete(self),
+    /// Completes the message once the header and the whole body are in.
+    /// Fields are taken out of the heap block one by one, straight into the
+    /// result, rather than moving the whole state onto the stack first.
+    fn progress(mut self) -> Result<Progress, AmqpError> {
+        let state = &mut *self.0;
+        match state.body_size {
+            Some(body_size) if state.received >= body_size => {}
+            _ => return Ok(Progress::Incomplete(self)),
         }
-        let State {
-            publish,
-            header,
-            first,
-            rest,
-            received,
-        } = *self.0;
-        let Some(header) = header else {
-            unreachable!("checked above")
-        };
-        let body = match (first, rest.is_empty()) {
+        let body = match (state.first.take(), state.rest.is_empty()) {
             (None, _) => Bytes::new(),
             (Some(body), true) => body,
             (Some(first), false) => {
-                let mut joined = BytesMut::with_capacity(received as usize);
+                let mut joined = BytesMut::with_capacity(state.received as usize);
                 joined.extend_from_slice(&first);
-                for chunk in &rest {
+                for chunk in &state.rest {
                     joined.extend_from_slice(chunk);
                 }
                 joined.freeze()
             }
         };
-        Progress::Complete(Assembled {
-            publish,
-            properties: header.properties,
-            raw_properties: header.raw_properties,
+        Ok(Progress::Complete(Assembled {
+            publish: std::mem::take(&mut state.publish),
+            properties: std::mem::take(&mut state.properties),
+            raw_properties: std::mem::take(&mut state.raw_properties),
             body,
-        })
+        }))
     }
 }
 
