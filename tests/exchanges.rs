@@ -587,3 +587,26 @@ async fn topic_routing_with_many_bindings_stays_exact() {
     assert_eq!(count(&ch, &target).await, 1);
     assert_eq!(count(&ch, other.name().as_str()).await, 1);
 }
+
+#[tokio::test]
+async fn default_exchange_with_cc_delivers_one_copy_per_queue() {
+    let broker = TestBroker::start().await;
+    let (_c, ch) = broker.channel().await;
+    for q in ["cc-a", "cc-b"] {
+        ch.queue_declare(q.into(), Default::default(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+    // CC names cc-b, then cc-a again (not next to the publish key).
+    let cc = AMQPValue::FieldArray(vec![long_str("cc-b"), long_str("cc-a")].into());
+    publish_with(
+        &ch,
+        "",
+        "cc-a",
+        b"once",
+        BasicProperties::default().with_headers(table(&[("CC", cc)])),
+    )
+    .await;
+    assert_eq!(count(&ch, "cc-a").await, 1);
+    assert_eq!(count(&ch, "cc-b").await, 1);
+}

@@ -907,9 +907,13 @@ impl VHost {
         headers: Option<&FieldTable>,
     ) -> Vec<Arc<Queue>> {
         if exchange.is_empty() {
-            let mut found: Vec<Arc<Queue>> =
-                keys.iter().filter_map(|k| self.route_default(k)).collect();
-            found.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            // One copy per queue, even when CC names it again later on.
+            let mut found: Vec<Arc<Queue>> = Vec::with_capacity(keys.len());
+            for queue in keys.iter().filter_map(|k| self.route_default(k)) {
+                if !found.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                    found.push(queue);
+                }
+            }
             return found;
         }
         match self.exchange(exchange) {

@@ -430,12 +430,7 @@ impl Channel {
         let mut keys: Vec<&str> = vec![routing_key];
         keys.extend(extra_keys.iter().map(String::as_str));
         let queues: Vec<Arc<Queue>> = if exchange_name.is_empty() {
-            let mut found: Vec<Arc<Queue>> = keys
-                .iter()
-                .filter_map(|k| ctx.vhost.route_default(k))
-                .collect();
-            found.dedup_by(|a, b| Arc::ptr_eq(a, b));
-            found
+            ctx.vhost.route_by_name("", &keys, None)
         } else {
             let Some(exchange) = ctx.vhost.exchange(exchange_name) else {
                 return;
