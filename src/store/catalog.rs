@@ -72,6 +72,12 @@ impl Catalog {
         })
     }
 
+    /// A tree beside the definitions, for records written often and flushed
+    /// by sled's own timer (stream consumer offsets).
+    pub fn tree(&self, name: &str) -> anyhow::Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     fn put<T: Serialize>(&self, tree: &sled::Tree, k: Vec<u8>, value: &T) {
         match serde_json::to_vec(value) {
             Ok(bytes) => {
