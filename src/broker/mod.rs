@@ -12,18 +12,49 @@ pub mod users;
 pub mod vhost;
 
 use crate::config::Config;
+use crate::store::catalog::{PermissionRecord, UserRecord, VhostRecord};
 use crate::store::{Recovered, Store};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use users::{Permission, Users};
+use users::{Permission, User, Users};
 use vhost::VHost;
+
+/// Full access, as the default user gets on the default vhost.
+fn full_permission() -> Permission {
+    Permission {
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+    }
+}
+
+fn user_record(u: &User) -> UserRecord {
+    UserRecord {
+        name: u.name.clone(),
+        password_hash: u.password_hash.clone(),
+        hashing_algorithm: u.hashing_algorithm.clone(),
+        tags: u.tags.clone(),
+    }
+}
+
+fn permission_record(user: &str, vhost: &str, p: &Permission) -> PermissionRecord {
+    PermissionRecord {
+        user: user.to_string(),
+        vhost: vhost.to_string(),
+        configure: p.configure.clone(),
+        write: p.write.clone(),
+        read: p.read.clone(),
+    }
+}
 
 pub struct Broker {
     pub config: Config,
     pub store: Option<Arc<Store>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// Description, tags and default queue type of each vhost.
+    vhost_meta: RwLock<HashMap<String, VhostRecord>>,
     pub users: RwLock<Users>,
     /// Live connections, for management and metrics.
     pub registry: registry::Registry,
@@ -36,19 +67,7 @@ impl Broker {
     /// A broker over `store` (`None`: nothing persists, for tests of the
     /// logic alone).
     pub fn new(config: Config, store: Option<Arc<Store>>) -> Arc<Self> {
-        let mut users = Users::default();
-        let default_user = &config.auth.default_user;
-        let default_vhost = &config.auth.default_vhost;
-        users.add(default_user, &config.auth.default_pass, &["administrator"]);
-        users.set_permission(
-            default_user,
-            default_vhost,
-            Permission {
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-            },
-        );
+        let (users, vhost_meta) = Self::initial_users(&config, store.as_deref());
         let resources = &config.resources;
         let memory_limit = match resources.memory_high_watermark_bytes {
             0 => alarms::Alarms::memory_limit_for(resources.memory_high_watermark),
@@ -59,20 +78,84 @@ impl Broker {
             resources.disk_free_limit_bytes,
             &config.storage.data_dir,
         );
-        let mut vhosts = HashMap::new();
-        vhosts.insert(
-            default_vhost.clone(),
-            VHost::new(default_vhost, store.clone()),
-        );
+        let vhosts = vhost_meta
+            .keys()
+            .map(|name| (name.clone(), VHost::new(name, store.clone())))
+            .collect();
         Arc::new(Broker {
             config,
             store,
             registry: Default::default(),
             alarms,
             vhosts: RwLock::new(vhosts),
+            vhost_meta: RwLock::new(vhost_meta),
             users: RwLock::new(users),
             next_connection_id: AtomicU64::new(1),
         })
+    }
+
+    /// Users, permissions and vhosts from the catalog; on a fresh data dir
+    /// (no users stored) the configured default user with full access to
+    /// the default vhost, which are stored at once. So deleting the default
+    /// user or vhost lasts across restarts, as in RabbitMQ.
+    fn initial_users(
+        config: &Config,
+        store: Option<&Store>,
+    ) -> (Users, HashMap<String, VhostRecord>) {
+        let mut users = Users::default();
+        let mut vhosts = HashMap::new();
+        if let Some(store) = store {
+            let stored = store.catalog.users();
+            if !stored.is_empty() {
+                for r in stored {
+                    users.put(User {
+                        name: r.name,
+                        password_hash: r.password_hash,
+                        hashing_algorithm: r.hashing_algorithm,
+                        tags: r.tags,
+                    });
+                }
+                for r in store.catalog.vhosts() {
+                    vhosts.insert(r.name.clone(), r);
+                }
+                for r in store.catalog.permissions() {
+                    users.set_permission(
+                        &r.user,
+                        &r.vhost,
+                        Permission {
+                            configure: r.configure,
+                            write: r.write,
+                            read: r.read,
+                        },
+                    );
+                }
+                return (users, vhosts);
+            }
+        }
+        let auth = &config.auth;
+        users.add(&auth.default_user, &auth.default_pass, &["administrator"]);
+        users.set_permission(&auth.default_user, &auth.default_vhost, full_permission());
+        let vhost = VhostRecord {
+            name: auth.default_vhost.clone(),
+            description: "Default virtual host".into(),
+            ..Default::default()
+        };
+        if let Some(store) = store {
+            store.catalog.put_vhost(&vhost);
+            if let Some(p) = users.permission(&auth.default_user, &auth.default_vhost) {
+                store.catalog.put_permission(&permission_record(
+                    &auth.default_user,
+                    &auth.default_vhost,
+                    p,
+                ));
+            }
+            // The user last: its presence marks the catalog as initialised.
+            if let Some(u) = users.get(&auth.default_user) {
+                store.catalog.put_user(&user_record(u));
+            }
+        }
+        vhosts.insert(vhost.name.clone(), vhost);
+        (users, vhosts)
     }
 
     /// Rebuilds durable definitions from the catalog and puts recovered
@@ -127,5 +210,113 @@ impl Broker {
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ---- vhosts, users and permissions (management API) ----
+
+    /// The stored description and tags of a vhost.
+    pub fn vhost_record(&self, name: &str) -> Option<VhostRecord> {
+        self.vhost_meta.read().get(name).cloned()
+    }
+
+    /// Creates a vhost (usable at once) or updates its metadata; stored
+    /// before it returns. True if it is new.
+    pub fn put_vhost(&self, record: VhostRecord) -> bool {
+        if let Some(store) = &self.store {
+            store.catalog.put_vhost(&record);
+        }
+        let name = record.name.clone();
+        self.vhost_meta.write().insert(name.clone(), record);
+        let mut vhosts = self.vhosts.write();
+        if vhosts.contains_key(&name) {
+            return false;
+        }
+        vhosts.insert(name.clone(), VHost::new(&name, self.store.clone()));
+        true
+    }
+
+    /// Deletes a vhost: its connections are closed with 320, its queues
+    /// (with their messages), exchanges, bindings and permissions go.
+    /// False if there was no such vhost.
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let Some(vhost) = self.vhosts.write().remove(name) else {
+            return false;
+        };
+        self.vhost_meta.write().remove(name);
+        self.users.write().clear_vhost(name);
+        for c in self.registry.connections() {
+            if c.vhost == name {
+                c.request_close(&format!("vhost '{name}' is deleted"));
+            }
+        }
+        for q in vhost.queues() {
+            vhost.remove_queue(&q);
+        }
+        for x in vhost.exchanges() {
+            if !x.name.is_empty() && !x.name.starts_with("amq.") {
+                let _ = vhost.delete_exchange(&x.name, false);
+            }
+        }
+        if let Some(store) = &self.store {
+            store.catalog.delete_vhost(name);
+        }
+        true
+    }
+
+    /// Adds or replaces a user (stored before it returns); true if new.
+    pub fn put_user(&self, user: User) -> bool {
+        if let Some(store) = &self.store {
+            store.catalog.put_user(&user_record(&user));
+        }
+        self.users.write().put(user)
+    }
+
+    /// Deletes a user with its permissions and closes its connections.
+    pub fn delete_user(&self, name: &str) -> bool {
+        if self.users.write().remove(name).is_none() {
+            return false;
+        }
+        if let Some(store) = &self.store {
+            store.catalog.delete_user(name);
+        }
+        for c in self.registry.connections() {
+            if c.user == name {
+                c.request_close(&format!("user '{name}' is deleted"));
+            }
+        }
+        true
+    }
+
+    /// Sets a user's permission on a vhost (stored before it returns);
+    /// true if the user had none there before.
+    pub fn set_permission(&self, user: &str, vhost: &str, permission: Permission) -> bool {
+        if let Some(store) = &self.store {
+            store
+                .catalog
+                .put_permission(&permission_record(user, vhost, &permission));
+        }
+        let mut users = self.users.write();
+        let new = users.permission(user, vhost).is_none();
+        users.set_permission(user, vhost, permission);
+        new
+    }
+
+    /// Removes a user's permission on a vhost; false if it had none.
+    pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
+        if !self.users.write().clear_permission(user, vhost) {
+            return false;
+        }
+        if let Some(store) = &self.store {
+            store.catalog.delete_permission(user, vhost);
+        }
+        true
+    }
+
+    /// Full permissions for `user` on `vhost` (a vhost created through
+    /// the API is opened to its creator, as RabbitMQ does).
+    pub fn grant_full(&self, user: &str, vhost: &str) {
+        if self.users.read().get(user).is_some() {
+            self.set_permission(user, vhost, full_permission());
+        }
     }
 }

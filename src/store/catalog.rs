@@ -1,5 +1,7 @@
-//! Durable definitions in sled: exchanges, queues and bindings. Written
-//! (and flushed) before the -ok reply; read back at start.
+//! Durable definitions in sled: exchanges, queues and bindings, and the
+//! users, vhosts and permissions changed through the management API.
+//! Written (and flushed) before the -ok reply (or the HTTP answer); read
+//! back at start.
 
 use crate::protocol::FieldTable;
 use anyhow::Context;
@@ -34,11 +36,43 @@ pub struct BindingRecord {
     pub arguments: FieldTable,
 }
 
+/// A user as stored: RabbitMQ's password hash, never the password.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UserRecord {
+    pub name: String,
+    pub password_hash: String,
+    pub hashing_algorithm: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct VhostRecord {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub default_queue_type: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PermissionRecord {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
 pub struct Catalog {
     db: sled::Db,
     exchanges: sled::Tree,
     queues: sled::Tree,
     bindings: sled::Tree,
+    users: sled::Tree,
+    vhosts: sled::Tree,
+    permissions: sled::Tree,
 }
 
 fn key(parts: &[&str]) -> Vec<u8> {
@@ -68,6 +102,9 @@ impl Catalog {
             exchanges: db.open_tree("exchanges")?,
             queues: db.open_tree("queues")?,
             bindings: db.open_tree("bindings")?,
+            users: db.open_tree("users")?,
+            vhosts: db.open_tree("vhosts")?,
+            permissions: db.open_tree("permissions")?,
             db,
         })
     }
@@ -164,5 +201,71 @@ impl Catalog {
 
     pub fn bindings(&self) -> Vec<BindingRecord> {
         Self::all(&self.bindings)
+    }
+
+    // ---- users, vhosts, permissions ----
+
+    pub fn put_user(&self, r: &UserRecord) {
+        self.put(&self.users, key(&[&r.name]), r);
+    }
+
+    /// Removes a user and its permissions.
+    pub fn delete_user(&self, name: &str) {
+        for p in self.permissions() {
+            if p.user == name {
+                let _ = self.permissions.remove(key(&[&p.user, &p.vhost]));
+            }
+        }
+        self.remove(&self.users, key(&[name]));
+    }
+
+    pub fn users(&self) -> Vec<UserRecord> {
+        Self::all(&self.users)
+    }
+
+    pub fn put_vhost(&self, r: &VhostRecord) {
+        self.put(&self.vhosts, key(&[&r.name]), r);
+    }
+
+    /// Removes a vhost with its permissions and every exchange, queue and
+    /// binding stored for it.
+    pub fn delete_vhost(&self, name: &str) {
+        for p in self.permissions() {
+            if p.vhost == name {
+                let _ = self.permissions.remove(key(&[&p.user, &p.vhost]));
+            }
+        }
+        for e in self.exchanges() {
+            if e.vhost == name {
+                let _ = self.exchanges.remove(key(&[&e.vhost, &e.name]));
+            }
+        }
+        for q in self.queues() {
+            if q.vhost == name {
+                let _ = self.queues.remove(key(&[&q.vhost, &q.name]));
+            }
+        }
+        for b in self.bindings() {
+            if b.vhost == name {
+                let _ = self.bindings.remove(b.key());
+            }
+        }
+        self.remove(&self.vhosts, key(&[name]));
+    }
+
+    pub fn vhosts(&self) -> Vec<VhostRecord> {
+        Self::all(&self.vhosts)
+    }
+
+    pub fn put_permission(&self, r: &PermissionRecord) {
+        self.put(&self.permissions, key(&[&r.user, &r.vhost]), r);
+    }
+
+    pub fn delete_permission(&self, user: &str, vhost: &str) {
+        self.remove(&self.permissions, key(&[user, vhost]));
+    }
+
+    pub fn permissions(&self) -> Vec<PermissionRecord> {
+        Self::all(&self.permissions)
     }
 }
