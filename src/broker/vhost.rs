@@ -8,12 +8,15 @@ use super::exchange::{
 };
 use super::message::Message;
 use super::names;
+use super::queue::stream::Stream;
 use super::queue::{Queue, QueueArguments, QueueOptions};
 use crate::protocol::{AmqpError, FieldTable};
 use crate::store::catalog::{BindingRecord, ExchangeRecord, QueueRecord};
+use crate::store::stream_log::{Retention, StreamLog};
 use crate::store::Store;
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 /// The direct reply-to pseudo queue name (RabbitMQ's).
@@ -337,6 +340,9 @@ impl VHost {
             req.name
         };
         let args = QueueArguments::parse(req.arguments, &self.queue_resource(display_name))?;
+        if args.stream.is_some() {
+            check_stream_properties(&req, &self.queue_resource(req.name))?;
+        }
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(req.name) {
             existing.check_access(conn)?;
@@ -382,7 +388,8 @@ impl VHost {
             exclusive_owner: req.exclusive.then_some(conn),
             arguments: req.arguments.clone(),
         };
-        let queue = Arc::new(Queue::with_arguments(
+        let retention = args.stream;
+        let mut queue = Queue::with_arguments(
             name.clone(),
             self.name.clone(),
             options,
@@ -393,7 +400,11 @@ impl VHost {
             } else {
                 None
             },
-        ));
+        );
+        if let Some(retention) = retention {
+            queue = queue.with_stream(self.open_stream(&name, retention)?);
+        }
+        let queue = Arc::new(queue);
         if let (true, Some(store)) = (req.durable, &self.store) {
             store.catalog.put_queue(&QueueRecord {
                 vhost: self.name.clone(),
@@ -460,6 +471,32 @@ impl VHost {
             consumer.sink.cancelled(&consumer.tag);
         }
         count
+    }
+
+    /// Opens the log of stream queue `name` (created if new).
+    fn open_stream(&self, name: &str, retention: Retention) -> Result<Stream, AmqpError> {
+        let Some(store) = &self.store else {
+            return Err(AmqpError::precondition_failed(
+                "stream queues need a data directory",
+            ));
+        };
+        let dir = store.stream_dir(&self.name, name);
+        let log = StreamLog::open(&dir, retention).map_err(|e| {
+            tracing::error!(queue = name, dir = %dir.display(), "cannot open stream: {e:#}");
+            AmqpError::internal(format!("cannot open stream {}", self.queue_resource(name)))
+        })?;
+        let offsets = store
+            .catalog
+            .tree("stream_offsets")
+            .map_err(|e| tracing::error!("cannot open the stream offsets tree: {e:#}"))
+            .ok();
+        Ok(Stream::new(
+            Arc::new(log),
+            store.log.clone(),
+            offsets,
+            &self.name,
+            name,
+        ))
     }
 
     // ---- bindings ----
@@ -642,14 +679,25 @@ impl VHost {
             exclusive_owner: None,
             arguments: r.arguments.clone(),
         };
-        let queue = Arc::new(Queue::with_arguments(
+        let retention = args.stream;
+        let mut queue = Queue::with_arguments(
             r.name.clone(),
             self.name.clone(),
             options,
             args,
             self.self_ref.clone(),
             self.store.as_ref().map(|s| s.log.clone()),
-        ));
+        );
+        if let Some(retention) = retention {
+            match self.open_stream(&r.name, retention) {
+                Ok(stream) => queue = queue.with_stream(stream),
+                Err(e) => {
+                    tracing::error!(queue = %r.name, error = %e, "skipping stored stream that cannot be opened");
+                    return;
+                }
+            }
+        }
+        let queue = Arc::new(queue);
         self.queues.write().insert(r.name.clone(), queue.clone());
         queue.start_expiry_timer();
     }
@@ -743,7 +791,7 @@ impl VHost {
         if message.is_persistent() {
             let durable: Vec<&str> = queues
                 .iter()
-                .filter(|q| q.options.durable)
+                .filter(|q| q.options.durable && q.stream().is_none())
                 .map(|q| q.name.as_str())
                 .collect();
             if let (false, Some(store)) = (durable.is_empty(), &self.store) {
@@ -762,6 +810,15 @@ impl VHost {
         let message = Arc::new(message);
         let mut refused = false;
         for queue in queues {
+            if let Some(stream) = queue.stream() {
+                // Every stream message is stored, persistent or not.
+                if !queue.is_deleted() {
+                    queue.counters.published.fetch_add(1, Ordering::Relaxed);
+                    let seq = stream.append(&message);
+                    log_seq = Some(log_seq.map_or(seq, |s: u64| s.max(seq)));
+                }
+                continue;
+            }
             refused |= queue.publish(message.clone()) == super::queue::Accepted::Refused;
         }
         (refused, log_seq, message)
@@ -929,5 +986,30 @@ impl VHost {
             return self.reply_queue(key);
         }
         self.queue(key)
+    }
+}
+
+/// A stream queue must be client-named, durable, not exclusive and not
+/// auto-delete (RabbitMQ's texts).
+fn check_stream_properties(req: &QueueDeclare, resource: &str) -> Result<(), AmqpError> {
+    if req.name.is_empty() {
+        return Err(AmqpError::precondition_failed(
+            "Cannot declare a server-named queue for type rabbit_stream_queue",
+        ));
+    }
+    let refused = if !req.durable {
+        Some("non-durable")
+    } else if req.exclusive {
+        Some("exclusive-owner")
+    } else if req.auto_delete {
+        Some("auto-delete")
+    } else {
+        None
+    };
+    match refused {
+        Some(property) => Err(AmqpError::precondition_failed(format!(
+            "invalid property '{property}' for {resource}"
+        ))),
+        None => Ok(()),
     }
 }

@@ -8,7 +8,7 @@ use super::ConnContext;
 use crate::broker::arguments;
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Consumer, DeliverySink, Queue, QueueOptions};
+use crate::broker::queue::{stream, Consumer, DeliverySink, Queue, QueueOptions};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
 use crate::protocol::error::code;
 use crate::protocol::text::short;
@@ -184,7 +184,11 @@ impl Channel {
             }
             C::Queue(queue::AMQPMethod::Purge(m)) => {
                 let name = self.queue_name(m.queue.as_str())?;
-                let count = ctx.vhost.usable_queue(&name, ctx.id)?.purge();
+                let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
+                if queue.stream().is_some() {
+                    return Err(stream_refuses("queue.purge", &queue));
+                }
+                let count = queue.purge();
                 Ok(
                     (!m.nowait).then_some(C::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
                         message_count: count as u32,
@@ -610,6 +614,18 @@ impl Channel {
                 }
             },
         };
+        if queue.stream().is_some() {
+            if m.no_ack {
+                return Err(stream_refuses("automatic acknowledgement", &queue));
+            }
+            if self.prefetch == 0 {
+                return Err(AmqpError::precondition_failed(format!(
+                    "consumer prefetch count is not set for '{}'",
+                    queue.resource()
+                )));
+            }
+            stream::consume_options(&queue.resource(), &m.arguments)?;
+        }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             no_ack: m.no_ack,
@@ -723,6 +739,9 @@ impl Channel {
     ) -> Result<Option<AMQPClass>, AmqpError> {
         let name = self.queue_name(m.queue.as_str())?;
         let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
+        if queue.stream().is_some() {
+            return Err(stream_refuses("basic.get", &queue));
+        }
         match queue.get(m.no_ack) {
             Some((message, remaining)) => {
                 self.delivery
@@ -775,6 +794,9 @@ impl Channel {
             return Ok(());
         }
         let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
+        if let Some(entry) = taken.iter().find(|e| e.queue.stream().is_some()) {
+            return Err(stream_refuses("basic.nack and basic.reject", &entry.queue));
+        }
         settle(taken, Settle::nack(requeue));
         self.after_credit_returned(ctx);
         Ok(())
@@ -862,6 +884,13 @@ impl Settle {
 fn settle(taken: Vec<Unacked>, how: Settle) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<crate::broker::queue::QueuedMessage>)> = Vec::new();
     for entry in taken {
+        // A stream keeps its messages; an ack moves a named consumer's
+        // tracked offset.
+        if let (Settle::Ack, Some(stream), Some(consumer)) =
+            (how, entry.queue.stream(), &entry.consumer)
+        {
+            stream.track(consumer, entry.message.seq);
+        }
         match by_queue
             .iter_mut()
             .find(|(q, _)| Arc::ptr_eq(q, &entry.queue))
@@ -876,10 +905,21 @@ fn settle(taken: Vec<Unacked>, how: Settle) {
             Settle::Reject => queue.rejected(messages),
             Settle::Ack => {
                 queue.acked(&messages);
+                if let Some(stream) = queue.stream() {
+                    stream.store_tracked();
+                }
                 queue.dispatch();
             }
         }
     }
+}
+
+/// RabbitMQ's 540 for an operation stream queues do not support.
+fn stream_refuses(operation: &str, queue: &Queue) -> AmqpError {
+    AmqpError::not_implemented(format!(
+        "{operation} not supported by stream queues {}",
+        queue.resource()
+    ))
 }
 
 fn unknown_tag(tag: u64) -> AmqpError {

@@ -9,6 +9,7 @@
 //! so acks never outlive the messages they refer to.
 
 use super::record::{self, Reader};
+use super::stream_log::{StreamEntry, StreamLog};
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use tokio::sync::watch;
 
 /// A new segment is started once the current one reaches this size.
@@ -38,6 +39,13 @@ enum Op {
     },
     Delivered {
         payload: Bytes,
+    },
+    /// A message for a stream queue: written with the others of its batch
+    /// as one chunk of that stream.
+    Stream {
+        seq: u64,
+        log: Arc<StreamLog>,
+        entry: StreamEntry,
     },
     /// Sync everything before; used by shutdown and tests.
     Sync {
@@ -154,6 +162,12 @@ impl MessageLog {
         p.freeze()
     }
 
+    /// Appends a message to a stream queue's log. Returns the sequence
+    /// number whose sync makes it durable.
+    pub fn append_stream(&self, log: Arc<StreamLog>, entry: StreamEntry) -> u64 {
+        self.send(|seq| Op::Stream { seq, log, entry })
+    }
+
     /// The message left `queue` (acked, dropped, expired, purged...).
     pub fn remove(&self, id: u64, vhost: &str, queue: &str) {
         let payload = Self::small(record::ACK, id, vhost, queue);
@@ -248,6 +262,10 @@ impl WriterState {
 
 fn writer(mut state: WriterState, rx: mpsc::Receiver<Op>, synced: watch::Sender<u64>) {
     let mut buf = BytesMut::with_capacity(1 << 20);
+    // Stream entries of this batch, one list per stream (few streams: a
+    // linear search is fine).
+    let mut streams: Vec<(Arc<StreamLog>, Vec<StreamEntry>)> = Vec::new();
+    let mut stream_bytes = 0;
     while let Ok(first) = rx.recv() {
         let mut max_seq = 0;
         let mut op = Some(first);
@@ -268,12 +286,22 @@ fn writer(mut state: WriterState, rx: mpsc::Receiver<Op>, synced: watch::Sender<
                     state.apply_remove(id);
                 }
                 Op::Delivered { payload } => record::frame(&mut buf, &payload),
+                Op::Stream { seq, log, entry } => {
+                    stream_bytes += entry.body.len() + entry.raw_properties.len();
+                    match streams.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &log)) {
+                        Some((_, entries)) => entries.push(entry),
+                        None => streams.push((log, vec![entry])),
+                    }
+                    max_seq = max_seq.max(seq);
+                }
                 Op::Sync { seq } => max_seq = max_seq.max(seq),
             }
-            if buf.len() < BATCH_BYTES {
+            if buf.len() + stream_bytes < BATCH_BYTES {
                 op = rx.try_recv().ok();
             }
         }
+        // Each batch that writes syncs, so a batch without writes (only a
+        // Sync, or only stream entries) has nothing of its own to sync.
         if !buf.is_empty() {
             if let Err(e) = state.file.write_all(&buf) {
                 // Without the write, nothing may be confirmed: stop here.
@@ -282,10 +310,19 @@ fn writer(mut state: WriterState, rx: mpsc::Receiver<Op>, synced: watch::Sender<
             }
             state.size += buf.len() as u64;
             buf.clear();
+            if let Err(e) = state.file.sync_data() {
+                tracing::error!("message log fdatasync failed, no further confirms: {e}");
+                return;
+            }
         }
-        if let Err(e) = state.file.sync_data() {
-            tracing::error!("message log fdatasync failed, no further confirms: {e}");
-            return;
+        stream_bytes = 0;
+        for (log, entries) in streams.drain(..) {
+            if let Err(e) = log.commit(entries) {
+                if !log.is_deleted() {
+                    tracing::error!("stream write failed, no further confirms: {e}");
+                    return;
+                }
+            }
         }
         if max_seq > 0 {
             synced.send_if_modified(|s| {

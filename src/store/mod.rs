@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod message_log;
 mod record;
+pub mod stream_log;
 
 use anyhow::{bail, Context};
 use std::fs::File;
@@ -17,6 +18,7 @@ pub use message_log::{MessageLog, Recovered};
 pub const FORMAT_VERSION: u32 = 1;
 
 pub struct Store {
+    pub dir: std::path::PathBuf,
     pub catalog: Catalog,
     pub log: std::sync::Arc<MessageLog>,
     /// Held for the life of the broker: a second broker on the same data
@@ -25,6 +27,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// Where stream queue `name` of `vhost` keeps its segments (the names
+    /// hex-encoded, so any queue name makes a safe, distinct folder).
+    pub fn stream_dir(&self, vhost: &str, name: &str) -> std::path::PathBuf {
+        let mut folder = String::with_capacity(2 * (vhost.len() + name.len() + 1));
+        for byte in vhost.bytes().chain([0]).chain(name.bytes()) {
+            folder.push_str(&format!("{byte:02x}"));
+        }
+        self.dir.join("streams").join(folder)
+    }
+
     /// Opens (or creates) the data directory: lock, format check, catalog,
     /// and the message log with its recovered contents.
     pub fn open(dir: &Path) -> anyhow::Result<(Store, Recovered)> {
@@ -59,6 +71,7 @@ impl Store {
         let (log, recovered) = MessageLog::open(&dir.join("messages"))?;
         Ok((
             Store {
+                dir: dir.to_path_buf(),
                 catalog,
                 log: std::sync::Arc::new(log),
                 _lock: lock,

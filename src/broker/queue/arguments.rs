@@ -27,6 +27,8 @@ pub struct QueueArguments {
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
     pub delivery_limit: Option<u64>,
+    /// `x-queue-type: stream`: the stream's retention limits.
+    pub stream: Option<crate::store::stream_log::Retention>,
 }
 
 impl QueueArguments {
@@ -68,6 +70,18 @@ impl QueueArguments {
                 .ok_or_else(|| invalid(arg, format!("{{unacceptable_type,{}}}", type_name(value))))
         };
 
+        let is_stream = args
+            .inner()
+            .get("x-queue-type")
+            .and_then(as_string)
+            .as_deref()
+            == Some("stream");
+        if is_stream {
+            return Ok(QueueArguments {
+                stream: Some(super::stream::arguments::parse(args, resource)?),
+                ..QueueArguments::default()
+            });
+        }
         let mut parsed = QueueArguments::default();
         for (key, value) in args.inner() {
             let key = key.as_str();

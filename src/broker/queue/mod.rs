@@ -12,6 +12,7 @@ mod arguments;
 mod consumer;
 pub mod dead_letter;
 mod ready;
+pub mod stream;
 
 pub use arguments::{Overflow, QueueArguments};
 pub use consumer::{Consumer, Credit, DeliverySink};
@@ -84,6 +85,8 @@ pub struct Queue {
     log: Option<Arc<MessageLog>>,
     /// `x-message-deduplication`: repeats of a recent key are dropped.
     dedup: Option<crate::broker::dedup::Deduplicator>,
+    /// A stream queue's log and readers; `None` for a classic queue.
+    stream: Option<Arc<stream::Stream>>,
     state: Mutex<QueueState>,
     unacked: AtomicUsize,
     deleted: AtomicBool,
@@ -142,9 +145,38 @@ impl Queue {
             args,
             vhost_ref,
             log,
+            stream: None,
             unacked: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
             counters: QueueCounters::default(),
+        }
+    }
+
+    /// Makes this a stream queue over `stream`.
+    pub fn with_stream(mut self, stream: stream::Stream) -> Self {
+        self.stream = Some(Arc::new(stream));
+        self
+    }
+
+    /// The stream, for a stream queue.
+    pub fn stream(&self) -> Option<&Arc<stream::Stream>> {
+        self.stream.as_ref()
+    }
+
+    /// `classic` or `stream` (quorum queues are served as classic ones).
+    pub fn type_name(&self) -> &'static str {
+        if self.stream.is_some() {
+            "stream"
+        } else {
+            "classic"
+        }
+    }
+
+    /// A stream reader handed a message to a consumer.
+    pub(crate) fn stream_delivered(&self, no_ack: bool) {
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if !no_ack {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -177,6 +209,9 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> usize {
+        if let Some(stream) = &self.stream {
+            return stream.message_count();
+        }
         self.state.lock().ready.len()
     }
 
@@ -185,11 +220,21 @@ impl Queue {
     }
 
     pub fn consumer_count(&self) -> usize {
+        if let Some(stream) = &self.stream {
+            return stream.consumer_count();
+        }
         self.state.lock().consumers.len()
     }
 
     /// (ready, ready bytes, consumers) in one lock.
     pub fn snapshot(&self) -> (usize, usize, usize) {
+        if let Some(stream) = &self.stream {
+            return (
+                stream.message_count(),
+                stream.log.bytes() as usize,
+                stream.consumer_count(),
+            );
+        }
         let st = self.state.lock();
         (st.ready.len(), st.ready.bytes(), st.consumers.len())
     }
@@ -252,6 +297,15 @@ impl Queue {
 
     /// Appends a message and hands it on if a consumer has credit.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Accepted {
+        if let Some(stream) = &self.stream {
+            // VHost::deliver appends to streams itself (it needs the log
+            // sequence for confirms); this is for any other caller.
+            if !self.is_deleted() {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                stream.append(&message);
+            }
+            return Accepted::Yes;
+        }
         if self.is_deleted() {
             // Raced with the queue's deletion: it will never hold the message.
             self.forget(&message);
@@ -324,6 +378,10 @@ impl Queue {
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>) {
+        if let Some(stream) = &self.stream {
+            stream.wake();
+            return;
+        }
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
@@ -418,6 +476,9 @@ impl Queue {
 
     /// 403 when an exclusive consumer is in the way.
     pub fn check_consumer_allowed(&self, exclusive: bool) -> Result<(), AmqpError> {
+        if self.stream.is_some() {
+            return Ok(());
+        }
         let st = self.state.lock();
         self.check_exclusive_use(&st, exclusive)
     }
@@ -433,6 +494,11 @@ impl Queue {
     }
 
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
+        if let Some(stream) = &self.stream {
+            let (spec, filter) = stream::consume_options(&self.resource(), &consumer.arguments)?;
+            stream.add_consumer(self, consumer, spec, filter);
+            return Ok(());
+        }
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
@@ -452,6 +518,9 @@ impl Queue {
         tag: &str,
         channel: (u64, u16),
     ) -> Option<(Arc<Consumer>, bool)> {
+        if let Some(stream) = &self.stream {
+            return stream.remove_consumer(tag, channel).map(|c| (c, false));
+        }
         let removed = {
             let mut st = self.state.lock();
             let pos = st
@@ -479,8 +548,10 @@ impl Queue {
         self.counters
             .acked
             .fetch_add(count as u64, Ordering::Relaxed);
-        for m in messages {
-            self.forget(&m.message);
+        if self.stream.is_none() {
+            for m in messages {
+                self.forget(&m.message);
+            }
         }
     }
 
@@ -490,6 +561,9 @@ impl Queue {
         let count = messages.len();
         self.unacked
             .fetch_sub(count.min(self.unacked_count()), Ordering::Relaxed);
+        if self.stream.is_some() {
+            return;
+        }
         self.counters
             .acked
             .fetch_add(count as u64, Ordering::Relaxed);
@@ -512,7 +586,8 @@ impl Queue {
         }
         self.unacked
             .fetch_sub(messages.len().min(self.unacked_count()), Ordering::Relaxed);
-        if self.is_deleted() {
+        if self.is_deleted() || self.stream.is_some() {
+            // A stream keeps every message; there is nothing to put back.
             return;
         }
         let mut dead = DeadLetters::new();
@@ -550,6 +625,10 @@ impl Queue {
     /// the number of ready messages dropped.
     pub fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
         self.deleted.store(true, Ordering::Release);
+        if let Some(stream) = &self.stream {
+            let count = stream.message_count();
+            return (stream.destroy(), count);
+        }
         let (consumers, dropped) = {
             let mut st = self.state.lock();
             (std::mem::take(&mut st.consumers), st.ready.drain())

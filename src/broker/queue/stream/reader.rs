@@ -1,0 +1,157 @@
+//! One stream consumer's reader task: follows the log from its offset and
+//! delivers while the consumer has credit.
+
+use super::Filter;
+use crate::broker::message::Message;
+use crate::broker::queue::{Consumer, Credit, Queue, QueuedMessage};
+use crate::protocol::BasicProperties;
+use crate::store::stream_log::{ChunkInfo, StoredMessage};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub struct Reader {
+    pub consumer: Arc<Consumer>,
+    /// Credit returned, socket drained, or stop requested. A permit is kept
+    /// when nobody waits, so a wake between a check and the wait is not lost.
+    pub wake: Notify,
+    stopped: AtomicBool,
+}
+
+impl Reader {
+    pub fn new(consumer: Arc<Consumer>) -> Reader {
+        Reader {
+            consumer,
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl Filter {
+    /// Whether a chunk may hold a message this consumer wants.
+    fn chunk_may_match(&self, chunk: &ChunkInfo) -> bool {
+        (self.match_unfiltered && chunk.has_unfiltered)
+            || (chunk.has_filtered
+                && self
+                    .values
+                    .iter()
+                    .any(|v| chunk.bloom.may_contain(v.as_bytes())))
+    }
+
+    fn matches(&self, message: &StoredMessage) -> bool {
+        match &message.filter_value {
+            None => self.match_unfiltered,
+            Some(value) => self.values.iter().any(|v| v.as_bytes() == &value[..]),
+        }
+    }
+}
+
+pub async fn run(queue: Arc<Queue>, reader: Arc<Reader>, mut next: u64, filter: Option<Filter>) {
+    let Some(stream) = queue.stream().cloned() else {
+        return;
+    };
+    let mut committed = stream.log.committed();
+    // The chunk being delivered, from `next` on.
+    let mut pending: VecDeque<StoredMessage> = VecDeque::new();
+    loop {
+        if reader.stopped() || queue.is_deleted() {
+            return;
+        }
+        match reader.consumer.credit() {
+            Credit::Yes => {}
+            Credit::No => {
+                reader.wake.notified().await;
+                continue;
+            }
+            Credit::Saturated => {
+                reader
+                    .consumer
+                    .sink
+                    .wake_when_writable(Arc::downgrade(&queue));
+                reader.wake.notified().await;
+                continue;
+            }
+        }
+        if pending.is_empty() {
+            let end = *committed.borrow_and_update();
+            let chunk = if next < end {
+                stream.log.chunk_from(next)
+            } else {
+                None
+            };
+            let Some(chunk) = chunk else {
+                tokio::select! {
+                    changed = committed.changed() => if changed.is_err() { return },
+                    _ = reader.wake.notified() => {}
+                }
+                continue;
+            };
+            // Retention may have removed what we were about to read.
+            next = next.max(chunk.first);
+            if filter.as_ref().is_some_and(|f| !f.chunk_may_match(&chunk)) {
+                next = chunk.end();
+                continue;
+            }
+            match stream.log.read(&chunk) {
+                Ok(messages) => {
+                    pending = messages.into_iter().filter(|m| m.offset >= next).collect()
+                }
+                Err(e) => {
+                    if !stream.log.is_deleted() {
+                        tracing::warn!(queue = %queue.name, offset = chunk.first, "cannot read a stream chunk, skipped: {e}");
+                    }
+                    next = chunk.end();
+                    continue;
+                }
+            }
+        }
+        while let Some(stored) = pending.pop_front() {
+            next = stored.offset + 1;
+            if filter.as_ref().is_some_and(|f| !f.matches(&stored)) {
+                continue;
+            }
+            deliver(&queue, &reader.consumer, stored);
+            if reader.consumer.credit() != Credit::Yes || reader.stopped() {
+                break;
+            }
+        }
+        // Let other tasks on this worker run between chunks.
+        tokio::task::yield_now().await;
+    }
+}
+
+fn deliver(queue: &Arc<Queue>, consumer: &Arc<Consumer>, stored: StoredMessage) {
+    let message = Message {
+        exchange: stored.exchange,
+        routing_key: stored.routing_key,
+        // Deliveries send the raw properties; nothing reads parsed ones of
+        // a stream message.
+        properties: BasicProperties::default(),
+        raw_properties: stored.raw_properties,
+        body: stored.body,
+        store_id: None,
+    };
+    queue.stream_delivered(consumer.no_ack);
+    consumer.sink.deliver(
+        consumer,
+        queue,
+        QueuedMessage {
+            seq: stored.offset,
+            message: Arc::new(message),
+            redelivered: false,
+            expires_at: None,
+            delivery_count: 0,
+        },
+    );
+}
