@@ -768,3 +768,12 @@ fn pick_consumer(st: &QueueState, queue: &Arc<Queue>) -> Option<usize> {
     }
     best
 }
+
+/// Read access for the management API (`/api/consumers`, `/api/channels`).
+impl Queue {
+    /// The queue's consumers in registration order (with single active
+    /// consumer, the first one is the active one).
+    pub fn consumer_list(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
+    }
+}
