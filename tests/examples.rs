@@ -11,13 +11,15 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 8] = [
     "hello_world",
     "work_queues",
     "publish_subscribe",
     "routing",
     "topics",
     "rpc",
+    "stream_replay",
+    "event_sourcing",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -140,4 +142,14 @@ async fn topics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rpc() {
     run_example("rpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_replay() {
+    run_example("stream_replay").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_sourcing() {
+    run_example("event_sourcing").await;
 }
