@@ -4,6 +4,7 @@
 
 use crate::protocol::FieldTable;
 use dashmap::DashMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub struct ConnectionInfo {
     close_requested: AtomicBool,
     close_notify: Notify,
     close_reason: parking_lot::Mutex<String>,
+    /// Open channel numbers, if the connection layer reports them with
+    /// `channel_opened`/`channel_closed` (None until it does).
+    channel_numbers: parking_lot::Mutex<Option<BTreeSet<u16>>>,
 }
 
 impl ConnectionInfo {
@@ -66,7 +70,32 @@ impl ConnectionInfo {
             close_requested: AtomicBool::new(false),
             close_notify: Notify::new(),
             close_reason: parking_lot::Mutex::new(String::new()),
+            channel_numbers: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Records an opened channel (called on channel.open, not per message).
+    pub fn channel_opened(&self, number: u16) {
+        let mut numbers = self.channel_numbers.lock();
+        let set = numbers.get_or_insert_with(BTreeSet::new);
+        set.insert(number);
+        self.channels.store(set.len(), Ordering::Relaxed);
+    }
+
+    /// Records a closed channel.
+    pub fn channel_closed(&self, number: u16) {
+        let mut numbers = self.channel_numbers.lock();
+        let set = numbers.get_or_insert_with(BTreeSet::new);
+        set.remove(&number);
+        self.channels.store(set.len(), Ordering::Relaxed);
+    }
+
+    /// The open channel numbers, if the connection layer reports them.
+    pub fn reported_channels(&self) -> Option<Vec<u16>> {
+        self.channel_numbers
+            .lock()
+            .as_ref()
+            .map(|set| set.iter().copied().collect())
     }
 
     /// RabbitMQ's connection name: `"127.0.0.1:57214 -> 127.0.0.1:5672"`.
@@ -114,5 +143,9 @@ impl Registry {
 
     pub fn count(&self) -> usize {
         self.connections.len()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ConnectionInfo>> {
+        self.connections.get(&id).map(|e| e.value().clone())
     }
 }

@@ -80,7 +80,7 @@ pub(crate) fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
     Value::Object(obj)
 }
 
-fn visible(ctx: &Ctx, caller: &Caller) -> Vec<Arc<ConnectionInfo>> {
+pub(crate) fn visible(ctx: &Ctx, caller: &Caller) -> Vec<Arc<ConnectionInfo>> {
     let mut all = ctx.broker.registry.connections();
     if !caller.sees_everything() {
         all.retain(|c| c.user == caller.name);
@@ -116,7 +116,7 @@ async fn list_in_vhost(
     list(items, &query)
 }
 
-fn find(ctx: &Ctx, caller: &Caller, name: &str) -> ApiResult<Arc<ConnectionInfo>> {
+pub(crate) fn find(ctx: &Ctx, caller: &Caller, name: &str) -> ApiResult<Arc<ConnectionInfo>> {
     visible(ctx, caller)
         .into_iter()
         .find(|c| c.name() == name)

@@ -9,7 +9,9 @@
 
 mod auth;
 mod bindings;
+mod channels;
 mod connections;
+mod consumers;
 mod definitions;
 mod error;
 mod exchanges;
@@ -69,6 +71,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .merge(queues::routes())
         .merge(bindings::routes())
         .merge(connections::routes())
+        .merge(channels::routes())
+        .merge(consumers::routes())
         .merge(definitions::routes())
         .merge(health::routes())
         .fallback(not_found)

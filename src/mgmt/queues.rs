@@ -3,8 +3,7 @@
 //! (DELETE purges).
 //!
 //! Not known to the broker, so shown as 0: unacknowledged and persistent
-//! message bytes, memory. `consumer_details` is empty (consumers are not
-//! readable from outside the queue yet).
+//! message bytes, memory.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -61,8 +60,18 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     let capacity = if consumers > 0 { 1.0 } else { 0.0 };
     obj.insert("consumer_capacity".into(), json!(capacity));
     obj.insert("consumer_utilisation".into(), json!(capacity));
-    obj.insert("exclusive_consumer_tag".into(), Value::Null);
-    obj.insert("single_active_consumer_tag".into(), Value::Null);
+    let list = if consumers > 0 {
+        q.consumer_list()
+    } else {
+        Vec::new()
+    };
+    let exclusive_tag = list.iter().find(|c| c.exclusive).map(|c| c.tag.clone());
+    let active_tag = list
+        .first()
+        .filter(|_| q.args.single_active_consumer)
+        .map(|c| c.tag.clone());
+    obj.insert("exclusive_consumer_tag".into(), json!(exclusive_tag));
+    obj.insert("single_active_consumer_tag".into(), json!(active_tag));
     put_count(&mut obj, "messages", ready + unacked);
     put_count(&mut obj, "messages_ready", ready);
     put_count(&mut obj, "messages_unacknowledged", unacked);
@@ -152,7 +161,12 @@ async fn get_one(
     let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
     let mut obj = queue_json(&ctx, &q);
     if let Value::Object(map) = &mut obj {
-        map.insert("consumer_details".into(), json!([]));
+        let details: Vec<Value> = super::consumers::consumers(&ctx, &caller, Some(&vhost.name))
+            .iter()
+            .filter(|f| f.queue == q.name)
+            .map(|f| super::consumers::consumer_json(&ctx, f))
+            .collect();
+        map.insert("consumer_details".into(), Value::Array(details));
         map.insert("deliveries".into(), json!([]));
         map.insert("incoming".into(), json!([]));
     }
