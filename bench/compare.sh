@@ -9,6 +9,8 @@
 #   QUICK=1            short runs
 #   DURATION, WARMUP   measured / warm-up seconds per run [10, 2; QUICK: 3, 1]
 #   BACKLOG_COUNT      messages in the backlog scenario [1000000; QUICK: 100000]
+#   STREAM_COUNT       messages in the stream scenario [1000000; QUICK: 100000]
+#   STREAM_PREFETCH    consumer prefetch in the stream scenario [1000]
 #   CONNECTIONS        idle connections in the connections scenario [1000]
 #   CONFIRM            publisher-confirm window in confirm scenarios [1000]
 #   ONLY               space-separated scenario ids to run (default: all)
@@ -29,13 +31,16 @@ if [ "$QUICK" = 1 ]; then
     DURATION=${DURATION:-3}
     WARMUP=${WARMUP:-1}
     BACKLOG_COUNT=${BACKLOG_COUNT:-100000}
+    STREAM_COUNT=${STREAM_COUNT:-100000}
 else
     DURATION=${DURATION:-10}
     WARMUP=${WARMUP:-2}
     BACKLOG_COUNT=${BACKLOG_COUNT:-1000000}
+    STREAM_COUNT=${STREAM_COUNT:-1000000}
 fi
 CONNECTIONS=${CONNECTIONS:-1000}
 CONFIRM=${CONFIRM:-1000}
+STREAM_PREFETCH=${STREAM_PREFETCH:-1000}
 ONLY=${ONLY:-}
 RMQ_PORT=5673
 OURS_PORT=5674
@@ -176,6 +181,7 @@ SCENARIOS=(
     "latency-1k|latency at 1k msg/s, 1 KiB, autoack|--scenario latency --rate 1000 --size 1024 --autoack||"
     "latency-10k|latency at 10k msg/s, 1 KiB, autoack|--scenario latency --rate 10000 --size 1024 --autoack||"
     "backlog|backlog $BACKLOG_COUNT x 1 KiB (confirms $CONFIRM), then drain (prefetch 1000)|--scenario backlog --count $BACKLOG_COUNT --size 1024 --confirm $CONFIRM --prefetch 1000||"
+    "stream|stream $STREAM_COUNT x 100 B (confirms $CONFIRM), then read from first (prefetch $STREAM_PREFETCH)|--scenario backlog --queue-type stream --stream-offset first --count $STREAM_COUNT --size 100 --confirm $CONFIRM --prefetch $STREAM_PREFETCH --queues perf-stream||"
     "connections|$CONNECTIONS idle connections|--scenario connections --connections $CONNECTIONS||"
     "16b-autoack-1core|1p/1c 16 B autoack, broker pinned to 1 core (tool on the other)|--size 16 --autoack|0|1"
     "16b-autoack-2core|1p/1c 16 B autoack, broker pinned to 2 cores (tool shares them)|--size 16 --autoack|0,1|"
@@ -194,7 +200,7 @@ run_one() { # broker id args broker_cpus tool_cpus
     local pin=()
     [ -n "$tcpus" ] && pin=(taskset -c "$tcpus")
     local limit=$((WARMUP + DURATION + 90))
-    case "$id" in backlog) limit=1800 ;; esac
+    case "$id" in backlog | stream) limit=1800 ;; esac
     # shellcheck disable=SC2086
     timeout "$limit" "${pin[@]}" "$PERF" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" \
         --duration "$DURATION" --warmup "$WARMUP" --broker-pid "$pid" \
@@ -212,7 +218,7 @@ run_one() { # broker id args broker_cpus tool_cpus
 }
 
 date_utc=$(date -u +"%Y-%m-%d %H:%M UTC")
-log "results in $WORK (DURATION=$DURATION WARMUP=$WARMUP BACKLOG_COUNT=$BACKLOG_COUNT)"
+log "results in $WORK (DURATION=$DURATION WARMUP=$WARMUP BACKLOG_COUNT=$BACKLOG_COUNT STREAM_COUNT=$STREAM_COUNT)"
 n=0
 for spec in "${SCENARIOS[@]}"; do
     IFS='|' read -r id label args bcpus tcpus <<<"$spec"
@@ -237,7 +243,7 @@ done
     echo "erlang: $(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().' 2>/dev/null || echo '?')"
     echo "ours: $OURS_REV"
     echo "date: $date_utc"
-    echo "settings: DURATION=$DURATION WARMUP=$WARMUP BACKLOG_COUNT=$BACKLOG_COUNT CONNECTIONS=$CONNECTIONS CONFIRM=$CONFIRM QUICK=$QUICK"
+    echo "settings: DURATION=$DURATION WARMUP=$WARMUP BACKLOG_COUNT=$BACKLOG_COUNT STREAM_COUNT=$STREAM_COUNT STREAM_PREFETCH=$STREAM_PREFETCH CONNECTIONS=$CONNECTIONS CONFIRM=$CONFIRM QUICK=$QUICK"
     echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$RES/machine.txt"
 
@@ -287,6 +293,10 @@ METRICS = {
     "backlog": [("publish", "published_per_sec", rate, "higher"),
                 ("drain", "drained_per_sec", rate, "higher"),
                 ("RSS per message", "rss_bytes_per_message", nbytes, "lower")],
+    # Stream: acks remove nothing, so the read phase ends on the consumed
+    # count. RSS per message says little here (the log is on disk).
+    "stream": [("publish (confirmed)", "published_per_sec", rate, "higher"),
+               ("read from first", "drained_per_sec", rate, "higher")],
     "connections": [("RSS per connection", "rss_bytes_per_connection", nbytes, "lower"),
                     ("opened per second", "opened_per_sec", plain, "higher")],
 }

@@ -322,6 +322,19 @@ impl Conn {
 
     /// Declares a queue; returns its message count.
     pub async fn queue_declare(&mut self, name: &str, durable: bool, passive: bool) -> Result<u32> {
+        self.queue_declare_with(name, durable, passive, FieldTable::default())
+            .await
+    }
+
+    /// Declares a queue with arguments (e.g. `x-queue-type`); returns its
+    /// message count.
+    pub async fn queue_declare_with(
+        &mut self,
+        name: &str,
+        durable: bool,
+        passive: bool,
+        arguments: FieldTable,
+    ) -> Result<u32> {
         match self
             .rpc(
                 1,
@@ -332,7 +345,7 @@ impl Conn {
                     exclusive: false,
                     auto_delete: false,
                     nowait: false,
-                    arguments: FieldTable::default(),
+                    arguments,
                 })),
             )
             .await?
@@ -406,7 +419,14 @@ impl Conn {
         .map(|_| ())
     }
 
-    pub async fn consume(&mut self, queue_name: &str, tag: &str, no_ack: bool) -> Result<()> {
+    /// basic.consume with arguments (e.g. `x-stream-offset`).
+    pub async fn consume(
+        &mut self,
+        queue_name: &str,
+        tag: &str,
+        no_ack: bool,
+        arguments: FieldTable,
+    ) -> Result<()> {
         match self
             .rpc(
                 1,
@@ -417,7 +437,7 @@ impl Conn {
                     no_ack,
                     exclusive: false,
                     nowait: false,
-                    arguments: FieldTable::default(),
+                    arguments,
                 })),
             )
             .await?

@@ -10,6 +10,7 @@
 use crate::client::{send_close, AmqpUri, Conn, ReadSide};
 use crate::stats::{now_nanos, Counters, Histogram};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::types::FieldTable;
 use anyhow::{bail, Result};
 use broker::protocol::{encode, Frame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use bytes::{Buf, BytesMut};
@@ -33,6 +34,8 @@ pub struct ConsumeSpec {
     /// Ack every N messages with multiple=true; 0 = once per read batch.
     pub multi_ack: u64,
     pub parser: Parser,
+    /// basic.consume arguments (e.g. `x-stream-offset` for a stream).
+    pub arguments: FieldTable,
 }
 
 /// Per-connection parse state: the message being received.
@@ -101,8 +104,13 @@ pub async fn run(
     if !spec.autoack && spec.prefetch > 0 {
         conn.qos(spec.prefetch).await?;
     }
-    conn.consume(&spec.queue, &format!("amqp-perf-{id}"), spec.autoack)
-        .await?;
+    conn.consume(
+        &spec.queue,
+        &format!("amqp-perf-{id}"),
+        spec.autoack,
+        spec.arguments.clone(),
+    )
+    .await?;
     let _ = ready.send(()).await;
     drop(ready);
     let (mut read, mut write, _) = conn.into_split();

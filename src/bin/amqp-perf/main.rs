@@ -15,6 +15,7 @@ mod publisher;
 mod report;
 mod stats;
 
+use amq_protocol::types::{AMQPValue, FieldTable};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use client::{AmqpUri, Conn};
@@ -45,6 +46,14 @@ enum Scenario {
     /// Publish --count messages with --expiration into a queue nobody
     /// reads; time and broker CPU until all have expired.
     Expiry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum QueueType {
+    /// No x-queue-type argument.
+    Classic,
+    /// x-queue-type=stream, durable: an append-only log read by offset.
+    Stream,
 }
 
 /// A PerfTest-style load generator for AMQP 0-9-1 brokers.
@@ -80,6 +89,16 @@ struct Cli {
     /// Message body size in bytes (latency needs at least 8).
     #[arg(long, short = 's', default_value_t = 16)]
     size: usize,
+    /// Queue type. `stream` declares the queues durable with
+    /// x-queue-type=stream (deleted and re-declared at setup, since streams
+    /// cannot be purged); consumers pass --stream-offset and need
+    /// --prefetch > 0 and manual acks.
+    #[arg(long, value_enum, default_value = "classic")]
+    queue_type: QueueType,
+    /// Stream consumers' x-stream-offset: first, last, next, a number
+    /// (sent as a long) or an interval such as 1h.
+    #[arg(long, default_value = "first")]
+    stream_offset: String,
     /// delivery_mode=2 messages on durable queues (and exchange).
     #[arg(long, short = 'f')]
     persistent: bool,
@@ -231,6 +250,10 @@ struct Plan {
     publishers: usize,
     consumers: usize,
     durable: bool,
+    /// Stream queues (x-queue-type=stream).
+    stream: bool,
+    /// x-stream-offset for stream consumers.
+    stream_offset: AMQPValue,
     /// Deliveries per published message.
     fanout: u64,
 }
@@ -274,6 +297,14 @@ impl Plan {
         if exchange.is_empty() && queues.is_empty() && cli.routing_key.is_none() {
             bail!("with no queues, give --exchange or --routing-key");
         }
+        let stream = cli.queue_type == QueueType::Stream;
+        let drains = consumers > 0 || cli.scenario == Scenario::Backlog;
+        if stream && drains && (cli.autoack || cli.prefetch == 0) {
+            bail!("stream consumers need manual acks and --prefetch > 0");
+        }
+        if stream && cli.scenario == Scenario::Expiry {
+            bail!("the expiry scenario needs a classic queue");
+        }
         let fanout = if exchange_type == "fanout" && !exchange.is_empty() {
             queues.len().max(1) as u64
         } else {
@@ -285,7 +316,9 @@ impl Plan {
             exchange_type,
             publishers,
             consumers,
-            durable: cli.persistent,
+            durable: cli.persistent || stream,
+            stream,
+            stream_offset: stream_offset_value(&cli.stream_offset),
             fanout,
         })
     }
@@ -318,10 +351,23 @@ impl Plan {
                 .context("exchange.declare")?;
         }
         for q in &self.queues {
-            conn.queue_declare(q, self.durable, false)
-                .await
-                .with_context(|| format!("queue.declare {q}"))?;
-            conn.queue_purge(q).await.context("queue.purge")?;
+            if self.stream {
+                // Streams cannot be purged: start from an empty log.
+                conn.queue_delete(q).await.context("queue.delete")?;
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("stream".into()),
+                );
+                conn.queue_declare_with(q, true, false, args)
+                    .await
+                    .with_context(|| format!("queue.declare {q} (stream)"))?;
+            } else {
+                conn.queue_declare(q, self.durable, false)
+                    .await
+                    .with_context(|| format!("queue.declare {q}"))?;
+                conn.queue_purge(q).await.context("queue.purge")?;
+            }
             if !self.exchange.is_empty() {
                 conn.queue_bind(q, &self.exchange, &self.binding_key(cli, q))
                     .await
@@ -370,7 +416,16 @@ impl Plan {
             prefetch: cli.prefetch,
             multi_ack: cli.multi_ack,
             parser: cli.parser,
+            arguments: self.consume_arguments(),
         }
+    }
+
+    fn consume_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.stream {
+            args.insert("x-stream-offset".into(), self.stream_offset.clone());
+        }
+        args
     }
 
     fn describe(&self, cli: &Cli) -> Json {
@@ -382,6 +437,15 @@ impl Plan {
             .with("exchange_type", self.exchange_type.as_str())
             .with("size", cli.size)
             .with("persistent", cli.persistent)
+            .with("queue_type", if self.stream { "stream" } else { "classic" })
+            .with(
+                "stream_offset",
+                if self.stream {
+                    Some(cli.stream_offset.clone())
+                } else {
+                    None
+                },
+            )
             .with("confirm", cli.confirm)
             .with("autoack", cli.autoack)
             .with("prefetch", cli.prefetch)
@@ -404,6 +468,9 @@ impl Plan {
         if cli.persistent {
             s += ", persistent";
         }
+        if self.stream {
+            s += &format!(", stream (read from {})", cli.stream_offset);
+        }
         if cli.confirm > 0 {
             s += &format!(", confirms (window {})", cli.confirm);
         }
@@ -418,6 +485,15 @@ impl Plan {
             s += &format!(", rate {}/s per publisher", thousands(cli.rate));
         }
         s
+    }
+}
+
+/// `--stream-offset` as sent: a number is a long, anything else (first,
+/// last, next, an interval) a string.
+fn stream_offset_value(spec: &str) -> AMQPValue {
+    match spec.parse::<i64>() {
+        Ok(n) => AMQPValue::LongLongInt(n),
+        Err(_) => AMQPValue::LongString(spec.into()),
     }
 }
 
@@ -782,7 +858,9 @@ async fn wait_depth(conn: &mut Conn, queue: &str, count: u64, limit: Duration) -
 }
 
 /// backlog: publish --count messages into one queue with nobody consuming,
-/// then drain them.
+/// then drain them. On a stream (`--queue-type stream`) the drain reads the
+/// log from --stream-offset and ends when the consumers have received
+/// --count messages: acks do not remove anything from a stream.
 async fn backlog(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
     let mut cli = cli.clone();
     cli.queue_count = Some(1);
@@ -843,7 +921,14 @@ async fn backlog(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
         }
     }
     let sent = join_publishers(handles, &mut errors, Duration::from_secs(60)).await;
-    let depth = wait_depth(&mut control, &queue, sent, Duration::from_secs(120)).await?;
+    // A stream's message count need not be exact (RabbitMQ reports its own
+    // notion of it); with confirms every sent message is in the log, and
+    // without them the readers follow the tail until they have them all.
+    let depth = if plan.stream {
+        sent
+    } else {
+        wait_depth(&mut control, &queue, sent, Duration::from_secs(120)).await?
+    };
     let publish_secs = start.elapsed().as_secs_f64();
     if depth < sent {
         errors.push(format!("queue holds {depth} of {sent} published messages"));
@@ -925,7 +1010,7 @@ async fn backlog(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
         ),
     );
     t.row(
-        "drained",
+        if plan.stream { "read" } else { "drained" },
         format!(
             "{} messages in {drain_secs:.2} s: {} msg/s",
             thousands(consumed as f64),
