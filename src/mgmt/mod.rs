@@ -3,9 +3,9 @@
 //! resource. Everything here reads broker state through its public
 //! snapshots and counters; nothing holds a broker lock across an await.
 //!
-//! What is not here yet: rates (every `*_details.rate` is 0), channels and
-//! consumers listings, policies, user/vhost/permission changes, definitions
-//! import. See each file for the details of what it answers.
+//! Message rates (`*_details.rate`) come from a background sampler
+//! (`rates.rs`). What is not here yet: policies, exchange and channel
+//! message rates. See each file for the details of what it answers.
 
 mod auth;
 mod bindings;
@@ -19,6 +19,7 @@ mod health;
 pub mod metrics;
 mod overview;
 mod queues;
+pub mod rates;
 mod users;
 mod values;
 mod vhosts;
@@ -47,22 +48,25 @@ pub struct Ctx {
     /// This node's name, `broker@host`.
     pub node: String,
     pub started: Instant,
+    /// Message rates, sampled in the background by `serve`.
+    pub rates: Arc<rates::Sampler>,
 }
 
 impl Ctx {
-    pub fn new(broker: Arc<Broker>) -> Self {
+    pub fn new(broker: Arc<Broker>, sample_interval: std::time::Duration) -> Self {
         let node = broker.config.cluster_name();
         Ctx {
             broker,
             node,
             started: Instant::now(),
+            rates: rates::Sampler::new(sample_interval),
         }
     }
 }
 
 /// The `/api` router, authenticated, with a JSON 404 for everything else.
-pub fn router(broker: Arc<Broker>) -> Router {
-    let ctx = Ctx::new(broker);
+/// Rates stay 0 unless the sampler of `ctx` is started (as `serve` does).
+pub fn router(ctx: Ctx) -> Router {
     let api = Router::new()
         .merge(overview::routes())
         .merge(vhosts::routes())
@@ -93,12 +97,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_interval(broker, listener, shutdown, rates::DEFAULT_INTERVAL).await
+}
+
+/// `serve`, sampling message rates every `sample_interval` (tests use a
+/// short one).
+pub async fn serve_with_interval(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    sample_interval: std::time::Duration,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "management API listening");
     }
+    let ctx = Ctx::new(broker.clone(), sample_interval);
+    ctx.rates.start(&broker);
     axum::serve(
         listener,
-        router(broker).into_make_service_with_connect_info::<SocketAddr>(),
+        router(ctx).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -176,15 +193,21 @@ pub(crate) fn flag(query: &HashMap<String, String>, key: &str) -> bool {
     query.get(key).is_some_and(|v| v == "true")
 }
 
-/// `{"rate": 0.0}`: this broker does not sample rates yet.
-pub(crate) fn no_rate() -> Value {
-    serde_json::json!({"rate": 0.0})
-}
-
 /// Adds `key` and `key_details` (a zero rate) to `obj`.
 pub(crate) fn put_count(obj: &mut Map<String, Value>, key: &str, value: u64) {
+    put_rate(obj, key, value, 0.0);
+}
+
+/// Adds `key` and `key_details` with a sampled per-second `rate`.
+pub(crate) fn put_rate(obj: &mut Map<String, Value>, key: &str, value: u64, rate: f64) {
+    // Two decimals, as RabbitMQ shows them; not-a-number cannot occur in JSON.
+    let rate = if rate.is_finite() {
+        (rate * 100.0).round() / 100.0
+    } else {
+        0.0
+    };
     obj.insert(key.to_string(), Value::from(value));
-    obj.insert(format!("{key}_details"), no_rate());
+    obj.insert(format!("{key}_details"), serde_json::json!({"rate": rate}));
 }
 
 /// 201 Created with an empty body (a new object).

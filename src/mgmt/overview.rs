@@ -1,14 +1,17 @@
 //! `/api/overview`, `/api/nodes[/{node}]`, `/api/cluster-name`: the broker
-//! as a whole. Counts are read live; rates are all 0 (not sampled yet).
+//! as a whole. Counts are read live; rates come from the sampler
+//! (`rates.rs`); churn rates are 0.
 //!
-//! `message_stats` sums the per-queue counters of the queues that exist
-//! now: `publish` counts a message once per queue it reached (RabbitMQ
-//! counts it once per publish), and the counts of deleted queues are lost.
+//! `message_stats` sums the per-queue counters: `publish` counts a message
+//! once per queue it reached (RabbitMQ counts it once per publish). For
+//! administrators and monitoring users the totals include queues deleted
+//! since (as sampled); other users see the sums of their vhosts' queues.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::metrics::ProcessStats;
-use super::{put_count, Ctx};
+use super::rates::{Counts, Rates};
+use super::{put_count, put_rate, Ctx};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -71,20 +74,34 @@ impl Totals {
         t
     }
 
-    pub fn queue_totals(&self) -> Value {
+    /// Replaces the message counters with overall ones (`Sampler::totals`).
+    pub fn with_counts(mut self, c: &Counts) -> Totals {
+        self.published = c.published;
+        self.delivered = c.delivered;
+        self.acked = c.acked;
+        self.redelivered = c.redelivered;
+        self
+    }
+
+    pub fn queue_totals(&self, r: &Rates) -> Value {
         let mut m = Map::new();
-        put_count(&mut m, "messages", self.ready + self.unacked);
-        put_count(&mut m, "messages_ready", self.ready);
-        put_count(&mut m, "messages_unacknowledged", self.unacked);
+        put_rate(&mut m, "messages", self.ready + self.unacked, r.messages);
+        put_rate(&mut m, "messages_ready", self.ready, r.messages_ready);
+        put_rate(
+            &mut m,
+            "messages_unacknowledged",
+            self.unacked,
+            r.messages_unacknowledged,
+        );
         Value::Object(m)
     }
 
-    pub fn message_stats(&self) -> Value {
+    pub fn message_stats(&self, r: &Rates) -> Value {
         let mut m = Map::new();
-        put_count(&mut m, "publish", self.published);
-        put_count(&mut m, "deliver_get", self.delivered);
-        put_count(&mut m, "ack", self.acked);
-        put_count(&mut m, "redeliver", self.redelivered);
+        put_rate(&mut m, "publish", self.published, r.publish);
+        put_rate(&mut m, "deliver_get", self.delivered, r.deliver_get);
+        put_rate(&mut m, "ack", self.acked, r.ack);
+        put_rate(&mut m, "redeliver", self.redelivered, r.redeliver);
         Value::Object(m)
     }
 }
@@ -96,7 +113,13 @@ async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) 
     let broker = &ctx.broker;
     let mut vhosts = broker.vhosts();
     vhosts.retain(|v| caller.can_read(&ctx, &v.name));
-    let totals = Totals::of(&vhosts);
+    let mut totals = Totals::of(&vhosts);
+    let names: Vec<&str> = vhosts.iter().map(|v| v.name.as_str()).collect();
+    let rates = ctx.rates.sum(|vhost, _| names.contains(&vhost));
+    if caller.sees_everything() {
+        let queues: Vec<_> = vhosts.iter().flat_map(|v| v.queues()).collect();
+        totals = totals.with_counts(&ctx.rates.totals(&queues));
+    }
     let mut connections = broker.registry.connections();
     if !caller.sees_everything() {
         connections.retain(|c| c.user == caller.name);
@@ -136,9 +159,9 @@ async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) 
         "release_series_support_status": "supported",
         "disable_stats": false,
         "enable_queue_totals": true,
-        "message_stats": totals.message_stats(),
+        "message_stats": totals.message_stats(&rates),
         "churn_rates": churn,
-        "queue_totals": totals.queue_totals(),
+        "queue_totals": totals.queue_totals(&rates),
         "object_totals": {
             "channels": channels,
             "connections": connections.len(),

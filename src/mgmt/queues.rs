@@ -9,7 +9,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::values::table_to_json;
 use super::{
-    arguments_field, bool_field, created, flag, json_body, list, no_content, put_count,
+    arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
     string_field, Ctx,
 };
 use crate::broker::queue::{Queue, QueuedMessage};
@@ -72,9 +72,15 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
         .map(|c| c.tag.clone());
     obj.insert("exclusive_consumer_tag".into(), json!(exclusive_tag));
     obj.insert("single_active_consumer_tag".into(), json!(active_tag));
-    put_count(&mut obj, "messages", ready + unacked);
-    put_count(&mut obj, "messages_ready", ready);
-    put_count(&mut obj, "messages_unacknowledged", unacked);
+    let r = ctx.rates.queue(q);
+    put_rate(&mut obj, "messages", ready + unacked, r.messages);
+    put_rate(&mut obj, "messages_ready", ready, r.messages_ready);
+    put_rate(
+        &mut obj,
+        "messages_unacknowledged",
+        unacked,
+        r.messages_unacknowledged,
+    );
     obj.insert("messages_ram".into(), json!(ready + unacked));
     obj.insert("messages_ready_ram".into(), json!(ready));
     obj.insert("messages_unacknowledged_ram".into(), json!(unacked));
@@ -92,13 +98,19 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("recoverable_slaves".into(), Value::Null);
     let mut stats = Map::new();
     let delivered = c.delivered.load(Ordering::Relaxed);
-    put_count(&mut stats, "publish", c.published.load(Ordering::Relaxed));
-    put_count(&mut stats, "deliver_get", delivered);
-    put_count(&mut stats, "ack", c.acked.load(Ordering::Relaxed));
-    put_count(
+    put_rate(
+        &mut stats,
+        "publish",
+        c.published.load(Ordering::Relaxed),
+        r.publish,
+    );
+    put_rate(&mut stats, "deliver_get", delivered, r.deliver_get);
+    put_rate(&mut stats, "ack", c.acked.load(Ordering::Relaxed), r.ack);
+    put_rate(
         &mut stats,
         "redeliver",
         c.redelivered.load(Ordering::Relaxed),
+        r.redeliver,
     );
     obj.insert("message_stats".into(), Value::Object(stats));
     obj.insert(

@@ -8,7 +8,7 @@
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::overview::Totals;
-use super::{created, json_body, list, no_content, put_count, string_field, Ctx};
+use super::{created, json_body, list, no_content, put_count, put_rate, string_field, Ctx};
 use crate::broker::vhost::VHost;
 use crate::store::catalog::VhostRecord;
 use axum::body::Bytes;
@@ -117,10 +117,26 @@ pub(crate) fn vhost_json(ctx: &Ctx, vhost: &Arc<VHost>) -> Value {
         "cluster_state".into(),
         json!({ ctx.node.clone(): "running" }),
     );
-    put_count(&mut obj, "messages", totals.ready + totals.unacked);
-    put_count(&mut obj, "messages_ready", totals.ready);
-    put_count(&mut obj, "messages_unacknowledged", totals.unacked);
-    obj.insert("message_stats".into(), totals.message_stats());
+    let rates = ctx.rates.sum(|v, _| v == vhost.name);
+    put_rate(
+        &mut obj,
+        "messages",
+        totals.ready + totals.unacked,
+        rates.messages,
+    );
+    put_rate(
+        &mut obj,
+        "messages_ready",
+        totals.ready,
+        rates.messages_ready,
+    );
+    put_rate(
+        &mut obj,
+        "messages_unacknowledged",
+        totals.unacked,
+        rates.messages_unacknowledged,
+    );
+    obj.insert("message_stats".into(), totals.message_stats(&rates));
     put_count(&mut obj, "recv_oct", recv);
     put_count(&mut obj, "send_oct", send);
     Value::Object(obj)

@@ -33,10 +33,12 @@ impl Api {
             .await
             .expect("bind http");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(broker::mgmt::serve(
+        // Rates sampled every 200 ms instead of 5 s, so tests see them soon.
+        tokio::spawn(broker::mgmt::serve_with_interval(
             broker.clone(),
             listener,
             std::future::pending(),
+            Duration::from_millis(200),
         ));
         Api {
             amqp_port,

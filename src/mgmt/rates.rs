@@ -1,0 +1,254 @@
+//! Message rates: a background task samples every queue's counters
+//! (published, delivered, acked, redelivered) and depths every few seconds
+//! (5 s by default, as RabbitMQ's `basic` rates mode); a rate is the change
+//! between the last two samples divided by the time between them. Reading
+//! the counters takes no lock on the hot path (they are atomics); the
+//! queue lock is taken only for the depth, as for any management read.
+//!
+//! The sampler also keeps the overall message counts: what every queue
+//! counted, including queues deleted since, so overview totals do not drop
+//! when a queue goes (counts made after a queue's last sample and before
+//! its deletion are lost).
+
+use crate::broker::queue::Queue;
+use crate::broker::Broker;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// RabbitMQ's default sample interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counters and depths of one queue (or a sum of queues) at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub ready: u64,
+    pub unacked: u64,
+}
+
+impl Counts {
+    pub fn of(q: &Queue) -> Counts {
+        let c = &q.counters;
+        let (ready, _, _) = q.snapshot();
+        Counts {
+            published: c.published.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            redelivered: c.redelivered.load(Ordering::Relaxed),
+            ready: ready as u64,
+            unacked: q.unacked_count() as u64,
+        }
+    }
+
+    /// Counter increases since `before` (depths are not summed).
+    fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            published: self.published.saturating_sub(before.published),
+            delivered: self.delivered.saturating_sub(before.delivered),
+            acked: self.acked.saturating_sub(before.acked),
+            redelivered: self.redelivered.saturating_sub(before.redelivered),
+            ready: 0,
+            unacked: 0,
+        }
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.published += other.published;
+        self.delivered += other.delivered;
+        self.acked += other.acked;
+        self.redelivered += other.redelivered;
+        self.ready += other.ready;
+        self.unacked += other.unacked;
+    }
+}
+
+/// Per-second rates, named as the management API's `<key>_details`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    pub publish: f64,
+    pub deliver_get: f64,
+    pub ack: f64,
+    pub redeliver: f64,
+    pub messages: f64,
+    pub messages_ready: f64,
+    pub messages_unacknowledged: f64,
+}
+
+impl Rates {
+    fn between(old: &(Instant, Counts), new: &(Instant, Counts)) -> Rates {
+        let secs = new.0.duration_since(old.0).as_secs_f64();
+        if secs <= 0.0 {
+            return Rates::default();
+        }
+        let per_sec = |a: u64, b: u64| (b as f64 - a as f64) / secs;
+        let (a, b) = (&old.1, &new.1);
+        Rates {
+            publish: per_sec(a.published, b.published).max(0.0),
+            deliver_get: per_sec(a.delivered, b.delivered).max(0.0),
+            ack: per_sec(a.acked, b.acked).max(0.0),
+            redeliver: per_sec(a.redelivered, b.redelivered).max(0.0),
+            messages: per_sec(a.ready + a.unacked, b.ready + b.unacked),
+            messages_ready: per_sec(a.ready, b.ready),
+            messages_unacknowledged: per_sec(a.unacked, b.unacked),
+        }
+    }
+
+    fn add(&mut self, other: &Rates) {
+        self.publish += other.publish;
+        self.deliver_get += other.deliver_get;
+        self.ack += other.ack;
+        self.redeliver += other.redeliver;
+        self.messages += other.messages;
+        self.messages_ready += other.messages_ready;
+        self.messages_unacknowledged += other.messages_unacknowledged;
+    }
+}
+
+/// Identifies one queue incarnation: a queue deleted and declared again
+/// under the same name starts from zero.
+type QueueKey = (String, String, usize);
+
+fn key_of(q: &Queue) -> QueueKey {
+    (q.vhost.clone(), q.name.clone(), q as *const Queue as usize)
+}
+
+#[derive(Default)]
+struct State {
+    /// The last two samples of each live queue, oldest first.
+    queues: HashMap<QueueKey, [Option<(Instant, Counts)>; 2]>,
+    /// Counter increases of all queues up to the last sample.
+    total: Counts,
+}
+
+pub struct Sampler {
+    pub interval: Duration,
+    state: Mutex<State>,
+}
+
+impl Sampler {
+    pub fn new(interval: Duration) -> Arc<Sampler> {
+        Arc::new(Sampler {
+            interval,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Samples every `interval` until the broker or the sampler is gone.
+    pub fn start(self: &Arc<Self>, broker: &Arc<Broker>) {
+        let (sampler, broker) = (Arc::downgrade(self), Arc::downgrade(broker));
+        let interval = self.interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(s), Some(b)) = (Weak::upgrade(&sampler), Weak::upgrade(&broker)) else {
+                    return;
+                };
+                s.sample(&b);
+            }
+        });
+    }
+
+    /// Takes one sample of every queue.
+    pub fn sample(&self, broker: &Broker) {
+        let now = Instant::now();
+        let counts: Vec<(QueueKey, Counts)> = broker
+            .vhosts()
+            .iter()
+            .flat_map(|v| v.queues())
+            .map(|q| (key_of(&q), Counts::of(&q)))
+            .collect();
+        let mut st = self.state.lock();
+        let mut live = HashMap::with_capacity(counts.len());
+        for (key, c) in counts {
+            let mut slots = st.queues.remove(&key).unwrap_or([None, None]);
+            let before = slots[1].map(|(_, c)| c).unwrap_or_default();
+            let increase = c.since(&before);
+            st.total.add(&increase);
+            slots = [slots[1], Some((now, c))];
+            live.insert(key, slots);
+        }
+        st.queues = live;
+    }
+
+    /// The rates of one queue (0 until it has two samples).
+    pub fn queue(&self, q: &Queue) -> Rates {
+        let st = self.state.lock();
+        match st.queues.get(&key_of(q)) {
+            Some([Some(old), Some(new)]) => Rates::between(old, new),
+            _ => Rates::default(),
+        }
+    }
+
+    /// The summed rates of the queues `keep` accepts (by vhost, name).
+    pub fn sum(&self, keep: impl Fn(&str, &str) -> bool) -> Rates {
+        let st = self.state.lock();
+        let mut total = Rates::default();
+        for ((vhost, name, _), slots) in &st.queues {
+            if let [Some(old), Some(new)] = slots {
+                if keep(vhost, name) {
+                    total.add(&Rates::between(old, new));
+                }
+            }
+        }
+        total
+    }
+
+    /// Overall counts: everything sampled so far (deleted queues
+    /// included) plus what the live `queues` counted since their last
+    /// sample.
+    pub fn totals(&self, queues: &[Arc<Queue>]) -> Counts {
+        let st = self.state.lock();
+        let mut total = st.total;
+        for q in queues {
+            let now = Counts::of(q);
+            let before = st
+                .queues
+                .get(&key_of(q))
+                .and_then(|s| s[1])
+                .map(|(_, c)| c)
+                .unwrap_or_default();
+            total.add(&now.since(&before));
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_is_the_change_per_second() {
+        let t0 = Instant::now();
+        let old = (
+            t0,
+            Counts {
+                published: 10,
+                ready: 10,
+                ..Default::default()
+            },
+        );
+        let new = (
+            t0 + Duration::from_secs(5),
+            Counts {
+                published: 60,
+                acked: 25,
+                ready: 5,
+                ..Default::default()
+            },
+        );
+        let r = Rates::between(&old, &new);
+        assert_eq!(r.publish, 10.0);
+        assert_eq!(r.ack, 5.0);
+        assert_eq!(r.messages_ready, -1.0);
+        assert_eq!(Rates::between(&new, &new), Rates::default());
+    }
+}
