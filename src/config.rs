@@ -2,6 +2,7 @@
 //! environment variables such as `BROKER__AMQP__PORT=5673`.
 
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -14,6 +15,93 @@ pub struct Config {
     pub management: ListenerConfig,
     pub prometheus: ListenerConfig,
     pub resources: ResourceConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// AMQPS: AMQP over TLS on its own port (RabbitMQ: 5671), beside the
+/// plain listener. Off unless `enabled`; the certificate and key are PEM
+/// files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub bind: String,
+    pub port: u16,
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates are checked against.
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and check it against `ca_file`
+    /// (RabbitMQ's `ssl_options.verify = verify_peer`).
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that present no certificate
+    /// (RabbitMQ's `ssl_options.fail_if_no_peer_cert`).
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            bind: "0.0.0.0".into(),
+            port: 5671,
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: None,
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+        }
+    }
+}
+
+/// Per-user and per-vhost limits, as RabbitMQ's `rabbitmqctl
+/// set_user_limits` / `set_vhost_limits`. A missing value is unlimited;
+/// 0 allows none.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Connections any one user may have open, unless `users` says otherwise.
+    pub max_connections_per_user: Option<u32>,
+    /// Limits of named users (`[limits.users.alice] max_connections = 5`).
+    pub users: HashMap<String, UserLimits>,
+    /// Limits of named vhosts (`[limits.vhosts."/"] max_connections = 100`).
+    pub vhosts: HashMap<String, VhostLimits>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UserLimits {
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct VhostLimits {
+    pub max_connections: Option<u32>,
+    pub max_queues: Option<u32>,
+}
+
+impl LimitsConfig {
+    /// How many connections `user` may have open (None: unlimited).
+    pub fn user_max_connections(&self, user: &str) -> Option<u32> {
+        self.users
+            .get(user)
+            .and_then(|l| l.max_connections)
+            .or(self.max_connections_per_user)
+    }
+
+    /// How many connections `vhost` may have open (None: unlimited).
+    pub fn vhost_max_connections(&self, vhost: &str) -> Option<u32> {
+        self.vhosts.get(vhost).and_then(|l| l.max_connections)
+    }
+
+    /// How many queues `vhost` may hold (None: unlimited).
+    pub fn vhost_max_queues(&self, vhost: &str) -> Option<u32> {
+        self.vhosts.get(vhost).and_then(|l| l.max_queues)
+    }
 }
 
 /// Resource alarms: past these, publishing connections are blocked.
@@ -72,6 +160,9 @@ pub struct AmqpConfig {
     pub max_message_size: u64,
     /// A client that has not finished the handshake by then is dropped.
     pub handshake_timeout_secs: u64,
+    /// Connections open at once, over all users and vhosts (RabbitMQ's
+    /// `connection_max`); None: unlimited.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -113,6 +204,8 @@ impl Default for Config {
                 ..Default::default()
             },
             resources: ResourceConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -127,6 +220,7 @@ impl Default for AmqpConfig {
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
             handshake_timeout_secs: 10,
+            max_connections: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod mgmt;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::Server;

@@ -1,8 +1,10 @@
-//! The listener: accepts connections, spawns a task per connection, and on
-//! shutdown closes them all with 320 CONNECTION_FORCED.
+//! The listeners (plain AMQP and, when configured, AMQPS): accept
+//! connections, spawn a task per connection, and on shutdown close them all
+//! with 320 CONNECTION_FORCED.
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::connection::limits::ConnectionLimits;
 use crate::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use tokio::task::JoinSet;
 pub struct Server {
     pub broker: Arc<Broker>,
     listener: TcpListener,
+    tls: Option<(TcpListener, crate::tls::TlsAcceptor)>,
+    limits: Arc<ConnectionLimits>,
     management: Option<TcpListener>,
     prometheus: Option<TcpListener>,
 }
@@ -40,6 +44,16 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let tls = if config.tls.enabled {
+            let acceptor = crate::tls::acceptor(&config.tls)?;
+            let addr = format!("{}:{}", config.tls.bind, config.tls.port);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for AMQPS: {e}"))?;
+            Some((listener, acceptor))
+        } else {
+            None
+        };
         let management = bind_http(&config.management, "the management API").await?;
         let prometheus = bind_http(&config.prometheus, "Prometheus metrics").await?;
         let (store, recovered) = Store::open(&config.storage.data_dir)?;
@@ -48,6 +62,8 @@ impl Server {
         Ok(Server {
             broker,
             listener,
+            tls,
+            limits: ConnectionLimits::new(),
             management,
             prometheus,
         })
@@ -61,6 +77,11 @@ impl Server {
     /// Where Prometheus metrics are served, if enabled.
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where AMQPS listens, if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -96,16 +117,31 @@ impl Server {
         }
         let mut connections = JoinSet::new();
         tracing::info!(addr = %self.local_addr(), "AMQP listener started");
+        if let Some(addr) = self.tls_addr() {
+            tracing::info!(%addr, "AMQPS listener started");
+        }
+        let tls = self.tls.take();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        connections.spawn(crate::connection::serve(stream, peer, self.broker.clone(), stop_rx.clone()));
+                        connections.spawn(crate::connection::serve(stream, peer, self.broker.clone(), self.limits.clone(), stop_rx.clone()));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
                         tracing::error!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                // accept() is cancel-safe: losing the race loses no socket.
+                accepted = accept_tls(&tls) => match (accepted, &tls) {
+                    (Ok((stream, peer)), Some((_, acceptor))) => {
+                        connections.spawn(serve_tls(acceptor.clone(), stream, peer, self.broker.clone(), self.limits.clone(), stop_rx.clone()));
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => {
+                        tracing::error!("AMQPS accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -115,6 +151,7 @@ impl Server {
         }
         tracing::info!(connections = connections.len(), "shutting down");
         drop(self.listener);
+        drop(tls);
         let _ = stop_tx.send(true);
         let drain = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(5), drain)
@@ -129,4 +166,42 @@ impl Server {
         }
         tracing::info!("broker stopped");
     }
+}
+
+/// The next AMQPS client, or never when AMQPS is off.
+async fn accept_tls(
+    tls: &Option<(TcpListener, crate::tls::TlsAcceptor)>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One AMQPS connection: the TLS handshake (under the AMQP handshake
+/// timeout), then the same connection code as plain AMQP. A client that
+/// fails the handshake only loses its own socket.
+async fn serve_tls(
+    acceptor: crate::tls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout_secs.max(1));
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    crate::connection::serve_stream(stream, peer, local, broker, limits, shutdown).await;
 }

@@ -20,6 +20,8 @@ pub struct Negotiated {
     /// The client understands connection.blocked/unblocked.
     pub blocked_notify: bool,
     pub client_properties: FieldTable,
+    /// The connection's slot under the connection limits.
+    pub admitted: super::limits::Admitted,
 }
 
 pub enum HandshakeError {
@@ -96,6 +98,7 @@ pub async fn negotiate(
     reader: &mut Reader,
     output: &super::output::Output,
     broker: &Arc<Broker>,
+    limits: &Arc<super::limits::ConnectionLimits>,
     peer: SocketAddr,
 ) -> Result<Negotiated, HandshakeError> {
     let config = &broker.config.amqp;
@@ -226,6 +229,11 @@ pub async fn negotiate(
             AmqpError::not_allowed(format!("vhost {vhost} not found")).on(10, 40),
         ));
     }
+    // As RabbitMQ: the vhost's and the user's connection limits are
+    // checked before the user's access to the vhost.
+    let admitted = limits
+        .admit(&broker.config, &user, &vhost)
+        .map_err(HandshakeError::Close)?;
     if broker.users.read().permission(&user, &vhost).is_none() {
         return Err(HandshakeError::Close(
             AmqpError::not_allowed(format!(
@@ -247,6 +255,7 @@ pub async fn negotiate(
         channel_max,
         frame_max,
         heartbeat: tune_ok.heartbeat,
+        admitted,
     })
 }
 
@@ -263,18 +272,50 @@ fn parse_plain(response: &[u8]) -> Option<(String, String)> {
 }
 
 /// AMQPLAIN: a field table without its length prefix, holding LOGIN and
-/// PASSWORD.
+/// PASSWORD as long strings. Walked here entry by entry instead of handed
+/// to the general table parser, which recurses once per nested table: a
+/// response of nothing but nested tables would exhaust the stack. Nested
+/// values are skipped by their length, never descended into.
 fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
-    let mut framed = (response.len() as u32).to_be_bytes().to_vec();
-    framed.extend_from_slice(response);
-    let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
-    let get = |key: &str| {
-        table
-            .inner()
-            .get(key)
-            .and_then(crate::broker::arguments::as_string)
-    };
-    Some((get("LOGIN")?, get("PASSWORD")?))
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if input.len() < n {
+            return None;
+        }
+        let (head, rest) = input.split_at(n);
+        *input = rest;
+        Some(head)
+    }
+    fn long(input: &mut &[u8]) -> Option<usize> {
+        let len = take(input, 4)?;
+        Some(u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
+    }
+    let mut input = response;
+    let (mut login, mut password) = (None, None);
+    while !input.is_empty() {
+        let key_len = *take(&mut input, 1)?.first()? as usize;
+        let key = take(&mut input, key_len)?;
+        let kind = *take(&mut input, 1)?.first()?;
+        let size = match kind {
+            b'V' => 0,
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'D' => 5,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'S' | b'x' | b'A' | b'F' => long(&mut input)?,
+            _ => return None,
+        };
+        let value = take(&mut input, size)?;
+        if kind == b'S' {
+            let text = || String::from_utf8_lossy(value).into_owned();
+            match key {
+                b"LOGIN" => login = Some(text()),
+                b"PASSWORD" => password = Some(text()),
+                _ => {}
+            }
+        }
+    }
+    Some((login?, password?))
 }
 
 #[cfg(test)]
@@ -288,5 +329,46 @@ mod tests {
             Some(("guest".into(), "secret".into()))
         );
         assert_eq!(parse_plain(b"guest"), None);
+    }
+
+    fn amqplain(entries: &[(&str, u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (key, kind, value) in entries {
+            out.push(key.len() as u8);
+            out.extend_from_slice(key.as_bytes());
+            out.push(*kind);
+            if matches!(kind, b'S' | b'F') {
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            }
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    #[test]
+    fn amqplain_response_is_read_without_recursion() {
+        let response = amqplain(&[
+            ("LOGIN", b'S', b"guest"),
+            ("n", b'I', &[0, 0, 0, 1]),
+            ("PASSWORD", b'S', b"secret"),
+        ]);
+        assert_eq!(
+            parse_amqplain(&response),
+            Some(("guest".into(), "secret".into()))
+        );
+        // Deeply nested tables beside the credentials are skipped whole.
+        let depth = 100_000u32;
+        let mut nested = Vec::with_capacity(6 * depth as usize);
+        for level in 1..=depth {
+            nested.extend_from_slice(&[0u8, b'F']);
+            nested.extend_from_slice(&(6 * (depth - level)).to_be_bytes());
+        }
+        let mut response = amqplain(&[("LOGIN", b'S', b"u"), ("PASSWORD", b'S', b"p")]);
+        response.extend_from_slice(&amqplain(&[("deep", b'F', &nested)]));
+        assert_eq!(parse_amqplain(&response), Some(("u".into(), "p".into())));
+        // Truncated or unknown input is refused, not guessed at.
+        assert_eq!(parse_amqplain(&response[..response.len() - 1]), None);
+        assert_eq!(parse_amqplain(&amqplain(&[("LOGIN", b'?', b"")])), None);
+        assert_eq!(parse_amqplain(&amqplain(&[("LOGIN", b'S', b"u")])), None);
     }
 }

@@ -6,6 +6,7 @@ mod channel;
 mod confirms;
 mod delivery;
 mod handshake;
+pub mod limits;
 mod output;
 mod publish;
 mod reader;
@@ -25,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -52,6 +54,9 @@ struct Connection {
     /// blocked by resource alarms.
     publisher: bool,
     info: Arc<ConnectionInfo>,
+    /// This connection's slot under the connection limits; given back as
+    /// soon as the client has closed.
+    admitted: Option<limits::Admitted>,
 }
 
 enum Next {
@@ -60,18 +65,68 @@ enum Next {
     Closed,
 }
 
-/// Serves one client until it disconnects or the broker shuts down.
+/// Serves one plain-TCP client until it disconnects or the broker shuts
+/// down. The socket's own halves are used as they are (no lock between the
+/// reader and the writer).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: Arc<limits::ConnectionLimits>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let (read_half, write_half) = stream.into_split();
+    serve_halves(
+        Box::new(read_half),
+        write_half,
+        peer,
+        local,
+        broker,
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves a client over any byte stream: TLS, or an in-memory pipe (the
+/// fuzz target). `peer` decides, as for TCP, whether loopback-only users
+/// may log in.
+pub async fn serve_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Arc<Broker>,
+    limits: Arc<limits::ConnectionLimits>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    serve_halves(
+        Box::new(read_half),
+        write_half,
+        peer,
+        local,
+        broker,
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
+    read_half: Box<dyn AsyncRead + Unpin + Send>,
+    write_half: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Arc<Broker>,
+    limits: Arc<limits::ConnectionLimits>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let config = broker.config.amqp.clone();
-    let mut reader = Reader::new(Box::new(read_half), config.frame_max);
+    let mut reader = Reader::new(read_half, config.frame_max);
     reader.idle_timeout = Some(Duration::from_secs(config.handshake_timeout_secs.max(1)));
     let output = Output::start(write_half, config.frame_max);
 
@@ -89,7 +144,8 @@ pub async fn serve(
         }
     }
 
-    let negotiated = match handshake::negotiate(&mut reader, &output, &broker, peer).await {
+    let negotiated = match handshake::negotiate(&mut reader, &output, &broker, &limits, peer).await
+    {
         Ok(n) => n,
         Err(handshake::HandshakeError::Drop) => {
             output.send(Outbound::Close);
@@ -145,6 +201,7 @@ pub async fn serve(
         blocked_notify: negotiated.blocked_notify,
         publisher: false,
         info: info.clone(),
+        admitted: Some(negotiated.admitted),
     };
     conn.run(&mut reader, &mut shutdown).await;
     conn.cleanup();
@@ -398,6 +455,8 @@ impl Connection {
         match method {
             AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
                 tracing::debug!(peer = %self.peer, code = close.reply_code, text = %close.reply_text, "client closed connection");
+                // The client may reconnect as soon as it has the close-ok.
+                self.admitted = None;
                 self.ctx.output.method(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),

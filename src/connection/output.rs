@@ -285,7 +285,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(output: Arc<Output>, mut writer: W) {
         }
         let written = buf.len();
         if written > 0 {
-            if writer.write_all(&buf).await.is_err() {
+            // A plain socket's flush does nothing; a TLS stream's sends the
+            // records it still holds.
+            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
             buf.clear();
