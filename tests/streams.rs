@@ -467,17 +467,23 @@ async fn retention_by_age_drops_old_segments() {
         ],
     )
     .await;
-    publish_confirmed(&ch, "aged", &bodies(&"o".repeat(300), 10), None).await;
+    // One message per chunk (each waits for its confirm), three chunks per
+    // segment: segments start at offsets 0, 3, 6 and 9.
+    for body in bodies(&"o".repeat(300), 10) {
+        publish_confirmed(&ch, "aged", &[body], None).await;
+    }
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // New segments roll over; retention runs on each roll and removes the
     // segments whose newest message is older than a second. The old
     // segment still being written when the pause began (offsets 9..) got
     // new messages after it, so it stays.
-    publish_confirmed(&ch, "aged", &bodies(&"n".repeat(300), 10), None).await;
+    for body in bodies(&"n".repeat(300), 10) {
+        publish_confirmed(&ch, "aged", &[body], None).await;
+    }
     let mut c = stream_consumer(&ch, "aged", &[("x-stream-offset", long_str("first"))]).await;
     let d = next(&mut c).await;
     assert!(
-        offset_of(&d) >= 9,
+        offset_of(&d) == 9,
         "old messages aged out, first is {}",
         offset_of(&d)
     );

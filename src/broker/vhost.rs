@@ -8,7 +8,8 @@ use super::exchange::{
 };
 use super::message::Message;
 use super::names;
-use super::queue::stream::Stream;
+use super::queue::stream::group::ConsumerGroups;
+use super::queue::stream::{partitions, Stream};
 use super::queue::{Queue, QueueArguments, QueueOptions};
 use crate::protocol::{AmqpError, FieldTable};
 use crate::store::catalog::{BindingRecord, ExchangeRecord, QueueRecord};
@@ -33,6 +34,8 @@ pub struct VHost {
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Direct reply-to consumers by their full reply address.
     reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Consumer groups on this vhost's partitioned streams.
+    pub groups: ConsumerGroups,
 }
 
 pub struct ExchangeDeclare<'a> {
@@ -113,6 +116,7 @@ impl VHost {
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
+            groups: ConsumerGroups::default(),
         };
         let predeclared = [
             ("amq.direct", ExchangeKind::Direct),
@@ -184,10 +188,26 @@ impl VHost {
                 .ok_or_else(|| self.no_exchange(req.name));
         }
         let (kind, delayed) = declared_type(req.kind, req.arguments)?;
+        let partitions = if kind == ExchangeKind::SuperStream {
+            let resource = self.exchange_resource(req.name);
+            if !req.durable {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid property 'non-durable' for {resource}"
+                )));
+            }
+            Some(partitions::requested_partitions(req.arguments, &resource)?)
+        } else {
+            None
+        };
         let mut exchanges = self.exchanges.write();
         if let Some(existing) = exchanges.get(req.name) {
             self.check_exchange_equivalence(existing, &req)?;
-            return Ok(existing.clone());
+            let existing = existing.clone();
+            drop(exchanges);
+            if let Some(n) = partitions {
+                self.ensure_partitions(&existing, n, 0)?;
+            }
+            return Ok(existing);
         }
         if req.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -218,6 +238,9 @@ impl VHost {
                 internal: exchange.internal,
                 arguments: exchange.arguments.clone(),
             });
+        }
+        if let Some(n) = partitions {
+            self.ensure_partitions(&exchange, n, 0)?;
         }
         Ok(exchange)
     }
@@ -276,7 +299,12 @@ impl VHost {
                 self.exchange_resource(name)
             )));
         }
+        // A super stream's partitions go with it.
+        let partitions = self.partitions(name);
         self.remove_exchange(name);
+        for queue in partitions {
+            self.remove_queue(&queue);
+        }
         Ok(())
     }
 

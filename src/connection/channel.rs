@@ -8,6 +8,7 @@ use super::ConnContext;
 use crate::broker::arguments;
 use crate::broker::message::Message;
 use crate::broker::names;
+use crate::broker::queue::stream::group::{self, Member as GroupMember};
 use crate::broker::queue::{stream, Consumer, DeliverySink, Queue, QueueOptions};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
 use crate::protocol::error::code;
@@ -43,6 +44,8 @@ pub struct Channel {
     pub delivery: Arc<ChannelDelivery>,
     /// consumer tag -> queue
     consumers: HashMap<String, Arc<Queue>>,
+    /// consumer tag -> membership of a consumer group.
+    group_members: HashMap<String, Arc<GroupMember>>,
     /// Direct reply-to: (consumer tag, reply address).
     reply_consumer: Option<(String, String)>,
     publishing: Option<PendingPublish>,
@@ -67,6 +70,7 @@ impl Channel {
             id,
             delivery,
             consumers: HashMap::new(),
+            group_members: HashMap::new(),
             reply_consumer: None,
             publishing: None,
             prefetch: 0,
@@ -591,6 +595,7 @@ impl Channel {
             m.consumer_tag.to_string()
         };
         let tag_in_use = self.consumers.get(&tag).is_some_and(|q| !q.is_deleted())
+            || self.group_members.contains_key(&tag)
             || self.reply_consumer.as_ref().is_some_and(|(t, _)| *t == tag);
         if tag_in_use {
             return Err(AmqpError::not_allowed(format!(
@@ -599,6 +604,15 @@ impl Channel {
         }
         if queue_name == REPLY_TO {
             return self.consume_replies(ctx, m, tag);
+        }
+        if let Some(group) = arguments::get(&m.arguments, group::GROUP_ARG) {
+            let group = arguments::as_string(group).ok_or_else(|| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg '{}': expected a string",
+                    group::GROUP_ARG
+                ))
+            })?;
+            return self.consume_group(ctx, m, tag, &queue_name, &group);
         }
         let queue = ctx.vhost.usable_queue(&queue_name, ctx.id)?;
         let priority = match arguments::get(&m.arguments, "x-priority") {
@@ -648,6 +662,66 @@ impl Channel {
         }
         queue.add_consumer(consumer)?;
         self.consumers.insert(tag, queue);
+        Ok(None)
+    }
+
+    /// basic.consume on a super stream with `x-consumer-group`: joins the
+    /// group, which assigns this consumer some of the partitions.
+    fn consume_group(
+        &mut self,
+        ctx: &mut ConnContext,
+        m: basic::Consume,
+        tag: String,
+        super_stream: &str,
+        group: &str,
+    ) -> Result<Option<AMQPClass>, AmqpError> {
+        let resource = format!("super stream '{super_stream}' in vhost '{}'", ctx.vhost.name);
+        let is_super_stream = ctx
+            .vhost
+            .exchange(super_stream)
+            .is_some_and(|e| e.kind == crate::broker::exchange::ExchangeKind::SuperStream);
+        if !is_super_stream {
+            return Err(AmqpError::not_found(format!("no {resource}")));
+        }
+        if m.no_ack {
+            return Err(AmqpError::not_implemented(format!(
+                "automatic acknowledgement not supported by consumer groups on {resource}"
+            )));
+        }
+        if self.prefetch == 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "consumer prefetch count is not set for '{resource}'"
+            )));
+        }
+        let (start, filter) = stream::consume_options(&resource, &m.arguments)?;
+        if filter.is_some() {
+            return Err(AmqpError::precondition_failed(format!(
+                "x-stream-filter is not supported by consumer groups on {resource}"
+            )));
+        }
+        let template = Arc::new(Consumer {
+            tag: tag.clone(),
+            no_ack: false,
+            exclusive: false,
+            priority: 0,
+            prefetch: self.prefetch,
+            unacked: AtomicU32::new(0),
+            arguments: m.arguments.clone(),
+            sink: self.delivery.clone() as Arc<dyn DeliverySink>,
+        });
+        if !m.nowait {
+            ctx.output.method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(tag.as_str()),
+                })),
+            );
+        }
+        let member = ctx
+            .vhost
+            .groups
+            .join(&ctx.vhost, super_stream, group, template, start);
+        self.group_members.insert(tag, member);
         Ok(None)
     }
 
@@ -714,6 +788,10 @@ impl Channel {
     }
 
     fn cancel_consumer(&mut self, ctx: &mut ConnContext, tag: &str) {
+        if let Some(member) = self.group_members.remove(tag) {
+            member.leave();
+            return;
+        }
         if self.reply_consumer.as_ref().is_some_and(|(t, _)| t == tag) {
             if let Some((_, address)) = self.reply_consumer.take() {
                 ctx.vhost.remove_reply_queue(&address);
@@ -848,7 +926,12 @@ impl Channel {
     /// Closing: stop deliveries, cancel consumers, requeue unacked messages.
     pub fn close(&mut self, ctx: &mut ConnContext) {
         self.delivery.close();
-        let tags: Vec<String> = self.consumers.keys().cloned().collect();
+        let tags: Vec<String> = self
+            .consumers
+            .keys()
+            .chain(self.group_members.keys())
+            .cloned()
+            .collect();
         for tag in tags {
             self.cancel_consumer(ctx, &tag);
         }

@@ -494,15 +494,27 @@ fn parse_chunk(payload: Bytes) -> Option<Vec<StoredMessage>> {
     Some(out)
 }
 
-/// `raw` (encoded basic properties: flags, then fields in order) with an
-/// `x-stream-offset` long header added, spliced in without decoding.
+/// One encoded header table entry: `key` with a long (`l`) value.
+pub fn long_header_field(out: &mut BytesMut, key: &str, value: i64) {
+    record::put_str(out, key);
+    out.put_u8(b'l');
+    out.put_i64(value);
+}
+
+/// `raw` with an `x-stream-offset` long header added.
 pub fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
-    const KEY: &[u8] = b"x-stream-offset";
-    let mut field = BytesMut::with_capacity(1 + KEY.len() + 9);
-    field.put_u8(KEY.len() as u8);
-    field.put_slice(KEY);
-    field.put_u8(b'l');
-    field.put_i64(offset as i64);
+    let mut field = BytesMut::with_capacity(32);
+    long_header_field(&mut field, "x-stream-offset", offset as i64);
+    with_header_fields(raw, &field)
+}
+
+/// `raw` (encoded basic properties: flags, then fields in order) with the
+/// encoded header table entries `field` appended to its headers, spliced in
+/// without decoding.
+pub fn with_header_fields(raw: &[u8], field: &[u8]) -> Bytes {
+    if field.is_empty() {
+        return Bytes::copy_from_slice(raw);
+    }
     let spliced = (|| {
         if raw.len() < 2 {
             return None;
@@ -529,7 +541,7 @@ pub fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
             out.put_slice(&raw[..pos]);
             out.put_u32((len + field.len()) as u32);
             out.put_slice(&raw[pos + 4..end]);
-            out.put_slice(&field);
+            out.put_slice(field);
             out.put_slice(&raw[end..]);
         } else {
             if pos > raw.len() {
@@ -538,7 +550,7 @@ pub fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
             out.put_u16(flags | (1 << 13));
             out.put_slice(&raw[2..pos]);
             out.put_u32(field.len() as u32);
-            out.put_slice(&field);
+            out.put_slice(field);
             out.put_slice(&raw[pos..]);
         }
         Some(out.freeze())

@@ -5,6 +5,7 @@ mod consistent_hash;
 mod direct;
 mod fanout;
 mod headers;
+pub mod super_stream;
 mod topic;
 
 use super::queue::Queue;
@@ -22,6 +23,8 @@ pub enum ExchangeKind {
     Topic,
     Headers,
     ConsistentHash,
+    /// A partitioned stream (this broker's extension).
+    SuperStream,
 }
 
 impl ExchangeKind {
@@ -34,6 +37,7 @@ impl ExchangeKind {
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
             "x-consistent-hash" => Ok(Self::ConsistentHash),
+            "x-super-stream" => Ok(Self::SuperStream),
             other if other.starts_with("x-") => Err(AmqpError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -50,6 +54,7 @@ impl ExchangeKind {
             Self::Topic => "topic",
             Self::Headers => "headers",
             Self::ConsistentHash => "x-consistent-hash",
+            Self::SuperStream => "x-super-stream",
         }
     }
 }
@@ -122,6 +127,7 @@ enum Router {
     Topic(topic::TopicRouter),
     Headers(headers::HeadersRouter),
     ConsistentHash(consistent_hash::ConsistentHashRouter),
+    SuperStream(super_stream::SuperStreamRouter),
 }
 
 impl Router {
@@ -132,6 +138,7 @@ impl Router {
             ExchangeKind::Topic => Router::Topic(Default::default()),
             ExchangeKind::Headers => Router::Headers(Default::default()),
             ExchangeKind::ConsistentHash => Router::ConsistentHash(Default::default()),
+            ExchangeKind::SuperStream => Router::SuperStream(Default::default()),
         }
     }
 
@@ -142,6 +149,7 @@ impl Router {
             Router::Topic(r) => r.add(binding),
             Router::Headers(r) => r.add(binding),
             Router::ConsistentHash(r) => r.add(binding),
+            Router::SuperStream(r) => r.add(binding),
         }
     }
 
@@ -152,6 +160,7 @@ impl Router {
             Router::Topic(r) => r.remove(binding),
             Router::Headers(r) => r.remove(binding),
             Router::ConsistentHash(r) => r.remove(binding),
+            Router::SuperStream(r) => r.remove(binding),
         }
     }
 
@@ -168,6 +177,7 @@ impl Router {
             Router::Topic(r) => r.route(routing_key, out),
             Router::Headers(r) => r.route(headers, out),
             Router::ConsistentHash(r) => r.route(routing_key, headers, hash_header, out),
+            Router::SuperStream(r) => r.route(routing_key, headers, out),
         }
     }
 }

@@ -586,8 +586,13 @@ impl Queue {
         }
         self.unacked
             .fetch_sub(messages.len().min(self.unacked_count()), Ordering::Relaxed);
-        if self.is_deleted() || self.stream.is_some() {
-            // A stream keeps every message; there is nothing to put back.
+        if let Some(stream) = &self.stream {
+            // A stream keeps every message; there is nothing to put back,
+            // but the credit came back.
+            stream.wake();
+            return;
+        }
+        if self.is_deleted() {
             return;
         }
         let mut dead = DeadLetters::new();

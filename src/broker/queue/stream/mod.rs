@@ -11,6 +11,8 @@
 //! without `x-stream-offset` resumes after it.
 
 pub mod arguments;
+pub mod group;
+pub mod partitions;
 mod reader;
 
 pub use arguments::{Filter, OffsetSpec};
@@ -100,8 +102,9 @@ impl Stream {
         self.readers.lock().len()
     }
 
-    /// The offset a new consumer starts at.
-    fn start(&self, spec: Option<OffsetSpec>, name: Option<&str>) -> u64 {
+    /// The offset a new consumer starts at: its spec, else after its
+    /// tracked offset (named consumers), else the next message.
+    pub fn start_offset(&self, spec: Option<OffsetSpec>, name: Option<&str>) -> u64 {
         let spec = match (spec, name) {
             (Some(spec), _) => spec,
             (None, Some(name)) => match self.tracked.lock().get(name) {
@@ -129,19 +132,47 @@ impl Stream {
         filter: Option<Filter>,
     ) {
         let name = consumer_name(&consumer);
-        let start = self.start(spec, name.as_deref());
+        let start = self.start_offset(spec, name.as_deref());
+        self.start_reader(queue, consumer, start, filter, None);
+    }
+
+    /// Starts a reader task at offset `start`. `extra_headers`, when given,
+    /// are encoded header fields added to every delivery (consumer groups
+    /// name the partition this way); they may change while it runs.
+    pub fn start_reader(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: Arc<Consumer>,
+        start: u64,
+        filter: Option<Filter>,
+        extra_headers: Option<Arc<Mutex<bytes::Bytes>>>,
+    ) {
         let reader = Arc::new(Reader::new(consumer));
         self.readers.lock().push(reader.clone());
-        tokio::spawn(reader::run(queue.clone(), reader, start, filter));
+        tokio::spawn(reader::run(
+            queue.clone(),
+            reader,
+            start,
+            filter,
+            extra_headers,
+        ));
     }
 
     /// Stops the reader of consumer `tag` on `channel`.
     pub fn remove_consumer(&self, tag: &str, channel: (u64, u16)) -> Option<Arc<Consumer>> {
+        self.remove_reader_where(|c| c.tag == tag && c.on_channel(channel))
+    }
+
+    /// Stops the reader serving exactly this consumer.
+    pub fn remove_reader_of(&self, consumer: &Arc<Consumer>) -> bool {
+        self.remove_reader_where(|c| std::ptr::eq(c, &**consumer))
+            .is_some()
+    }
+
+    fn remove_reader_where(&self, which: impl Fn(&Consumer) -> bool) -> Option<Arc<Consumer>> {
         let reader = {
             let mut readers = self.readers.lock();
-            let pos = readers
-                .iter()
-                .position(|r| r.consumer.tag == tag && r.consumer.on_channel(channel))?;
+            let pos = readers.iter().position(|r| which(&r.consumer))?;
             readers.remove(pos)
         };
         reader.stop();

@@ -5,7 +5,9 @@ use super::Filter;
 use crate::broker::message::Message;
 use crate::broker::queue::{Consumer, Credit, Queue, QueuedMessage};
 use crate::protocol::BasicProperties;
-use crate::store::stream_log::{ChunkInfo, StoredMessage};
+use crate::store::stream_log::{with_header_fields, ChunkInfo, StoredMessage};
+use bytes::Bytes;
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +19,10 @@ pub struct Reader {
     /// when nobody waits, so a wake between a check and the wait is not lost.
     pub wake: Notify,
     stopped: AtomicBool,
+    /// Held while handing a message over, so that `stop` returning means
+    /// no delivery is in flight or will follow (a consumer group hands the
+    /// partition over right after).
+    delivering: Mutex<()>,
 }
 
 impl Reader {
@@ -25,11 +31,13 @@ impl Reader {
             consumer,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
+            delivering: Mutex::new(()),
         }
     }
 
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
+        drop(self.delivering.lock());
         self.wake.notify_one();
     }
 
@@ -57,7 +65,13 @@ impl Filter {
     }
 }
 
-pub async fn run(queue: Arc<Queue>, reader: Arc<Reader>, mut next: u64, filter: Option<Filter>) {
+pub async fn run(
+    queue: Arc<Queue>,
+    reader: Arc<Reader>,
+    mut next: u64,
+    filter: Option<Filter>,
+    extra_headers: Option<Arc<Mutex<Bytes>>>,
+) {
     let Some(stream) = queue.stream().cloned() else {
         return;
     };
@@ -121,8 +135,14 @@ pub async fn run(queue: Arc<Queue>, reader: Arc<Reader>, mut next: u64, filter: 
             if filter.as_ref().is_some_and(|f| !f.matches(&stored)) {
                 continue;
             }
-            deliver(&queue, &reader.consumer, stored);
-            if reader.consumer.credit() != Credit::Yes || reader.stopped() {
+            {
+                let _delivering = reader.delivering.lock();
+                if reader.stopped() {
+                    return;
+                }
+                deliver(&queue, &reader.consumer, stored, extra_headers.as_deref());
+            }
+            if reader.consumer.credit() != Credit::Yes {
                 break;
             }
         }
@@ -131,7 +151,15 @@ pub async fn run(queue: Arc<Queue>, reader: Arc<Reader>, mut next: u64, filter: 
     }
 }
 
-fn deliver(queue: &Arc<Queue>, consumer: &Arc<Consumer>, stored: StoredMessage) {
+fn deliver(
+    queue: &Arc<Queue>,
+    consumer: &Arc<Consumer>,
+    mut stored: StoredMessage,
+    extra_headers: Option<&Mutex<Bytes>>,
+) {
+    if let Some(fields) = extra_headers {
+        stored.raw_properties = with_header_fields(&stored.raw_properties, &fields.lock());
+    }
     let message = Message {
         exchange: stored.exchange,
         routing_key: stored.routing_key,
