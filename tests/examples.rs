@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-const EXAMPLES: [&str; 8] = [
+const EXAMPLES: [&str; 9] = [
     "hello_world",
     "work_queues",
     "publish_subscribe",
@@ -20,6 +20,7 @@ const EXAMPLES: [&str; 8] = [
     "rpc",
     "stream_replay",
     "event_sourcing",
+    "orders_consumer_groups",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -152,4 +153,9 @@ async fn stream_replay() {
 #[tokio::test(flavor = "multi_thread")]
 async fn event_sourcing() {
     run_example("event_sourcing").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_consumer_groups() {
+    run_example("orders_consumer_groups").await;
 }
