@@ -247,13 +247,30 @@ async fn users_are_created_changed_and_deleted_with_rabbitmq_statuses() {
     assert_eq!(q.name().as_str(), "alice-q");
     assert!(api.amqp("alice", "wrong", "/").await.is_err());
 
-    // A new password replaces the old one; tags are kept when not given.
-    let (status, _) = api.put("/users/alice", json!({"password": "land"})).await;
+    // A new password replaces the old one; tags are always required.
+    bad_request(
+        &api.put("/users/alice", json!({"password": "land"})).await,
+        "tags_not_present",
+    );
+    let (status, _) = api
+        .put(
+            "/users/alice",
+            json!({"password": "land", "tags": ["management"]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(api.amqp("alice", "wonder", "/").await.is_err());
     assert!(api.amqp("alice", "land", "/").await.is_ok());
-    let (_, user) = api.get("/users/alice").await;
-    assert_eq!(user["tags"], json!(["management"]));
+    // The legacy `administrator` flag stands for tags.
+    let (status, _) = api
+        .put(
+            "/users/legacy",
+            json!({"password": "l", "administrator": "true"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, user) = api.get("/users/legacy").await;
+    assert_eq!(user["tags"], json!(["administrator"]));
 
     // Removing the permission locks the vhost again.
     let (status, _) = api.delete("/permissions/%2F/alice").await;

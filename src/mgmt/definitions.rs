@@ -83,8 +83,7 @@ fn import_users(ctx: &Ctx, defs: &Map<String, Value>) -> ApiResult<()> {
         let what = format!("user '{name}'");
         let mut entry = entry.clone();
         entry.entry("tags").or_insert_with(|| json!([]));
-        let existing = ctx.broker.users.read().get(name).cloned();
-        let user = user_from_json(name, &entry, existing.as_ref()).map_err(context(what))?;
+        let user = user_from_json(name, &entry).map_err(context(what))?;
         ctx.broker.put_user(user);
     }
     for entry in section(defs, "vhosts")? {

@@ -64,23 +64,26 @@ fn parse_tags(value: &Value) -> ApiResult<Vec<String>> {
 
 /// A user from a PUT body or a definitions entry, as RabbitMQ's
 /// `put_user`: `password` (hashed here) or `password_hash` with
-/// `hashing_algorithm`, never both; neither means no password login.
-/// Tags are required for a new user (`tags_not_present`); an existing
-/// user keeps its tags when they are not given.
-pub(crate) fn user_from_json(
-    name: &str,
-    body: &Map<String, Value>,
-    existing: Option<&User>,
-) -> ApiResult<User> {
+/// `hashing_algorithm`, never both; neither means no password login (and
+/// clears the password of an existing user). `tags` (or the legacy
+/// `administrator` flag) are required, new user or not
+/// (`tags_not_present`).
+pub(crate) fn user_from_json(name: &str, body: &Map<String, Value>) -> ApiResult<User> {
     if name.is_empty() {
         return Err(ApiError::bad_request("user name must not be empty"));
     }
-    let tags = match body.get("tags") {
-        Some(v) => parse_tags(v)?,
-        None => match existing {
-            Some(u) => u.tags.clone(),
-            None => return Err(ApiError::bad_request("tags_not_present")),
-        },
+    let tags = match (body.get("tags"), body.get("administrator")) {
+        (Some(v), _) => parse_tags(v)?,
+        (None, Some(admin)) => {
+            let admin = matches!(admin, Value::Bool(true))
+                || matches!(admin, Value::String(s) if s == "true");
+            if admin {
+                vec!["administrator".to_string()]
+            } else {
+                Vec::new()
+            }
+        }
+        (None, None) => return Err(ApiError::bad_request("tags_not_present")),
     };
     let password = string_field(body, "password")?;
     let hash = string_field(body, "password_hash")?;
@@ -263,8 +266,7 @@ async fn put_user(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let body = json_body(&body)?;
-    let existing = ctx.broker.users.read().get(&name).cloned();
-    let user = user_from_json(&name, &body, existing.as_ref())?;
+    let user = user_from_json(&name, &body)?;
     Ok(if ctx.broker.put_user(user) {
         created()
     } else {
