@@ -217,6 +217,8 @@ async fn scrapes_follow_amqp_activity() {
     let (text, agg) = m.scrape("/metrics").await;
     assert_eq!(only(&agg, "rabbitmq_queues"), 2.0);
     assert_eq!(only(&agg, "rabbitmq_connections"), 1.0);
+    assert_eq!(only(&agg, "rabbitmq_connections_opened_total"), 1.0);
+    assert_eq!(only(&agg, "rabbitmq_connections_closed_total"), 0.0);
     assert_eq!(only(&agg, "rabbitmq_channels"), 2.0);
     assert_eq!(only(&agg, "rabbitmq_consumers"), 1.0);
     assert_eq!(only(&agg, "rabbitmq_queue_messages_ready"), 3.0);

@@ -91,6 +91,20 @@ async fn rates_follow_publishing_consuming_and_acking() {
         positive,
     )
     .await;
+    // The publishing connection's received bytes per second.
+    let mut recv_rate = 0.0;
+    for _ in 0..100 {
+        let (_, conns) = api.get("/connections").await;
+        recv_rate = rate(&conns[0], &["recv_oct_details", "rate"]);
+        if recv_rate > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recv_rate > 0.0, "connection recv_oct rate stayed 0");
+    let (_, overview) = api.get("/overview").await;
+    assert_eq!(overview["churn_rates"]["connection_created"], 1);
+    assert_eq!(overview["churn_rates"]["connection_closed"], 0);
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
     let total = sent.load(Ordering::Relaxed);

@@ -126,15 +126,29 @@ impl ConnectionInfo {
 #[derive(Default)]
 pub struct Registry {
     connections: DashMap<u64, Arc<ConnectionInfo>>,
+    /// Connections registered and removed since start (churn).
+    opened: AtomicU64,
+    closed: AtomicU64,
 }
 
 impl Registry {
     pub fn add(&self, info: Arc<ConnectionInfo>) {
         self.connections.insert(info.id, info);
+        self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn remove(&self, id: u64) {
-        self.connections.remove(&id);
+        if self.connections.remove(&id).is_some() {
+            self.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (connections opened, connections closed) since start.
+    pub fn churn(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.closed.load(Ordering::Relaxed),
+        )
     }
 
     pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {

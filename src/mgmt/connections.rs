@@ -6,7 +6,7 @@
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::values::table_to_json;
-use super::{list, no_content, put_count, Ctx};
+use super::{list, no_content, put_rate, Ctx};
 use crate::broker::registry::ConnectionInfo;
 use crate::protocol::AMQPValue;
 use axum::extract::{Path, Query, State};
@@ -71,8 +71,19 @@ pub(crate) fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
             obj.insert("user_provided_name".into(), json!(name));
         }
     }
-    put_count(&mut obj, "recv_oct", c.recv_bytes.load(Ordering::Relaxed));
-    put_count(&mut obj, "send_oct", c.send_bytes.load(Ordering::Relaxed));
+    let (recv_rate, send_rate) = ctx.rates.connection(c.id);
+    put_rate(
+        &mut obj,
+        "recv_oct",
+        c.recv_bytes.load(Ordering::Relaxed),
+        recv_rate,
+    );
+    put_rate(
+        &mut obj,
+        "send_oct",
+        c.send_bytes.load(Ordering::Relaxed),
+        send_rate,
+    );
     obj.insert("recv_cnt".into(), json!(0));
     obj.insert("send_cnt".into(), json!(0));
     obj.insert("send_pend".into(), json!(0));

@@ -240,6 +240,21 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
     .sample(&[], sum_q(|q| q.consumers));
     family(&mut out, "rabbitmq_queues", "gauge", "Queues available")
         .sample(&[], queues.len() as f64);
+    let (opened, closed) = broker.registry.churn();
+    family(
+        &mut out,
+        "rabbitmq_connections_opened_total",
+        "counter",
+        "Total number of connections opened",
+    )
+    .sample(&[], opened as f64);
+    family(
+        &mut out,
+        "rabbitmq_connections_closed_total",
+        "counter",
+        "Total number of connections closed or terminated",
+    )
+    .sample(&[], closed as f64);
 
     // Per queue.
     type QueueFamily = (

@@ -133,14 +133,16 @@ async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) 
     for key in [
         "channel_closed",
         "channel_created",
-        "connection_closed",
-        "connection_created",
         "queue_created",
         "queue_declared",
         "queue_deleted",
     ] {
         put_count(&mut churn, key, 0);
     }
+    let (opened, closed) = broker.registry.churn();
+    let (opened_rate, closed_rate) = ctx.rates.churn();
+    put_rate(&mut churn, "connection_created", opened, opened_rate);
+    put_rate(&mut churn, "connection_closed", closed, closed_rate);
     Json(json!({
         "management_version": VERSION,
         "rates_mode": "basic",

@@ -118,12 +118,36 @@ fn key_of(q: &Queue) -> QueueKey {
     (q.vhost.clone(), q.name.clone(), q as *const Queue as usize)
 }
 
+/// The last two samples of a pair of counters, oldest first.
+type Pair = [Option<(Instant, (u64, u64))>; 2];
+
+/// Per-second rates of both counters of a pair (0 until two samples).
+fn pair_rates(p: &Pair) -> (f64, f64) {
+    match p {
+        [Some((t0, (a0, b0))), Some((t1, (a1, b1)))] => {
+            let secs = t1.duration_since(*t0).as_secs_f64();
+            if secs <= 0.0 {
+                return (0.0, 0.0);
+            }
+            (
+                a1.saturating_sub(*a0) as f64 / secs,
+                b1.saturating_sub(*b0) as f64 / secs,
+            )
+        }
+        _ => (0.0, 0.0),
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// The last two samples of each live queue, oldest first.
     queues: HashMap<QueueKey, [Option<(Instant, Counts)>; 2]>,
     /// Counter increases of all queues up to the last sample.
     total: Counts,
+    /// Bytes received and sent, per live connection.
+    connections: HashMap<u64, Pair>,
+    /// Connections opened and closed.
+    churn: Pair,
 }
 
 pub struct Sampler {
@@ -165,7 +189,24 @@ impl Sampler {
             .flat_map(|v| v.queues())
             .map(|q| (key_of(&q), Counts::of(&q)))
             .collect();
+        let bytes: Vec<(u64, (u64, u64))> = broker
+            .registry
+            .connections()
+            .iter()
+            .map(|c| {
+                let recv = c.recv_bytes.load(Ordering::Relaxed);
+                (c.id, (recv, c.send_bytes.load(Ordering::Relaxed)))
+            })
+            .collect();
+        let churn = broker.registry.churn();
         let mut st = self.state.lock();
+        st.churn = [st.churn[1], Some((now, churn))];
+        let mut conns = HashMap::with_capacity(bytes.len());
+        for (id, b) in bytes {
+            let old = st.connections.get(&id).and_then(|p| p[1]);
+            conns.insert(id, [old, Some((now, b))]);
+        }
+        st.connections = conns;
         let mut live = HashMap::with_capacity(counts.len());
         for (key, c) in counts {
             let mut slots = st.queues.remove(&key).unwrap_or([None, None]);
@@ -185,6 +226,20 @@ impl Sampler {
             Some([Some(old), Some(new)]) => Rates::between(old, new),
             _ => Rates::default(),
         }
+    }
+
+    /// (received, sent) bytes per second of a connection.
+    pub fn connection(&self, id: u64) -> (f64, f64) {
+        self.state
+            .lock()
+            .connections
+            .get(&id)
+            .map_or((0.0, 0.0), pair_rates)
+    }
+
+    /// (opened, closed) connections per second.
+    pub fn churn(&self) -> (f64, f64) {
+        pair_rates(&self.state.lock().churn)
     }
 
     /// The summed rates of the queues `keep` accepts (by vhost, name).
