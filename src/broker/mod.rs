@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod exchange;
 pub mod message;
 pub mod names;
+pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod users;

@@ -8,6 +8,7 @@ use super::exchange::{
 };
 use super::message::Message;
 use super::names;
+use super::policy::{self, Policy, PolicyRecord};
 use super::queue::stream::group::ConsumerGroups;
 use super::queue::stream::{partitions, Stream};
 use super::queue::{Queue, QueueArguments, QueueOptions};
@@ -36,6 +37,7 @@ pub struct VHost {
     reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Consumer groups on this vhost's partitioned streams.
     pub groups: ConsumerGroups,
+    policies: RwLock<Vec<Arc<Policy>>>,
 }
 
 pub struct ExchangeDeclare<'a> {
@@ -117,7 +119,9 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
             groups: ConsumerGroups::default(),
+            policies: RwLock::new(Vec::new()),
         };
+        *vhost.policies.write() = vhost.stored_policies();
         let predeclared = [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
@@ -226,6 +230,7 @@ impl VHost {
         if delayed {
             exchange = exchange.with_delay();
         }
+        exchange.set_policy(self.policy_for_exchange(req.name));
         let exchange = Arc::new(exchange);
         exchanges.insert(req.name.to_string(), exchange.clone());
         drop(exchanges);
@@ -443,6 +448,7 @@ impl VHost {
         }
         queues.insert(name, queue.clone());
         drop(queues);
+        queue.apply_policy(self.policy_for_queue(&queue.name));
         queue.start_expiry_timer();
         Ok((queue, 0, 0))
     }
@@ -525,6 +531,103 @@ impl VHost {
             &self.name,
             name,
         ))
+    }
+
+    // ---- policies ----
+
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        self.policies.read().clone()
+    }
+
+    /// Adds or replaces a policy and applies it at once. Returns whether it
+    /// is new; the error is RabbitMQ's validation text.
+    pub fn put_policy(&self, mut record: PolicyRecord) -> Result<bool, String> {
+        record.vhost = self.name.clone();
+        let policy = Arc::new(Policy::new(record)?);
+        let created = {
+            let mut policies = self.policies.write();
+            let before = policies.len();
+            policies.retain(|p| p.name() != policy.name());
+            let created = policies.len() == before;
+            policies.push(policy.clone());
+            created
+        };
+        if let Some(tree) = self.policy_tree() {
+            match serde_json::to_vec(&policy.record) {
+                Ok(json) => {
+                    let _ = tree.insert(policy_key(&self.name, policy.name()), json);
+                    let _ = tree.flush();
+                }
+                Err(e) => tracing::error!("policy not storable: {e}"),
+            }
+        }
+        self.apply_policies();
+        Ok(created)
+    }
+
+    /// Removes a policy; returns whether it existed.
+    pub fn delete_policy(&self, name: &str) -> bool {
+        let existed = {
+            let mut policies = self.policies.write();
+            let before = policies.len();
+            policies.retain(|p| p.name() != name);
+            policies.len() != before
+        };
+        if existed {
+            if let Some(tree) = self.policy_tree() {
+                let _ = tree.remove(policy_key(&self.name, name));
+                let _ = tree.flush();
+            }
+            self.apply_policies();
+        }
+        existed
+    }
+
+    fn policy_for_queue(&self, name: &str) -> Option<Arc<Policy>> {
+        policy::select(&self.policies.read(), |p| p.applies_to_queue(name)).cloned()
+    }
+
+    pub fn policy_for_exchange(&self, name: &str) -> Option<Arc<Policy>> {
+        policy::select(&self.policies.read(), |p| p.applies_to_exchange(name)).cloned()
+    }
+
+    /// Re-evaluates which policy applies to every queue and exchange.
+    fn apply_policies(&self) {
+        for queue in self.queues() {
+            queue.apply_policy(self.policy_for_queue(&queue.name));
+        }
+        for exchange in self.exchanges() {
+            exchange.set_policy(self.policy_for_exchange(&exchange.name));
+        }
+    }
+
+    fn policy_tree(&self) -> Option<sled::Tree> {
+        let store = self.store.as_ref()?;
+        store
+            .catalog
+            .tree("policies")
+            .map_err(|e| tracing::error!("cannot open the policies tree: {e:#}"))
+            .ok()
+    }
+
+    /// This vhost's policies from the catalog (at start).
+    fn stored_policies(&self) -> Vec<Arc<Policy>> {
+        let Some(tree) = self.policy_tree() else {
+            return Vec::new();
+        };
+        let prefix = policy_key(&self.name, "");
+        tree.scan_prefix(&prefix)
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| serde_json::from_slice::<PolicyRecord>(&v).ok())
+            .filter_map(|r| match Policy::new(r) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    tracing::error!("skipping stored policy: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     // ---- bindings ----
@@ -688,6 +791,7 @@ impl VHost {
         if delayed {
             exchange = exchange.with_delay();
         }
+        exchange.set_policy(self.policy_for_exchange(&r.name));
         self.exchanges
             .write()
             .insert(r.name.clone(), Arc::new(exchange));
@@ -727,6 +831,7 @@ impl VHost {
         }
         let queue = Arc::new(queue);
         self.queues.write().insert(r.name.clone(), queue.clone());
+        queue.apply_policy(self.policy_for_queue(&queue.name));
         queue.start_expiry_timer();
     }
 
@@ -1040,4 +1145,8 @@ fn check_stream_properties(req: &QueueDeclare, resource: &str) -> Result<(), Amq
         ))),
         None => Ok(()),
     }
+}
+
+fn policy_key(vhost: &str, name: &str) -> Vec<u8> {
+    [vhost.as_bytes(), &[0], name.as_bytes()].concat()
 }

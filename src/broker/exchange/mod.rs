@@ -201,6 +201,8 @@ pub struct Exchange {
     hash_header: Option<String>,
     dedup: Option<super::dedup::Deduplicator>,
     pub arguments: FieldTable,
+    /// The policy that applies, if any (it may name an alternate exchange).
+    policy: arc_swap::ArcSwapOption<super::policy::Policy>,
     table: RwLock<BindingTable>,
 }
 
@@ -232,6 +234,7 @@ impl Exchange {
             hash_header,
             dedup,
             arguments,
+            policy: arc_swap::ArcSwapOption::empty(),
             table: RwLock::new(BindingTable {
                 list: Vec::new(),
                 router: Router::new(kind),
@@ -245,9 +248,24 @@ impl Exchange {
         self
     }
 
+    /// The declared `alternate-exchange`, else the policy's.
     pub fn alternate_exchange(&self) -> Option<String> {
         super::arguments::get(&self.arguments, "alternate-exchange")
             .and_then(super::arguments::as_string)
+            .or_else(|| {
+                self.policy
+                    .load()
+                    .as_ref()
+                    .and_then(|p| p.string("alternate-exchange"))
+            })
+    }
+
+    pub fn set_policy(&self, policy: Option<std::sync::Arc<super::policy::Policy>>) {
+        self.policy.store(policy);
+    }
+
+    pub fn policy_name(&self) -> Option<String> {
+        self.policy.load().as_ref().map(|p| p.name().to_string())
     }
 
     /// Adds a binding; binding twice is a no-op.

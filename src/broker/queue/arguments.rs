@@ -2,6 +2,7 @@
 //! RabbitMQ's error texts (`invalid arg 'x-…' for queue … : reason`).
 
 use crate::broker::arguments::{as_int, as_string, type_name};
+use crate::broker::policy::Policy;
 use crate::protocol::{AMQPValue, AmqpError, FieldTable};
 
 /// Ten years in milliseconds: RabbitMQ's upper bound for TTLs.
@@ -169,6 +170,40 @@ impl QueueArguments {
             ));
         }
         Ok(parsed)
+    }
+}
+
+impl QueueArguments {
+    /// These (declared) arguments with `policy` applied: numeric limits
+    /// take the lower of the two, other keys keep the declared value.
+    pub fn with_policy(&self, declared: &FieldTable, policy: Option<&Policy>) -> QueueArguments {
+        let mut out = self.clone();
+        let Some(p) = policy else {
+            return out;
+        };
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        out.message_ttl = min(self.message_ttl, p.u64("message-ttl"));
+        out.expires = min(self.expires, p.u64("expires"));
+        out.max_length = min(self.max_length, p.u64("max-length"));
+        out.max_length_bytes = min(self.max_length_bytes, p.u64("max-length-bytes"));
+        out.delivery_limit = min(self.delivery_limit, p.u64("delivery-limit"));
+        if out.dead_letter_exchange.is_none() {
+            out.dead_letter_exchange = p.string("dead-letter-exchange");
+        }
+        if out.dead_letter_routing_key.is_none() {
+            out.dead_letter_routing_key = p.string("dead-letter-routing-key");
+        }
+        if !declared.inner().contains_key("x-overflow") {
+            out.overflow = match p.string("overflow").as_deref() {
+                Some("reject-publish") => Overflow::RejectPublish,
+                Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+                _ => Overflow::DropHead,
+            };
+        }
+        out
     }
 }
 

@@ -19,9 +19,11 @@ pub use consumer::{Consumer, Credit, DeliverySink};
 pub use dead_letter::Reason;
 
 use super::message::Message;
+use super::policy::Policy;
 use super::vhost::VHost;
 use crate::protocol::{AMQPValue, AmqpError, FieldTable};
 use crate::store::MessageLog;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use ready::Ready;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -78,7 +80,16 @@ pub struct Queue {
     pub name: String,
     pub vhost: String,
     pub options: QueueOptions,
+    /// The declared arguments.
     pub args: QueueArguments,
+    /// The arguments in force: the declared ones with the policy applied.
+    effective: ArcSwap<QueueArguments>,
+    /// The policy that applies, if any.
+    policy: ArcSwapOption<Policy>,
+    /// Whether the `x-expires` timer task runs, and its wake-up when the
+    /// period changes.
+    expiry_task: AtomicBool,
+    expiry_changed: Arc<tokio::sync::Notify>,
     vhost_ref: Weak<VHost>,
     /// The message log, for a durable queue: persistent messages in it are
     /// stored there until they leave the queue.
@@ -142,6 +153,10 @@ impl Queue {
                 last_used: Instant::now(),
             }),
             dedup,
+            effective: ArcSwap::from_pointee(args.clone()),
+            policy: ArcSwapOption::empty(),
+            expiry_task: AtomicBool::new(false),
+            expiry_changed: Default::default(),
             args,
             vhost_ref,
             log,
@@ -278,7 +293,7 @@ impl Queue {
             .expiration()
             .as_ref()
             .and_then(|e| e.as_str().trim_start_matches('+').parse::<u64>().ok());
-        let ttl = match (self.args.message_ttl, per_message) {
+        let ttl = match (self.effective.load().message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -286,11 +301,10 @@ impl Queue {
     }
 
     fn over_limit(&self, st: &QueueState, extra_bytes: usize, extra: usize) -> bool {
-        self.args
-            .max_length
+        let args = self.effective.load();
+        args.max_length
             .is_some_and(|max| (st.ready.len() + extra) as u64 > max)
-            || self
-                .args
+            || args
                 .max_length_bytes
                 .is_some_and(|max| (st.ready.bytes() + extra_bytes) as u64 > max)
     }
@@ -323,10 +337,11 @@ impl Queue {
         let mut dead = DeadLetters::new();
         let accepted = {
             let mut st = self.state.lock();
-            let refuse = self.args.overflow != Overflow::DropHead
-                && self.over_limit(&st, message.body_size(), 1);
+            let overflow = self.effective.load().overflow;
+            let refuse =
+                overflow != Overflow::DropHead && self.over_limit(&st, message.body_size(), 1);
             if refuse {
-                if self.args.overflow == Overflow::RejectPublishDlx {
+                if overflow == Overflow::RejectPublishDlx {
                     dead.push((message, Reason::Maxlen));
                 } else {
                     self.forget(&message);
@@ -600,7 +615,7 @@ impl Queue {
             let mut st = self.state.lock();
             for mut queued in messages {
                 queued.redelivered = true;
-                if let Some(limit) = self.args.delivery_limit {
+                if let Some(limit) = self.effective.load().delivery_limit {
                     queued.delivery_count += 1;
                     if queued.delivery_count as u64 > limit {
                         dead.push((queued.message, Reason::DeliveryLimit));
@@ -652,14 +667,15 @@ impl Queue {
         if dead.is_empty() {
             return;
         }
-        let (Some(dlx), Some(vhost)) = (&self.args.dead_letter_exchange, self.vhost_ref.upgrade())
+        let args = self.effective.load();
+        let (Some(dlx), Some(vhost)) = (&args.dead_letter_exchange, self.vhost_ref.upgrade())
         else {
             for (message, _) in &dead {
                 self.forget(message);
             }
             return;
         };
-        let dlrk = self.args.dead_letter_routing_key.as_deref();
+        let dlrk = args.dead_letter_routing_key.as_deref();
         for (message, reason) in dead {
             let (letter, keys) = dead_letter::build(&message, &self.name, reason, dlx, dlrk);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -682,26 +698,32 @@ impl Queue {
     /// Starts the `x-expires` timer: the queue is deleted once unused for
     /// that long (no consumers, no declare, no get).
     pub fn start_expiry_timer(self: &Arc<Self>) {
-        let Some(ms) = self.args.expires else { return };
+        if self.effective.load().expires.is_none() || self.expiry_task.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.expiry_task.store(false, Ordering::Release);
             return;
         };
-        let period = Duration::from_millis(ms);
         let queue = Arc::downgrade(self);
         runtime.spawn(async move {
-            let mut wake = Instant::now() + period;
             loop {
-                tokio::time::sleep_until(wake.into()).await;
                 let Some(q) = queue.upgrade() else { return };
                 if q.is_deleted() {
                     return;
                 }
+                // The period may change with a policy.
+                let Some(ms) = q.effective.load().expires else {
+                    q.expiry_task.store(false, Ordering::Release);
+                    return;
+                };
                 let idle_until = {
                     let mut st = q.state.lock();
                     if !st.consumers.is_empty() {
                         st.last_used = Instant::now();
                     }
-                    st.last_used + period
+                    st.last_used + Duration::from_millis(ms)
                 };
                 if Instant::now() >= idle_until {
                     if let Some(vhost) = q.vhost_ref.upgrade() {
@@ -710,9 +732,64 @@ impl Queue {
                     }
                     return;
                 }
-                wake = idle_until;
+                let changed = q.expiry_changed.clone();
+                drop(q);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(idle_until.into()) => {}
+                    _ = changed.notified() => {}
+                }
             }
         });
+    }
+
+    /// The policy that applies to this queue changed (or first applies):
+    /// the arguments in force are recomputed and new limits enforced now.
+    pub fn apply_policy(self: &Arc<Self>, policy: Option<Arc<Policy>>) {
+        if self.stream.is_some() {
+            // Stream retention is set at declaration (see README).
+            self.policy.store(policy);
+            return;
+        }
+        let effective = self
+            .args
+            .with_policy(&self.options.arguments, policy.as_deref());
+        self.effective.store(Arc::new(effective));
+        self.policy.store(policy);
+        let mut dead = DeadLetters::new();
+        {
+            let mut st = self.state.lock();
+            if self.effective.load().overflow == Overflow::DropHead {
+                while self.over_limit(&st, 0, 0) {
+                    match st.ready.pop_oldest_lowest() {
+                        Some(old) => dead.push((old.message, Reason::Maxlen)),
+                        None => break,
+                    }
+                }
+            }
+            self.dispatch_locked(&mut st, &mut dead);
+        }
+        self.dead_letter(dead);
+        self.expiry_changed.notify_one();
+        self.start_expiry_timer();
+    }
+
+    /// The name of the policy in force, if any.
+    pub fn policy_name(&self) -> Option<String> {
+        self.policy.load().as_ref().map(|p| p.name().to_string())
+    }
+
+    /// The policy's definition in force (management's
+    /// `effective_policy_definition`).
+    pub fn policy_definition(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.policy
+            .load()
+            .as_ref()
+            .map(|p| p.record.definition.clone())
+    }
+
+    /// The arguments in force (declared, with the policy applied).
+    pub fn effective_arguments(&self) -> Arc<QueueArguments> {
+        self.effective.load_full()
     }
 }
 
