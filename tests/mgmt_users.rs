@@ -506,6 +506,16 @@ impl Process {
     }
 }
 
+/// A failing test must not leave its broker running.
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn users_vhosts_and_permissions_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
