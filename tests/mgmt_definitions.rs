@@ -138,6 +138,15 @@ async fn definitions_round_trip_into_a_fresh_broker() {
     // Importing the same document again changes nothing.
     let (status, body) = b.post("/definitions", exported.clone()).await;
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    // An existing queue declared differently in the document is kept.
+    let mut changed = exported.clone();
+    for q in changed["queues"].as_array_mut().unwrap() {
+        if q["name"] == "audit" {
+            q["arguments"] = json!({"x-message-ttl": 5});
+        }
+    }
+    let (status, _) = b.post("/definitions", changed).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, again) = b.get("/definitions").await;
     assert_eq!(
         normalized(again["queues"].clone()),

@@ -636,3 +636,59 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
     drop(conn);
     p.stop();
 }
+
+#[tokio::test]
+async fn rabbitmq_http_client_manages_users_vhosts_and_permissions() {
+    use rabbitmq_http_client::api::Client;
+    use rabbitmq_http_client::password_hashing;
+    use rabbitmq_http_client::requests::{Permissions, UserParams, VirtualHostParams};
+
+    let api = Api::start().await;
+    let client: Client<String, &str, &str> = Client::new(api.base.clone(), "guest", "guest");
+    let salt = password_hashing::salt();
+    let hash = password_hashing::base64_encoded_salted_password_hash_sha256(&salt, "erin-pw");
+    client
+        .create_user(&UserParams::new("erin", &hash, "monitoring"))
+        .await
+        .expect("create user");
+    let mut vhost = VirtualHostParams::named("lab");
+    vhost.description = Some("experiments");
+    vhost.tags = Some(vec!["dev"]);
+    client.create_vhost(&vhost).await.expect("create vhost");
+    client
+        .grant_permissions(&Permissions::full_access("erin", "lab"))
+        .await
+        .expect("grant");
+    let user = client.get_user("erin").await.expect("user parses");
+    assert_eq!(user.name, "erin");
+    let v = client.get_vhost("lab").await.expect("vhost parses");
+    assert_eq!(v.description.as_deref(), Some("experiments"));
+    let perms = client
+        .list_permissions_of("erin")
+        .await
+        .expect("permissions parse");
+    assert_eq!(perms.len(), 1);
+    assert_eq!(perms[0].vhost, "lab");
+    assert!(api.amqp("erin", "erin-pw", "lab").await.is_ok());
+
+    client
+        .clear_permissions("lab", "erin", false)
+        .await
+        .expect("clear");
+    assert!(api.amqp("erin", "erin-pw", "lab").await.is_err());
+    client
+        .delete_vhost("lab", false)
+        .await
+        .expect("delete vhost");
+    client
+        .delete_user("erin", false)
+        .await
+        .expect("delete user");
+    assert!(client.delete_user("erin", false).await.is_err());
+    assert!(
+        client.delete_user("erin", true).await.is_ok(),
+        "idempotent delete"
+    );
+    let users = client.list_users().await.unwrap();
+    assert_eq!(users.len(), 1);
+}

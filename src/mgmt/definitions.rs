@@ -7,7 +7,9 @@
 //!
 //! Import order is users, vhosts, permissions, exchanges, queues,
 //! bindings; the first entry that cannot be applied stops the import with
-//! a 400 naming it (what came before stays, as in RabbitMQ).
+//! a 400 naming it (what came before stays, as in RabbitMQ). Exchanges and
+//! queues that exist already are left as they are, even if the document
+//! declares them differently (RabbitMQ does the same).
 
 use super::auth::Caller;
 use super::bindings::explicit_bindings;
@@ -116,7 +118,8 @@ fn import_objects(
         let name = required(entry, "exchange", "name")?;
         let what = format!("exchange '{name}'");
         let vhost = entry_vhost(ctx, entry, only, &what)?;
-        if name.is_empty() || name.starts_with("amq.") {
+        // Existing exchanges are kept as they are, as RabbitMQ does.
+        if name.is_empty() || name.starts_with("amq.") || vhost.exchange(name).is_some() {
             continue;
         }
         let declare = || -> ApiResult<()> {
@@ -138,6 +141,9 @@ fn import_objects(
         let name = required(entry, "queue", "name")?;
         let what = format!("queue '{name}'");
         let vhost = entry_vhost(ctx, entry, only, &what)?;
+        if vhost.queue(name).is_some() {
+            continue;
+        }
         let declare = || -> ApiResult<()> {
             let arguments = arguments_field(entry)?;
             vhost.declare_queue(
