@@ -146,6 +146,31 @@ async fn rates_follow_publishing_consuming_and_acking() {
     drain.await.unwrap();
     wait_for_rate(&api, "/queues/%2F/rated", &ack, |r| r == 0.0).await;
 
+    // Chart data as RabbitMQ's UI asks for it: samples, newest first.
+    let (_, charted) = api
+        .get("/overview?msg_rates_age=60&msg_rates_incr=1&lengths_age=60&lengths_incr=1")
+        .await;
+    let publish = &charted["message_stats"]["publish_details"];
+    let samples = publish["samples"].as_array().expect("samples");
+    assert!(!samples.is_empty(), "{publish}");
+    let stamps: Vec<u64> = samples
+        .iter()
+        .map(|s| s["timestamp"].as_u64().unwrap())
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {stamps:?}"
+    );
+    assert_eq!(samples[0]["sample"], total);
+    assert!(publish["avg_rate"].as_f64().unwrap() >= 0.0);
+    assert!(charted["queue_totals"]["messages_details"]["samples"]
+        .as_array()
+        .is_some_and(|s| !s.is_empty()));
+    let (_, plain) = api.get("/overview").await;
+    assert!(plain["message_stats"]["publish_details"]
+        .get("samples")
+        .is_none());
+
     // Overview totals keep the counts of a queue after it is deleted.
     let (_, before) = api.get("/overview").await;
     assert_eq!(before["message_stats"]["publish"], total);

@@ -12,10 +12,11 @@ use super::error::{ApiError, ApiResult};
 use super::metrics::ProcessStats;
 use super::rates::{Counts, Rates};
 use super::{put_count, put_rate, Ctx};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 pub fn routes() -> Router<Ctx> {
@@ -109,7 +110,73 @@ impl Totals {
 /// Counts cover what the caller may see: every vhost and connection for
 /// administrators and monitoring users, otherwise its vhosts and its own
 /// connections.
-async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) -> Json<Value> {
+/// `?msg_rates_age=&msg_rates_incr=` / `?lengths_age=&lengths_incr=`
+/// (seconds), as RabbitMQ's UI asks for chart data: adds `samples`
+/// (newest first), `avg_rate` and `avg` to the overview's message and
+/// queue-length `_details`. Only for callers who see every vhost.
+fn add_samples(ctx: &Ctx, out: &mut Value, query: &HashMap<String, String>) {
+    let param = |k: &str| query.get(k).and_then(|v| v.parse::<u64>().ok());
+    type Field = (&'static str, &'static str, fn(&Counts) -> u64);
+    let families: [(&str, &str, &[Field]); 2] = [
+        (
+            "msg_rates_age",
+            "msg_rates_incr",
+            &[
+                ("message_stats", "publish", |c| c.published),
+                ("message_stats", "deliver_get", |c| c.delivered),
+                ("message_stats", "ack", |c| c.acked),
+                ("message_stats", "redeliver", |c| c.redelivered),
+            ],
+        ),
+        (
+            "lengths_age",
+            "lengths_incr",
+            &[
+                ("queue_totals", "messages", |c| c.ready + c.unacked),
+                ("queue_totals", "messages_ready", |c| c.ready),
+                ("queue_totals", "messages_unacknowledged", |c| c.unacked),
+            ],
+        ),
+    ];
+    for (age_key, incr_key, fields) in families {
+        let (Some(age), Some(incr)) = (param(age_key), param(incr_key)) else {
+            continue;
+        };
+        let history = ctx.rates.history(age, incr.max(1));
+        for (section, key, get) in fields {
+            let samples: Vec<Value> = history
+                .iter()
+                .map(|(ts, c)| json!({"sample": get(c), "timestamp": ts}))
+                .collect();
+            let values: Vec<f64> = history.iter().map(|(_, c)| get(c) as f64).collect();
+            let avg = if values.is_empty() {
+                0.0
+            } else {
+                values.iter().sum::<f64>() / values.len() as f64
+            };
+            let avg_rate = match (history.first(), history.last()) {
+                (Some((t1, c1)), Some((t0, c0))) if t1 > t0 => {
+                    (get(c1) as f64 - get(c0) as f64) / ((t1 - t0) as f64 / 1000.0)
+                }
+                _ => 0.0,
+            };
+            if let Some(Value::Object(details)) = out
+                .get_mut(*section)
+                .and_then(|s| s.get_mut(format!("{key}_details")))
+            {
+                details.insert("samples".into(), Value::Array(samples));
+                details.insert("avg".into(), json!(avg));
+                details.insert("avg_rate".into(), json!(avg_rate));
+            }
+        }
+    }
+}
+
+async fn overview(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
     let broker = &ctx.broker;
     let mut vhosts = broker.vhosts();
     vhosts.retain(|v| caller.can_read(&ctx, &v.name));
@@ -143,7 +210,7 @@ async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) 
     let (opened_rate, closed_rate) = ctx.rates.churn();
     put_rate(&mut churn, "connection_created", opened, opened_rate);
     put_rate(&mut churn, "connection_closed", closed, closed_rate);
-    Json(json!({
+    let mut out = json!({
         "management_version": VERSION,
         "rates_mode": "basic",
         "sample_retention_policies": {
@@ -181,7 +248,11 @@ async fn overview(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) 
             "socket_opts": {},
         }],
         "contexts": [],
-    }))
+    });
+    if caller.sees_everything() {
+        add_samples(&ctx, &mut out, &query);
+    }
+    Json(out)
 }
 
 fn node_json(ctx: &Ctx) -> Value {

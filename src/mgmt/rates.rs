@@ -148,6 +148,18 @@ struct State {
     connections: HashMap<u64, Pair>,
     /// Connections opened and closed.
     churn: Pair,
+    /// Overall counts (deleted queues included) and depths at each sample,
+    /// oldest first, for the overview's `samples` (at most `HISTORY`).
+    history: std::collections::VecDeque<(u64, Counts)>,
+}
+
+/// Overview samples kept: 10 minutes at the default interval.
+const HISTORY: usize = 120;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct Sampler {
@@ -216,7 +228,18 @@ impl Sampler {
             slots = [slots[1], Some((now, c))];
             live.insert(key, slots);
         }
+        let mut overall = st.total;
+        for [_, last] in live.values() {
+            if let Some((_, c)) = last {
+                overall.ready += c.ready;
+                overall.unacked += c.unacked;
+            }
+        }
         st.queues = live;
+        if st.history.len() >= HISTORY {
+            st.history.pop_front();
+        }
+        st.history.push_back((unix_ms(), overall));
     }
 
     /// The rates of one queue (0 until it has two samples).
@@ -226,6 +249,30 @@ impl Sampler {
             Some([Some(old), Some(new)]) => Rates::between(old, new),
             _ => Rates::default(),
         }
+    }
+
+    /// Overall samples for the last `age_s` seconds every `incr_s` seconds,
+    /// newest first, as (timestamp ms, counts): at each point in time the
+    /// latest sample taken at or before it.
+    pub fn history(&self, age_s: u64, incr_s: u64) -> Vec<(u64, Counts)> {
+        let incr_ms = incr_s.max(1) * 1000;
+        let points = (age_s / incr_s.max(1)).min(HISTORY as u64 * 10);
+        let st = self.state.lock();
+        let Some(&(newest, _)) = st.history.back() else {
+            return Vec::new();
+        };
+        let now = newest - newest % incr_ms;
+        let mut out = Vec::new();
+        for k in 0..=points {
+            let Some(t) = now.checked_sub(k * incr_ms) else {
+                break;
+            };
+            match st.history.iter().rev().find(|(ts, _)| *ts <= t) {
+                Some((_, c)) => out.push((t, *c)),
+                None => break,
+            }
+        }
+        out
     }
 
     /// (received, sent) bytes per second of a connection.
