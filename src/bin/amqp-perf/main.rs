@@ -866,6 +866,9 @@ async fn backlog(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
     cli.queue_count = Some(1);
     let cli = &cli;
     let plan = Plan::new(cli)?;
+    if plan.stream && !matches!(cli.stream_offset.as_str(), "first" | "0") {
+        bail!("backlog reads the whole stream: use --stream-offset first");
+    }
     let monitor = Monitor::new(cli)?;
     let queue = plan.queues[0].clone();
     let mut control = Conn::connect(uri, "amqp-perf control").await?;
@@ -944,10 +947,28 @@ async fn backlog(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
     wait_ready(&mut ready, drain_plan.consumers, &consumer_handles).await?;
     let mut prev = counters.snapshot();
     let mut prev_t = Instant::now();
-    while counters.consumed.load(Ordering::Relaxed) < depth {
+    // Every reader of a stream reads the whole log.
+    let target = if plan.stream {
+        depth * drain_plan.consumers as u64
+    } else {
+        depth
+    };
+    let mut last_seen = (0, Instant::now());
+    while counters.consumed.load(Ordering::Relaxed) < target {
         if consumer_handles.iter().any(|h| h.is_finished()) {
             errors.push("a consumer stopped during the drain".into());
             break;
+        }
+        if plan.stream {
+            let now = counters.consumed.load(Ordering::Relaxed);
+            if now != last_seen.0 {
+                last_seen = (now, Instant::now());
+            } else if last_seen.1.elapsed() > Duration::from_secs(30) {
+                errors.push(format!(
+                    "read stalled at {now} of {target} deliveries for 30 s"
+                ));
+                break;
+            }
         }
         if drain_start.elapsed() > Duration::from_secs(600) {
             errors.push("drain took over 600 s".into());
