@@ -5,6 +5,7 @@
 
 mod mgmt_support;
 
+use broker::broker::policy::PolicyRecord;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::BasicProperties;
 use mgmt_support::Api;
@@ -89,6 +90,32 @@ async fn populate(api: &Api) {
         let (status, reply) = api.call(method.clone(), path, Some(body)).await;
         assert!(status.is_success(), "{method} {path}: {status} {reply}");
     }
+    put_policy(
+        api,
+        "billing",
+        "short-inbox",
+        "^inbox$",
+        json!({"max-length": 5}),
+    );
+}
+
+/// A policy, set through the broker (the HTTP endpoint is not in this
+/// test's scope).
+fn put_policy(api: &Api, vhost: &str, name: &str, pattern: &str, definition: Value) {
+    let record: PolicyRecord = serde_json::from_value(json!({
+        "vhost": vhost,
+        "name": name,
+        "pattern": pattern,
+        "apply-to": "queues",
+        "definition": definition,
+        "priority": 1,
+    }))
+    .unwrap();
+    api.broker
+        .vhost(vhost)
+        .expect("vhost")
+        .put_policy(record)
+        .expect("valid policy");
 }
 
 /// A definitions document with every list sorted, for comparison.
@@ -211,7 +238,7 @@ async fn one_vhost_definitions_import_into_another_vhost() {
     let (status, body) = b.post("/definitions/copy", exported.clone()).await;
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
     let (_, copied) = b.get("/definitions/copy").await;
-    for key in ["exchanges", "queues", "bindings"] {
+    for key in ["policies", "exchanges", "queues", "bindings"] {
         assert_eq!(
             normalized(copied[key].clone()),
             normalized(exported[key].clone()),
@@ -283,4 +310,36 @@ async fn bad_definitions_are_refused_with_a_reason() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "not_authorized");
+}
+
+#[tokio::test]
+async fn policies_round_trip_and_go_with_their_vhost() {
+    let api = Api::start().await;
+    let (status, _) = api.put("/vhosts/tmp", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    put_policy(&api, "tmp", "ttl", ".*", json!({"message-ttl": 1000}));
+    let (_, defs) = api.get("/definitions/tmp").await;
+    assert_eq!(
+        defs["policies"],
+        json!([{"name": "ttl", "pattern": ".*", "apply-to": "queues", "definition": {"message-ttl": 1000}, "priority": 1}])
+    );
+    // A bad policy in a document is refused with the policy's reason.
+    let (status, body) = api
+        .post(
+            "/definitions/tmp",
+            json!({"policies": [{"name": "bad", "pattern": "(", "apply-to": "all", "definition": {"max-length": 1}, "priority": 0}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("policy 'bad': Validation failed"));
+    // Deleted with the vhost: a vhost created again starts without them.
+    let (status, _) = api.call(Method::DELETE, "/vhosts/tmp", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.put("/vhosts/tmp", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, defs) = api.get("/definitions/tmp").await;
+    assert_eq!(defs["policies"], json!([]));
 }

@@ -237,7 +237,8 @@ impl Broker {
     }
 
     /// Deletes a vhost: its connections are closed with 320, its queues
-    /// (with their messages), exchanges, bindings and permissions go.
+    /// (with their messages), exchanges, bindings, policies and permissions
+    /// go.
     /// False if there was no such vhost.
     pub fn delete_vhost(&self, name: &str) -> bool {
         let Some(vhost) = self.vhosts.write().remove(name) else {
@@ -257,6 +258,11 @@ impl Broker {
             if !x.name.is_empty() && !x.name.starts_with("amq.") {
                 let _ = vhost.delete_exchange(&x.name, false);
             }
+        }
+        // Its stored policies go too, or a vhost created again under the
+        // same name would find them.
+        for p in vhost.policies() {
+            vhost.delete_policy(p.name());
         }
         if let Some(store) = &self.store {
             store.catalog.delete_vhost(name);

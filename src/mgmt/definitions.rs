@@ -2,11 +2,11 @@
 //! imports the same shape (a file exported from RabbitMQ imports
 //! unchanged, password hashes included), for administrators. Exclusive
 //! queues and the predeclared `amq.*` exchanges are left out of exports,
-//! as RabbitMQ does; policies and parameters are exported empty and
-//! ignored on import (the broker has none yet).
+//! as RabbitMQ does; policies are exported and imported; parameters are
+//! exported empty and ignored on import (the broker has none).
 //!
-//! Import order is users, vhosts, permissions, exchanges, queues,
-//! bindings; the first entry that cannot be applied stops the import with
+//! Import order is users, vhosts, permissions, policies, exchanges,
+//! queues, bindings; the first entry that cannot be applied stops the import with
 //! a 400 naming it (what came before stays, as in RabbitMQ). Exchanges and
 //! queues that exist already are left as they are, even if the document
 //! declares them differently (RabbitMQ does the same).
@@ -22,6 +22,7 @@ use super::users::{
 use super::values::table_to_json;
 use super::vhosts::vhost_from_json;
 use super::{arguments_field, bool_field, json_body, no_content, string_field, Ctx};
+use crate::broker::policy::PolicyRecord;
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -114,6 +115,18 @@ fn import_objects(
     defs: &Map<String, Value>,
     only: Option<&Arc<VHost>>,
 ) -> ApiResult<()> {
+    for entry in section(defs, "policies")? {
+        let name = required(entry, "policy", "name")?;
+        let what = format!("policy '{name}'");
+        let vhost = entry_vhost(ctx, entry, only, &what)?;
+        let mut entry = entry.clone();
+        entry.insert("vhost".into(), json!(vhost.name));
+        let record: PolicyRecord = serde_json::from_value(Value::Object(entry))
+            .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))?;
+        vhost
+            .put_policy(record)
+            .map_err(|reason| ApiError::bad_request(format!("{what}: {reason}")))?;
+    }
     for entry in section(defs, "exchanges")? {
         let name = required(entry, "exchange", "name")?;
         let what = format!("exchange '{name}'");
@@ -264,6 +277,20 @@ fn exchanges(vhost: &VHost, with_vhost: bool) -> Vec<Value> {
         .collect()
 }
 
+fn policies(vhost: &VHost, with_vhost: bool) -> Vec<Value> {
+    let mut all = vhost.policies();
+    all.sort_by(|a, b| a.name().cmp(b.name()));
+    all.iter()
+        .filter_map(|p| serde_json::to_value(&p.record).ok())
+        .map(|mut v| {
+            if !with_vhost {
+                strip_vhost(&mut v);
+            }
+            v
+        })
+        .collect()
+}
+
 fn bindings(vhost: &VHost, with_vhost: bool) -> Vec<Value> {
     let mut all = explicit_bindings(vhost);
     if !with_vhost {
@@ -312,7 +339,7 @@ async fn all(
         "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": vhosts.iter().flat_map(|v| policies(v, true)).collect::<Vec<_>>(),
         "queues": vhosts.iter().flat_map(|v| queues(v, true)).collect::<Vec<_>>(),
         "exchanges": vhosts.iter().flat_map(|v| exchanges(v, true)).collect::<Vec<_>>(),
         "bindings": vhosts.iter().flat_map(|v| bindings(v, true)).collect::<Vec<_>>(),
@@ -330,7 +357,7 @@ async fn one_vhost(
         "rabbit_version": VERSION,
         "rabbitmq_version": VERSION,
         "parameters": [],
-        "policies": [],
+        "policies": policies(&vhost, false),
         "queues": queues(&vhost, false),
         "exchanges": exchanges(&vhost, false),
         "bindings": bindings(&vhost, false),
