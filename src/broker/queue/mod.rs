@@ -11,6 +11,7 @@
 mod arguments;
 mod consumer;
 pub mod dead_letter;
+pub mod paging;
 mod ready;
 pub mod stream;
 
@@ -139,12 +140,13 @@ impl Queue {
         log: Option<Arc<MessageLog>>,
     ) -> Self {
         let dedup = crate::broker::dedup::Deduplicator::from_arguments(&options.arguments);
+        let paging = paging::Limits::from_arguments(&options.arguments);
         Queue {
             name,
             vhost,
             options,
             state: Mutex::new(QueueState {
-                ready: Ready::new(args.max_priority),
+                ready: Ready::with_limits(args.max_priority, paging),
                 next_seq: 0,
                 consumers: Vec::new(),
                 next_consumer: 0,
@@ -262,9 +264,36 @@ impl Queue {
     /// The message left this queue for good: its log entry for this queue
     /// can go.
     fn forget(&self, message: &Message) {
-        if let (Some(log), Some(id)) = (&self.log, message.store_id) {
+        if let Some(id) = message.store_id {
+            self.forget_id(id);
+        }
+    }
+
+    fn forget_id(&self, id: u64) {
+        if let Some(log) = &self.log {
             log.remove(id, &self.vhost, &self.name);
         }
+    }
+
+    /// Forgets what `Ready::drain` took out; returns how many messages.
+    fn forget_drained(&self, drained: ready::Drained) -> usize {
+        for m in &drained.messages {
+            self.forget(&m.message);
+        }
+        for id in drained.store_ids {
+            self.forget_id(id);
+        }
+        drained.count
+    }
+
+    /// How many ready messages are paged out to disk.
+    pub fn paged_count(&self) -> usize {
+        self.state.lock().ready.paged_len()
+    }
+
+    /// The queue's page files (see `paging`).
+    pub fn page_files(&self) -> Vec<std::path::PathBuf> {
+        self.state.lock().ready.page_files()
     }
 
     /// Puts a message read back from the log at the tail (start-up only).
@@ -634,11 +663,8 @@ impl Queue {
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> usize {
-        let dropped = self.state.lock().ready.drain();
-        for m in &dropped {
-            self.forget(&m.message);
-        }
-        dropped.len()
+        let drained = self.state.lock().ready.drain();
+        self.forget_drained(drained)
     }
 
     /// Marks the queue deleted and returns its consumers (to be told) and
@@ -653,10 +679,7 @@ impl Queue {
             let mut st = self.state.lock();
             (std::mem::take(&mut st.consumers), st.ready.drain())
         };
-        for m in &dropped {
-            self.forget(&m.message);
-        }
-        (consumers, dropped.len())
+        (consumers, self.forget_drained(dropped))
     }
 
     /// Republishes dead letters to the dead-letter exchange (outside the

@@ -1,24 +1,62 @@
 //! The ready messages of a queue: one FIFO, or one per priority level for a
 //! priority queue (highest level first, FIFO within a level). Requeued
 //! messages go back to their original position (by sequence number).
+//!
+//! Past the queue's memory bound (see `paging`), messages are written to
+//! the queue's page file. Each level is then three runs in sequence order:
+//! `head` (in memory, delivered from), `paged` (compact entries) and `tail`
+//! (in memory again: messages that came while the bound allowed it). When
+//! `head` runs dry it is refilled from `paged` in batches, then from
+//! `tail`.
 
+use super::paging::{Budget, Entry, Limits, PageFile};
 use super::QueuedMessage;
 use std::collections::VecDeque;
+use std::path::PathBuf;
+
+#[derive(Default)]
+struct Level {
+    head: VecDeque<QueuedMessage>,
+    paged: VecDeque<Entry>,
+    tail: VecDeque<QueuedMessage>,
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.paged.is_empty() && self.tail.is_empty()
+    }
+}
+
+/// What `drain` took out.
+#[derive(Default)]
+pub struct Drained {
+    /// The messages that were in memory.
+    pub messages: Vec<QueuedMessage>,
+    /// The store ids of paged messages that had one.
+    pub store_ids: Vec<u64>,
+    /// How many messages in all.
+    pub count: usize,
+}
 
 pub struct Ready {
     /// Index = priority level; a plain queue has one level.
-    levels: Vec<VecDeque<QueuedMessage>>,
+    levels: Vec<Level>,
     len: usize,
     bytes: usize,
+    budget: Budget,
+    /// Created when the queue first pages.
+    pages: Option<PageFile>,
 }
 
 impl Ready {
-    pub fn new(max_priority: Option<u8>) -> Self {
+    pub fn with_limits(max_priority: Option<u8>, limits: Limits) -> Self {
         let levels = max_priority.map_or(1, |p| p as usize + 1);
         Ready {
-            levels: (0..levels).map(|_| VecDeque::new()).collect(),
+            levels: (0..levels).map(|_| Level::default()).collect(),
             len: 0,
             bytes: 0,
+            budget: Budget::new(limits),
+            pages: None,
         }
     }
 
@@ -34,16 +72,68 @@ impl Ready {
         self.bytes
     }
 
+    /// How many messages are paged out.
+    pub fn paged_len(&self) -> usize {
+        self.levels.iter().map(|l| l.paged.len()).sum()
+    }
+
+    /// The page files on disk.
+    pub fn page_files(&self) -> Vec<PathBuf> {
+        self.pages.as_ref().map(PageFile::files).unwrap_or_default()
+    }
+
     fn level_of(&self, message: &QueuedMessage) -> usize {
         let priority = message.message.properties.priority().unwrap_or(0) as usize;
         priority.min(self.levels.len() - 1)
+    }
+
+    /// Writes a message to the page file; gives it back on failure.
+    fn page(&mut self, message: &QueuedMessage) -> Option<Entry> {
+        match self.pages.get_or_insert_with(PageFile::new).write(message) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot page message out (kept in memory)");
+                None
+            }
+        }
     }
 
     pub fn push_back(&mut self, message: QueuedMessage) {
         let level = self.level_of(&message);
         self.len += 1;
         self.bytes += message.message.body_size();
-        self.levels[level].push_back(message);
+        let footprint = Budget::footprint(&message);
+        if self.budget.should_page(footprint) && self.spill_tail(level) {
+            if let Some(entry) = self.page(&message) {
+                self.levels[level].paged.push_back(entry);
+                return;
+            }
+        }
+        self.budget.add(footprint);
+        let l = &mut self.levels[level];
+        if l.paged.is_empty() && l.tail.is_empty() {
+            l.head.push_back(message);
+        } else {
+            l.tail.push_back(message);
+        }
+    }
+
+    /// Pages out a level's tail, so that what follows can be paged in
+    /// order. False if that failed.
+    fn spill_tail(&mut self, level: usize) -> bool {
+        while let Some(message) = self.levels[level].tail.pop_front() {
+            match self.page(&message) {
+                Some(entry) => {
+                    self.budget.sub(Budget::footprint(&message));
+                    self.levels[level].paged.push_back(entry);
+                }
+                None => {
+                    self.levels[level].tail.push_front(message);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Puts a message back where its sequence number says.
@@ -51,38 +141,264 @@ impl Ready {
         let level = self.level_of(&message);
         self.len += 1;
         self.bytes += message.message.body_size();
-        let queue = &mut self.levels[level];
-        let pos = queue.partition_point(|m| m.seq < message.seq);
+        let seq = message.seq;
+        let l = &self.levels[level];
+        let in_tail = l.tail.front().is_some_and(|m| m.seq < seq);
+        let in_head = !in_tail && l.paged.front().is_none_or(|e| seq < e.seq);
+        if !in_head && !in_tail {
+            // Among paged messages (not seen in practice: a requeued
+            // message was delivered from the head).
+            if let Some(entry) = self.page(&message) {
+                let paged = &mut self.levels[level].paged;
+                let pos = paged.partition_point(|e| e.seq < seq);
+                paged.insert(pos, entry);
+                return;
+            }
+        }
+        self.budget.add(Budget::footprint(&message));
+        let l = &mut self.levels[level];
+        let queue = if in_tail { &mut l.tail } else { &mut l.head };
+        let pos = queue.partition_point(|m| m.seq < seq);
         queue.insert(pos, message);
     }
 
-    pub fn front(&self) -> Option<&QueuedMessage> {
-        self.levels.iter().rev().find_map(|l| l.front())
+    /// Makes sure a non-empty level has its next message in `head`.
+    fn load(&mut self, level: usize) {
+        while self.levels[level].head.is_empty() {
+            let l = &mut self.levels[level];
+            if l.paged.is_empty() {
+                std::mem::swap(&mut l.head, &mut l.tail);
+                return;
+            }
+            let n = PageFile::batch_len(l.paged.iter());
+            let entries: Vec<Entry> = l.paged.drain(..n).collect();
+            let read = match &mut self.pages {
+                Some(pages) => pages.read(&entries),
+                None => entries.iter().map(|_| None).collect(),
+            };
+            for (entry, message) in entries.iter().zip(read) {
+                match message {
+                    Some(message) => {
+                        self.budget.add(Budget::footprint(&message));
+                        self.levels[level].head.push_back(message);
+                    }
+                    None => {
+                        // Logged by the page file.
+                        self.len -= 1;
+                        self.bytes -= entry.body_len().min(self.bytes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first non-empty level (highest first, or lowest), loaded.
+    fn first_level(&mut self, highest_first: bool) -> Option<usize> {
+        let n = self.levels.len();
+        for i in 0..n {
+            let level = if highest_first { n - 1 - i } else { i };
+            if self.levels[level].is_empty() {
+                continue;
+            }
+            self.load(level);
+            if !self.levels[level].head.is_empty() {
+                return Some(level);
+            }
+        }
+        None
+    }
+
+    fn pop_level(&mut self, level: usize) -> Option<QueuedMessage> {
+        let message = self.levels[level].head.pop_front()?;
+        self.len -= 1;
+        self.bytes -= message.message.body_size();
+        self.budget.sub(Budget::footprint(&message));
+        Some(message)
+    }
+
+    /// The next message to deliver (read back from the page file if need be).
+    pub fn front(&mut self) -> Option<&QueuedMessage> {
+        let level = self.first_level(true)?;
+        self.levels[level].head.front()
     }
 
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        let message = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
-        self.len -= 1;
-        self.bytes -= message.message.body_size();
-        Some(message)
+        let level = self.first_level(true)?;
+        self.pop_level(level)
     }
 
     /// The oldest message of the lowest level: what drop-head overflow drops.
     pub fn pop_oldest_lowest(&mut self) -> Option<QueuedMessage> {
-        let message = self.levels.iter_mut().find_map(|l| l.pop_front())?;
-        self.len -= 1;
-        self.bytes -= message.message.body_size();
-        Some(message)
+        let level = self.first_level(false)?;
+        self.pop_level(level)
     }
 
-    /// Takes every message out.
-    pub fn drain(&mut self) -> Vec<QueuedMessage> {
-        let mut all = Vec::with_capacity(self.len);
+    /// Takes every message out: those in memory, and the store ids of the
+    /// paged ones (which are not read back). The page file goes.
+    pub fn drain(&mut self) -> Drained {
+        let mut drained = Drained {
+            count: self.len,
+            ..Default::default()
+        };
         for level in self.levels.iter_mut().rev() {
-            all.extend(level.drain(..));
+            drained.messages.extend(level.head.drain(..));
+            for entry in level.paged.drain(..) {
+                if entry.has_store_id() {
+                    if let Some(id) = self.pages.as_ref().and_then(|p| p.store_id(&entry)) {
+                        drained.store_ids.push(id);
+                    }
+                }
+            }
+            drained.messages.extend(level.tail.drain(..));
         }
+        for message in &drained.messages {
+            self.budget.sub(Budget::footprint(message));
+        }
+        // Its files are deleted.
+        self.pages = None;
         self.len = 0;
         self.bytes = 0;
-        all
+        drained
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::protocol::BasicProperties;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn message(seq: u64, priority: Option<u8>, store_id: Option<u64>) -> QueuedMessage {
+        let mut properties = BasicProperties::default();
+        if let Some(p) = priority {
+            properties = properties.with_priority(p);
+        }
+        let raw = crate::protocol::encode::properties(&properties);
+        let mut m = Message::new(
+            "ex".into(),
+            format!("key{seq}"),
+            properties,
+            raw,
+            Bytes::from(format!("body {seq}").repeat(20)),
+        );
+        m.store_id = store_id;
+        QueuedMessage {
+            seq,
+            message: Arc::new(m),
+            redelivered: seq.is_multiple_of(3),
+            expires_at: None,
+            delivery_count: (seq % 5) as u32,
+        }
+    }
+
+    fn small() -> Limits {
+        Limits {
+            count: Some(10),
+            bytes: None,
+        }
+    }
+
+    #[test]
+    fn pages_beyond_the_bound_and_reads_back_in_order() {
+        let mut ready = Ready::with_limits(None, small());
+        for seq in 0..1000 {
+            ready.push_back(message(seq, None, None));
+        }
+        assert_eq!(ready.len(), 1000);
+        assert_eq!(ready.paged_len(), 990);
+        assert!(!ready.page_files().is_empty());
+        let bytes = ready.bytes();
+        let mut total = 0;
+        for seq in 0..1000 {
+            let m = ready.pop_front().unwrap();
+            assert_eq!(m.seq, seq);
+            assert_eq!(m.message.routing_key, format!("key{seq}"));
+            assert_eq!(m.message.body, format!("body {seq}").repeat(20));
+            assert_eq!(m.redelivered, seq.is_multiple_of(3));
+            assert_eq!(m.delivery_count, (seq % 5) as u32);
+            total += m.message.body_size();
+        }
+        assert_eq!(total, bytes);
+        assert!(ready.is_empty());
+        assert_eq!(ready.bytes(), 0);
+    }
+
+    #[test]
+    fn requeue_priorities_and_drop_head() {
+        let mut ready = Ready::with_limits(Some(2), small());
+        for seq in 0..300 {
+            ready.push_back(message(seq, Some((seq % 3) as u8), None));
+        }
+        let first = ready.pop_front().unwrap();
+        assert_eq!(first.seq, 2);
+        let second = ready.pop_front().unwrap();
+        assert_eq!(second.seq, 5);
+        ready.insert_by_seq(second);
+        ready.insert_by_seq(first);
+        let lowest = ready.pop_oldest_lowest().unwrap();
+        assert_eq!(lowest.seq, 0);
+        let mut order = Vec::new();
+        while let Some(m) = ready.pop_front() {
+            order.push(m.seq);
+        }
+        let mut expected: Vec<u64> = (0..300).filter(|s| s % 3 == 2).collect();
+        expected.extend((0..300).filter(|s| s % 3 == 1));
+        expected.extend((3..300).filter(|s| s % 3 == 0));
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn drain_returns_store_ids_of_paged_messages_and_removes_files() {
+        let mut ready = Ready::with_limits(None, small());
+        for seq in 0..100 {
+            ready.push_back(message(
+                seq,
+                None,
+                seq.is_multiple_of(2).then_some(seq + 1000),
+            ));
+        }
+        let files = ready.page_files();
+        assert!(files.iter().all(|f| f.exists()));
+        let drained = ready.drain();
+        assert_eq!(drained.count, 100);
+        assert_eq!(drained.messages.len(), 10);
+        let mut ids = drained.store_ids.clone();
+        ids.extend(drained.messages.iter().filter_map(|m| m.message.store_id));
+        ids.sort();
+        assert_eq!(
+            ids,
+            (0..100).step_by(2).map(|s| s + 1000).collect::<Vec<_>>()
+        );
+        assert!(files.iter().all(|f| !f.exists()));
+        assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn tail_in_memory_after_the_head_drains_below_the_bound() {
+        let mut ready = Ready::with_limits(None, small());
+        for seq in 0..30 {
+            ready.push_back(message(seq, None, None));
+        }
+        for seq in 0..10 {
+            assert_eq!(ready.pop_front().unwrap().seq, seq);
+        }
+        // Below the bound again: kept in memory behind the paged ones,
+        // then paged out with them once past it.
+        for seq in 30..35 {
+            ready.push_back(message(seq, None, None));
+        }
+        assert_eq!(ready.paged_len(), 20);
+        for seq in 35..50 {
+            ready.push_back(message(seq, None, None));
+        }
+        assert_eq!(ready.paged_len(), 31);
+        let requeued = ready.pop_front().unwrap();
+        assert_eq!(requeued.seq, 10);
+        ready.insert_by_seq(requeued);
+        let order: Vec<u64> = std::iter::from_fn(|| ready.pop_front().map(|m| m.seq)).collect();
+        assert_eq!(order, (10..50).collect::<Vec<_>>());
+        assert_eq!(ready.bytes(), 0);
     }
 }

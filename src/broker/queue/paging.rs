@@ -1,0 +1,600 @@
+//! Paging: a queue keeps message bodies in memory only up to a bound;
+//! beyond it messages are written to the queue's page file and only a
+//! compact [`Entry`] (24 bytes) stays in memory. They are read back, in
+//! batches, when they reach the head.
+//!
+//! Page files are a cache, never synced and never read after a restart:
+//! persistent messages are also in the message log, whose durability and
+//! confirms do not depend on paging. They live in one directory per broker
+//! process (stale ones of dead processes are removed at first use) and are
+//! deleted when their queue is purged, deleted or dropped.
+//!
+//! Bounds: per queue `x-max-in-memory-length` / `x-max-in-memory-bytes`
+//! (RabbitMQ's quorum-queue arguments of the same meaning), otherwise
+//! [`DEFAULT_QUEUE_MEMORY_BYTES`]; and over all queues
+//! [`DEFAULT_GLOBAL_MEMORY_BYTES`] (see [`set_limits`]).
+
+use super::QueuedMessage;
+use crate::broker::message::Message;
+use crate::protocol::FieldTable;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// In-memory bytes a queue may hold before it pages (unless its arguments
+/// say otherwise).
+pub const DEFAULT_QUEUE_MEMORY_BYTES: usize = 8 << 20;
+/// In-memory bytes over all queues; past it, queues holding at least
+/// [`GLOBAL_MIN_QUEUE_BYTES`] page too.
+pub const DEFAULT_GLOBAL_MEMORY_BYTES: usize = 256 << 20;
+const GLOBAL_MIN_QUEUE_BYTES: usize = 1 << 20;
+
+/// A page segment is closed once it holds this much; a segment whose
+/// messages all left is deleted.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Writes are buffered up to this much.
+const WRITE_BUFFER: usize = 128 << 10;
+/// Read-ahead: at most this many messages / bytes per read.
+const READ_BATCH: usize = 256;
+const READ_BATCH_BYTES: u64 = 1 << 20;
+
+/// Counted against the memory bound for each in-memory message beside its
+/// body, properties and names.
+const MESSAGE_OVERHEAD: usize =
+    std::mem::size_of::<Message>() + std::mem::size_of::<QueuedMessage>() + 64;
+
+static QUEUE_MEMORY_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_QUEUE_MEMORY_BYTES);
+static GLOBAL_MEMORY_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_GLOBAL_MEMORY_BYTES);
+/// In-memory bytes of ready messages over all queues.
+static IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
+static NEXT_FILE: AtomicU64 = AtomicU64::new(1);
+static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+/// Sets the default per-queue and the global in-memory bounds (bytes).
+pub fn set_limits(queue_bytes: usize, global_bytes: usize) {
+    QUEUE_MEMORY_BYTES.store(queue_bytes, Ordering::Relaxed);
+    GLOBAL_MEMORY_BYTES.store(global_bytes, Ordering::Relaxed);
+}
+
+/// Puts page files in `dir` (e.g. `<data_dir>/pages`), emptied now: page
+/// files never outlive their process's queues. Call before any queue pages.
+pub fn set_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "page") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    if let Ok(mut current) = DIR.lock() {
+        *current = Some(dir.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Where page files go: the configured directory, or one per process in
+/// the system temp directory (those of dead processes are removed).
+pub fn dir() -> PathBuf {
+    if let Some(dir) = DIR.lock().ok().and_then(|d| d.clone()) {
+        return dir;
+    }
+    static DEFAULT: OnceLock<PathBuf> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            let tmp = std::env::temp_dir();
+            remove_stale(&tmp);
+            tmp.join(format!("broker-pages-{}", std::process::id()))
+        })
+        .clone()
+}
+
+/// Removes the page directories of processes that no longer run.
+fn remove_stale(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("broker-pages-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove stale page directory");
+            }
+        }
+    }
+}
+
+/// A queue's in-memory bounds from its arguments.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// `x-max-in-memory-length`: messages.
+    pub count: Option<usize>,
+    /// `x-max-in-memory-bytes`: bytes (bodies and per-message overhead).
+    pub bytes: Option<usize>,
+}
+
+impl Limits {
+    pub fn from_arguments(args: &FieldTable) -> Limits {
+        let int = |key: &str| {
+            crate::broker::arguments::get(args, key)
+                .and_then(crate::broker::arguments::as_int)
+                .filter(|v| *v >= 0)
+                .map(|v| v.min(usize::MAX as i128) as usize)
+        };
+        Limits {
+            count: int("x-max-in-memory-length"),
+            bytes: int("x-max-in-memory-bytes"),
+        }
+    }
+}
+
+/// Tracks a queue's in-memory footprint and decides when to page.
+#[derive(Debug, Default)]
+pub struct Budget {
+    limits: Limits,
+    bytes: usize,
+    count: usize,
+}
+
+impl Budget {
+    pub fn new(limits: Limits) -> Self {
+        Budget {
+            limits,
+            bytes: 0,
+            count: 0,
+        }
+    }
+
+    /// What an in-memory message counts for.
+    pub fn footprint(message: &QueuedMessage) -> usize {
+        let m = &message.message;
+        m.body.len()
+            + m.raw_properties.len()
+            + m.exchange.len()
+            + m.routing_key.len()
+            + MESSAGE_OVERHEAD
+    }
+
+    pub fn add(&mut self, footprint: usize) {
+        self.bytes += footprint;
+        self.count += 1;
+        IN_MEMORY.fetch_add(footprint, Ordering::Relaxed);
+    }
+
+    pub fn sub(&mut self, footprint: usize) {
+        self.bytes = self.bytes.saturating_sub(footprint);
+        self.count = self.count.saturating_sub(1);
+        IN_MEMORY.fetch_sub(
+            footprint.min(IN_MEMORY.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether a message of `footprint` should be paged rather than kept.
+    pub fn should_page(&self, footprint: usize) -> bool {
+        if self.limits.count.is_some_and(|max| self.count >= max) {
+            return true;
+        }
+        let max = self
+            .limits
+            .bytes
+            .unwrap_or_else(|| QUEUE_MEMORY_BYTES.load(Ordering::Relaxed));
+        self.bytes + footprint > max
+            || (self.bytes >= GLOBAL_MIN_QUEUE_BYTES
+                && IN_MEMORY.load(Ordering::Relaxed) > GLOBAL_MEMORY_BYTES.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        IN_MEMORY.fetch_sub(
+            self.bytes.min(IN_MEMORY.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A paged message: where its record is and what leaving counts for.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub seq: u64,
+    /// Segment number (high 32 bits) and offset in it.
+    pos: u64,
+    len: u32,
+    /// Body length; the top bit says the message has a store id.
+    body: u32,
+}
+
+const STORED_BIT: u32 = 1 << 31;
+
+impl Entry {
+    pub fn body_len(&self) -> usize {
+        (self.body & !STORED_BIT) as usize
+    }
+
+    pub fn has_store_id(&self) -> bool {
+        self.body & STORED_BIT != 0
+    }
+
+    fn segment(&self) -> u32 {
+        (self.pos >> 32) as u32
+    }
+
+    fn offset(&self) -> u64 {
+        self.pos & 0xffff_ffff
+    }
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    /// Entries still pointing into it.
+    live: u64,
+}
+
+/// Record: len u32, flags u8, store id u64, expiry u64 (nanoseconds after
+/// BASE, plus one; 0 = none), delivery count u32, exchange (u16 + bytes),
+/// routing key (u16 + bytes), properties (u32 + bytes), body (the rest).
+const RECORD_HEADER: usize = 4 + 1 + 8 + 8 + 4;
+const FLAG_REDELIVERED: u8 = 1;
+const FLAG_STORED: u8 = 2;
+
+/// A queue's page file: numbered segments, appended to, read by offset.
+pub struct PageFile {
+    id: u64,
+    segments: BTreeMap<u32, Segment>,
+    /// The segment being written, its logical end (with `pending`) and how
+    /// much of it is on disk.
+    write_segment: u32,
+    write_end: u64,
+    flushed: u64,
+    pending: Vec<u8>,
+}
+
+impl Default for PageFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PageFile {
+    pub fn new() -> Self {
+        PageFile {
+            id: NEXT_FILE.fetch_add(1, Ordering::Relaxed),
+            segments: BTreeMap::new(),
+            write_segment: 0,
+            write_end: 0,
+            flushed: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The files it has on disk.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.segments.values().map(|s| s.path.clone()).collect()
+    }
+
+    fn open_segment(&mut self, n: u32) -> io::Result<()> {
+        if self.segments.contains_key(&n) {
+            return Ok(());
+        }
+        let dir = dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}-{n}.page", self.id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        self.segments.insert(
+            n,
+            Segment {
+                file,
+                path,
+                live: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends a message; returns its entry.
+    pub fn write(&mut self, message: &QueuedMessage) -> io::Result<Entry> {
+        let m = &message.message;
+        let len = RECORD_HEADER
+            + 2
+            + m.exchange.len()
+            + 2
+            + m.routing_key.len()
+            + 4
+            + m.raw_properties.len()
+            + m.body.len();
+        if m.exchange.len() > u16::MAX as usize
+            || m.routing_key.len() > u16::MAX as usize
+            || len > (SEGMENT_BYTES as usize) * 4
+        {
+            return Err(io::Error::other("message too large to page"));
+        }
+        if self.write_end > 0 && self.write_end + len as u64 > SEGMENT_BYTES {
+            self.flush()?;
+            self.write_segment += 1;
+            self.write_end = 0;
+            self.flushed = 0;
+        }
+        self.open_segment(self.write_segment)?;
+        let mut flags = 0;
+        if message.redelivered {
+            flags |= FLAG_REDELIVERED;
+        }
+        if m.store_id.is_some() {
+            flags |= FLAG_STORED;
+        }
+        let expiry = message.expires_at.map_or(0, |at| {
+            let base = *BASE.get_or_init(Instant::now);
+            (at.saturating_duration_since(base).as_nanos() as u64).saturating_add(1)
+        });
+        let buf = &mut self.pending;
+        buf.reserve(len);
+        buf.extend_from_slice(&(len as u32).to_le_bytes());
+        buf.push(flags);
+        buf.extend_from_slice(&m.store_id.unwrap_or(0).to_le_bytes());
+        buf.extend_from_slice(&expiry.to_le_bytes());
+        buf.extend_from_slice(&message.delivery_count.to_le_bytes());
+        buf.extend_from_slice(&(m.exchange.len() as u16).to_le_bytes());
+        buf.extend_from_slice(m.exchange.as_bytes());
+        buf.extend_from_slice(&(m.routing_key.len() as u16).to_le_bytes());
+        buf.extend_from_slice(m.routing_key.as_bytes());
+        buf.extend_from_slice(&(m.raw_properties.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&m.raw_properties);
+        buf.extend_from_slice(&m.body);
+        let entry = Entry {
+            seq: message.seq,
+            pos: ((self.write_segment as u64) << 32) | self.write_end,
+            len: len as u32,
+            body: (m.body.len() as u32 & !STORED_BIT)
+                | if m.store_id.is_some() { STORED_BIT } else { 0 },
+        };
+        self.write_end += len as u64;
+        if let Some(segment) = self.segments.get_mut(&self.write_segment) {
+            segment.live += 1;
+        }
+        if self.pending.len() >= WRITE_BUFFER {
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "cannot write queue page file (kept in memory)");
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Writes the buffer out; on error it is kept (and read from) and the
+    /// write retried later.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let segment = self
+            .segments
+            .get(&self.write_segment)
+            .ok_or_else(|| io::Error::other("page segment missing"))?;
+        segment.file.write_all_at(&self.pending, self.flushed)?;
+        self.flushed += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of segment `n`, from the write
+    /// buffer for what is not on disk yet.
+    fn read_exact(&self, n: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let segment = self
+            .segments
+            .get(&n)
+            .ok_or_else(|| io::Error::other("page segment missing"))?;
+        let end = offset + buf.len() as u64;
+        let on_disk_end = if n == self.write_segment {
+            end.min(self.flushed).max(offset)
+        } else {
+            end
+        };
+        let (disk, buffered) = buf.split_at_mut((on_disk_end - offset) as usize);
+        if !disk.is_empty() {
+            segment.file.read_exact_at(disk, offset)?;
+        }
+        if !buffered.is_empty() {
+            let from = (on_disk_end - self.flushed) as usize;
+            let source = self
+                .pending
+                .get(from..from + buffered.len())
+                .ok_or_else(|| io::Error::other("page record beyond the end"))?;
+            buffered.copy_from_slice(source);
+        }
+        Ok(())
+    }
+
+    /// How many of `entries` (from the front) one read-ahead takes.
+    pub fn batch_len<'a>(entries: impl Iterator<Item = &'a Entry>) -> usize {
+        let mut count = 0;
+        let mut bytes = 0u64;
+        for e in entries.take(READ_BATCH) {
+            if count > 0 && bytes + e.len as u64 > READ_BATCH_BYTES {
+                break;
+            }
+            bytes += e.len as u64;
+            count += 1;
+        }
+        count
+    }
+
+    /// Reads `entries` back and releases them; an entry that cannot be
+    /// read is logged and comes back as `None`.
+    pub fn read(&mut self, entries: &[Entry]) -> Vec<Option<QueuedMessage>> {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut start = 0;
+        while start < entries.len() {
+            // A run of records that lie one after the other.
+            let mut end = start + 1;
+            while end < entries.len()
+                && entries[end].pos == entries[end - 1].pos + entries[end - 1].len as u64
+            {
+                end += 1;
+            }
+            let run = &entries[start..end];
+            match self.read_run(run) {
+                Ok(buf) => {
+                    let mut at = 0usize;
+                    for e in run {
+                        let record = buf.slice(at..at + e.len as usize);
+                        at += e.len as usize;
+                        let decoded = decode(e.seq, record);
+                        if decoded.is_none() {
+                            tracing::error!(
+                                seq = e.seq,
+                                "corrupt record in queue page file: message dropped"
+                            );
+                        }
+                        out.push(decoded);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, messages = run.len(), "cannot read queue page file: messages dropped");
+                    out.extend(run.iter().map(|_| None));
+                }
+            }
+            start = end;
+        }
+        for e in entries {
+            self.release(e);
+        }
+        out
+    }
+
+    fn read_run(&self, run: &[Entry]) -> io::Result<Bytes> {
+        let first = run[0];
+        let total: u64 = run.iter().map(|e| e.len as u64).sum();
+        let mut buf = vec![0u8; total as usize];
+        self.read_exact(first.segment(), first.offset(), &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// The store id of a paged message, read from its record.
+    pub fn store_id(&self, entry: &Entry) -> Option<u64> {
+        let mut header = [0u8; RECORD_HEADER];
+        match self.read_exact(entry.segment(), entry.offset(), &mut header) {
+            Ok(()) => Some(u64::from_le_bytes(header[5..13].try_into().ok()?)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read queue page file");
+                None
+            }
+        }
+    }
+
+    /// The entry's message left the page file.
+    pub fn release(&mut self, entry: &Entry) {
+        let n = entry.segment();
+        let Some(segment) = self.segments.get_mut(&n) else {
+            return;
+        };
+        segment.live = segment.live.saturating_sub(1);
+        if segment.live > 0 {
+            return;
+        }
+        if n == self.write_segment {
+            // Empty again: start over at its beginning.
+            self.pending.clear();
+            self.write_end = 0;
+            self.flushed = 0;
+            if let Err(e) = segment.file.set_len(0) {
+                tracing::warn!(error = %e, "cannot truncate queue page file");
+            }
+        } else if let Some(segment) = self.segments.remove(&n) {
+            remove(&segment.path);
+        }
+    }
+
+    /// Deletes every segment.
+    pub fn clear(&mut self) {
+        for (_, segment) in std::mem::take(&mut self.segments) {
+            remove(&segment.path);
+        }
+        self.pending.clear();
+        self.write_segment = 0;
+        self.write_end = 0;
+        self.flushed = 0;
+    }
+}
+
+impl Drop for PageFile {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove queue page file");
+    }
+}
+
+fn decode(seq: u64, record: Bytes) -> Option<QueuedMessage> {
+    let mut at = 0usize;
+    let take = |at: &mut usize, n: usize| -> Option<Bytes> {
+        let end = at.checked_add(n)?;
+        if end > record.len() {
+            return None;
+        }
+        let out = record.slice(*at..end);
+        *at = end;
+        Some(out)
+    };
+    let header = take(&mut at, RECORD_HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    if len != record.len() {
+        return None;
+    }
+    let flags = header[4];
+    let store_id = u64::from_le_bytes(header[5..13].try_into().ok()?);
+    let expiry = u64::from_le_bytes(header[13..21].try_into().ok()?);
+    let delivery_count = u32::from_le_bytes(header[21..25].try_into().ok()?);
+    let n = take(&mut at, 2)?;
+    let exchange = take(&mut at, u16::from_le_bytes([n[0], n[1]]) as usize)?;
+    let n = take(&mut at, 2)?;
+    let routing_key = take(&mut at, u16::from_le_bytes([n[0], n[1]]) as usize)?;
+    let n = take(&mut at, 4)?;
+    let raw_properties = take(&mut at, u32::from_le_bytes(n[..].try_into().ok()?) as usize)?;
+    let body = record.slice(at..);
+    let (_, properties) =
+        amq_protocol::protocol::basic::parse_properties(&raw_properties[..]).ok()?;
+    let mut message = Message::new(
+        String::from_utf8(exchange.to_vec()).ok()?,
+        String::from_utf8(routing_key.to_vec()).ok()?,
+        properties,
+        raw_properties,
+        body,
+    );
+    if flags & FLAG_STORED != 0 {
+        message.store_id = Some(store_id);
+    }
+    let expires_at = match expiry {
+        0 => None,
+        nanos => Some(*BASE.get_or_init(Instant::now) + Duration::from_nanos(nanos - 1)),
+    };
+    Some(QueuedMessage {
+        seq,
+        message: Arc::new(message),
+        redelivered: flags & FLAG_REDELIVERED != 0,
+        expires_at,
+        delivery_count,
+    })
+}
