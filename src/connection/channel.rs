@@ -1,6 +1,8 @@
 //! One AMQP channel: its state machine and the handling of every
 //! channel-level method (exchange, queue, basic, confirm, tx).
 
+mod access;
+
 use super::confirms::{Confirm, Confirms};
 use super::delivery::{ChannelDelivery, Unacked};
 use super::publish::{Assembled, PendingPublish, Progress};
@@ -14,6 +16,7 @@ use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PRE
 use crate::protocol::error::code;
 use crate::protocol::text::short;
 use crate::protocol::{AMQPClass, AMQPValue, AmqpError, BasicProperties, FieldTable};
+use access::{Access, Kind, Perm};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -58,6 +61,8 @@ pub struct Channel {
     tx: Option<Transaction>,
     /// The last queue declared on this channel (for empty queue names).
     last_queue: Option<String>,
+    /// The user's permissions in this vhost, loaded on first use.
+    access: Option<Access>,
 }
 
 fn ok(method: AMQPClass) -> Result<Option<AMQPClass>, AmqpError> {
@@ -70,6 +75,7 @@ impl Channel {
             id,
             delivery,
             consumers: HashMap::new(),
+            access: None,
             group_members: HashMap::new(),
             reply_consumer: None,
             publishing: None,
@@ -129,8 +135,9 @@ impl Channel {
             C::Basic(basic::AMQPMethod::RecoverAsync(m)) => self.recover(m.requeue).map(|_| None),
             C::Exchange(exchange::AMQPMethod::Declare(m)) => self.exchange_declare(ctx, m),
             C::Exchange(exchange::AMQPMethod::Delete(m)) => {
-                ctx.vhost
-                    .delete_exchange(&names::clean(m.exchange.as_str()), m.if_unused)?;
+                let name = names::clean(m.exchange.as_str());
+                self.allow(ctx, Perm::Configure, Kind::Exchange, &name)?;
+                ctx.vhost.delete_exchange(&name, m.if_unused)?;
                 Ok(
                     (!m.nowait).then_some(C::Exchange(exchange::AMQPMethod::DeleteOk(
                         exchange::DeleteOk {},
@@ -138,6 +145,8 @@ impl Channel {
                 )
             }
             C::Exchange(exchange::AMQPMethod::Bind(m)) => {
+                self.allow(ctx, Perm::Write, Kind::Exchange, m.destination.as_str())?;
+                self.allow(ctx, Perm::Read, Kind::Exchange, m.source.as_str())?;
                 ctx.vhost.bind_exchange(
                     m.destination.as_str(),
                     m.source.as_str(),
@@ -151,6 +160,8 @@ impl Channel {
                 )
             }
             C::Exchange(exchange::AMQPMethod::Unbind(m)) => {
+                self.allow(ctx, Perm::Write, Kind::Exchange, m.destination.as_str())?;
+                self.allow(ctx, Perm::Read, Kind::Exchange, m.source.as_str())?;
                 ctx.vhost.unbind_exchange(
                     m.destination.as_str(),
                     m.source.as_str(),
@@ -171,12 +182,16 @@ impl Channel {
                 } else {
                     m.routing_key.to_string()
                 };
+                self.allow(ctx, Perm::Write, Kind::Queue, &queue)?;
+                self.allow(ctx, Perm::Read, Kind::Exchange, m.exchange.as_str())?;
                 ctx.vhost
                     .bind_queue(&queue, m.exchange.as_str(), &key, &m.arguments, ctx.id)?;
                 Ok((!m.nowait).then_some(C::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))))
             }
             C::Queue(queue::AMQPMethod::Unbind(m)) => {
                 let queue = self.queue_name(m.queue.as_str())?;
+                self.allow(ctx, Perm::Write, Kind::Queue, &queue)?;
+                self.allow(ctx, Perm::Read, Kind::Exchange, m.exchange.as_str())?;
                 ctx.vhost.unbind_queue(
                     &queue,
                     m.exchange.as_str(),
@@ -188,6 +203,7 @@ impl Channel {
             }
             C::Queue(queue::AMQPMethod::Purge(m)) => {
                 let name = self.queue_name(m.queue.as_str())?;
+                self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
                 let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
                 if queue.stream().is_some() {
                     return Err(stream_refuses("queue.purge", &queue));
@@ -201,6 +217,7 @@ impl Channel {
             }
             C::Queue(queue::AMQPMethod::Delete(m)) => {
                 let name = self.queue_name(m.queue.as_str())?;
+                self.allow(ctx, Perm::Configure, Kind::Queue, &name)?;
                 let count = ctx
                     .vhost
                     .delete_queue(&name, m.if_unused, m.if_empty, ctx.id)?;
@@ -336,6 +353,7 @@ impl Channel {
         // Every publish counts, even one that fails the checks below.
         self.current_publish = self.confirm.then(|| self.confirms.next());
         let exchange_name = message.publish.exchange.as_str();
+        self.allow(ctx, Perm::Write, Kind::Exchange, exchange_name)?;
         if !exchange_name.is_empty() {
             let exchange = ctx
                 .vhost
@@ -515,6 +533,15 @@ impl Channel {
         m: exchange::Declare,
     ) -> Result<Option<AMQPClass>, AmqpError> {
         let name = names::clean(m.exchange.as_str());
+        if !m.passive {
+            self.allow(ctx, Perm::Configure, Kind::Exchange, &name)?;
+            if let Some(ae) =
+                arguments::get(&m.arguments, "alternate-exchange").and_then(arguments::as_string)
+            {
+                self.allow(ctx, Perm::Read, Kind::Exchange, &name)?;
+                self.allow(ctx, Perm::Write, Kind::Exchange, &ae)?;
+            }
+        }
         ctx.vhost.declare_exchange(ExchangeDeclare {
             name: &name,
             kind: m.kind.as_str(),
@@ -551,6 +578,19 @@ impl Channel {
         {
             return Ok(reply(&name, 0, 1));
         }
+        let dlx =
+            arguments::get(&m.arguments, "x-dead-letter-exchange").and_then(arguments::as_string);
+        let check_declare = |this: &mut Self, ctx: &ConnContext, name: &str| {
+            this.allow(ctx, Perm::Configure, Kind::Queue, name)?;
+            if let Some(dlx) = &dlx {
+                this.allow(ctx, Perm::Read, Kind::Queue, name)?;
+                this.allow(ctx, Perm::Write, Kind::Exchange, dlx)?;
+            }
+            Ok::<(), AmqpError>(())
+        };
+        if !m.passive && !name.is_empty() {
+            check_declare(self, ctx, &name)?;
+        }
         let (queue, messages, consumers) = ctx.vhost.declare_queue(
             QueueDeclare {
                 name: &name,
@@ -562,6 +602,13 @@ impl Channel {
             },
             ctx.id,
         )?;
+        // A server-named queue is checked under the name it got.
+        if !m.passive && name.is_empty() {
+            if let Err(e) = check_declare(self, ctx, &queue.name) {
+                ctx.vhost.remove_queue(&queue);
+                return Err(e);
+            }
+        }
         if queue.options.exclusive_owner == Some(ctx.id)
             && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
         {
@@ -569,6 +616,19 @@ impl Channel {
         }
         self.last_queue = Some(queue.name.clone());
         Ok(reply(&queue.name, messages, consumers))
+    }
+
+    /// Checks the user's permission `perm` on a queue or exchange (403).
+    fn allow(
+        &mut self,
+        ctx: &ConnContext,
+        perm: Perm,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        self.access
+            .get_or_insert_with(|| Access::load(&ctx.broker, &ctx.user, &ctx.vhost.name))
+            .check(perm, kind, name)
     }
 
     /// Resolves an empty queue name to the channel's last declared queue.
@@ -612,8 +672,10 @@ impl Channel {
                     group::GROUP_ARG
                 ))
             })?;
+            self.allow(ctx, Perm::Read, Kind::Exchange, &queue_name)?;
             return self.consume_group(ctx, m, tag, &queue_name, &group);
         }
+        self.allow(ctx, Perm::Read, Kind::Queue, &queue_name)?;
         let queue = ctx.vhost.usable_queue(&queue_name, ctx.id)?;
         let priority = match arguments::get(&m.arguments, "x-priority") {
             None => 0,
@@ -675,7 +737,10 @@ impl Channel {
         super_stream: &str,
         group: &str,
     ) -> Result<Option<AMQPClass>, AmqpError> {
-        let resource = format!("super stream '{super_stream}' in vhost '{}'", ctx.vhost.name);
+        let resource = format!(
+            "super stream '{super_stream}' in vhost '{}'",
+            ctx.vhost.name
+        );
         let is_super_stream = ctx
             .vhost
             .exchange(super_stream)
@@ -816,6 +881,7 @@ impl Channel {
         m: basic::Get,
     ) -> Result<Option<AMQPClass>, AmqpError> {
         let name = self.queue_name(m.queue.as_str())?;
+        self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
         if queue.stream().is_some() {
             return Err(stream_refuses("basic.get", &queue));
@@ -966,13 +1032,20 @@ impl Settle {
 /// requeued ones go back.
 fn settle(taken: Vec<Unacked>, how: Settle) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<crate::broker::queue::QueuedMessage>)> = Vec::new();
+    // A stream keeps its messages; an ack moves a named consumer's tracked
+    // offset: the highest acked offset per consumer, tracked once.
+    let mut stream_acks: Vec<(Arc<Queue>, Arc<Consumer>, u64)> = Vec::new();
     for entry in taken {
-        // A stream keeps its messages; an ack moves a named consumer's
-        // tracked offset.
-        if let (Settle::Ack, Some(stream), Some(consumer)) =
-            (how, entry.queue.stream(), &entry.consumer)
+        if let (Settle::Ack, Some(_), Some(consumer)) = (how, entry.queue.stream(), &entry.consumer)
         {
-            stream.track(consumer, entry.message.seq);
+            let offset = entry.message.seq;
+            match stream_acks
+                .iter_mut()
+                .find(|(_, c, _)| Arc::ptr_eq(c, consumer))
+            {
+                Some(acked) => acked.2 = acked.2.max(offset),
+                None => stream_acks.push((entry.queue.clone(), consumer.clone(), offset)),
+            }
         }
         match by_queue
             .iter_mut()
@@ -980,6 +1053,11 @@ fn settle(taken: Vec<Unacked>, how: Settle) {
         {
             Some((_, list)) => list.push(entry.message),
             None => by_queue.push((entry.queue, vec![entry.message])),
+        }
+    }
+    for (queue, consumer, offset) in stream_acks {
+        if let Some(stream) = queue.stream() {
+            stream.track(&consumer, offset);
         }
     }
     for (queue, messages) in by_queue {

@@ -1,0 +1,107 @@
+//! Permission checks for one channel, as RabbitMQ makes them: the user's
+//! configure, write and read regular expressions for the vhost, matched
+//! (unanchored) against the queue or exchange name; `""` grants nothing.
+//! The expressions are compiled when the channel first needs them, and
+//! granted checks are remembered for the channel's life (RabbitMQ's
+//! channels cache them too), so the publish path matches a regex only for
+//! an exchange it has not published to before.
+
+use crate::broker::Broker;
+use crate::protocol::AmqpError;
+use regex::Regex;
+use std::collections::HashSet;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Perm {
+    Configure,
+    Write,
+    Read,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Queue,
+    Exchange,
+}
+
+/// Most granted checks remembered per channel.
+const CACHE_LIMIT: usize = 1024;
+
+pub struct Access {
+    user: String,
+    vhost: String,
+    configure: Option<Regex>,
+    write: Option<Regex>,
+    read: Option<Regex>,
+    /// Granted names per (permission, kind), looked up without allocating
+    /// (the publish path checks every message).
+    granted: [HashSet<String>; 6],
+}
+
+fn compile(pattern: &str, user: &str) -> Option<Regex> {
+    if pattern.is_empty() {
+        return None;
+    }
+    match Regex::new(pattern) {
+        Ok(re) => Some(re),
+        Err(e) => {
+            tracing::warn!(
+                user,
+                pattern,
+                "permission pattern does not compile, nothing granted: {e}"
+            );
+            None
+        }
+    }
+}
+
+impl Access {
+    pub fn load(broker: &Broker, user: &str, vhost: &str) -> Access {
+        let users = broker.users.read();
+        let permission = users.permission(user, vhost);
+        let pattern = |f: fn(&crate::broker::users::Permission) -> &str| {
+            permission.and_then(|p| compile(f(p), user))
+        };
+        Access {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            configure: pattern(|p| &p.configure),
+            write: pattern(|p| &p.write),
+            read: pattern(|p| &p.read),
+            granted: Default::default(),
+        }
+    }
+
+    /// 403 `access to queue 'q' in vhost 'v' refused for user 'u'` unless
+    /// granted. The default exchange is checked as `amq.default`.
+    pub fn check(&mut self, perm: Perm, kind: Kind, name: &str) -> Result<(), AmqpError> {
+        let name = if kind == Kind::Exchange && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let slot = perm as usize * 2 + kind as usize;
+        if self.granted[slot].contains(name) {
+            return Ok(());
+        }
+        let pattern = match perm {
+            Perm::Configure => &self.configure,
+            Perm::Write => &self.write,
+            Perm::Read => &self.read,
+        };
+        if pattern.as_ref().is_some_and(|re| re.is_match(name)) {
+            if self.granted[slot].len() < CACHE_LIMIT {
+                self.granted[slot].insert(name.to_string());
+            }
+            return Ok(());
+        }
+        let what = match kind {
+            Kind::Queue => "queue",
+            Kind::Exchange => "exchange",
+        };
+        Err(AmqpError::access_refused(format!(
+            "access to {what} '{name}' in vhost '{}' refused for user '{}'",
+            self.vhost, self.user
+        )))
+    }
+}
