@@ -336,6 +336,8 @@ async fn a_second_broker_on_the_same_data_dir_refuses_to_start() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
         .env("BROKER__AMQP__BIND", "127.0.0.1")
         .env("BROKER__AMQP__PORT", "0")
+        .env("BROKER__MANAGEMENT__PORT", "0")
+        .env("BROKER__PROMETHEUS__PORT", "0")
         .env("BROKER__STORAGE__DATA_DIR", dir.path())
         .output()
         .unwrap();
@@ -351,6 +353,8 @@ async fn an_unknown_format_version_is_refused() {
     std::fs::write(dir.path().join("FORMAT"), "99\n").unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
         .env("BROKER__AMQP__PORT", "0")
+        .env("BROKER__MANAGEMENT__PORT", "0")
+        .env("BROKER__PROMETHEUS__PORT", "0")
         .env("BROKER__STORAGE__DATA_DIR", dir.path())
         .output()
         .unwrap();
