@@ -141,6 +141,94 @@ fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -
     Family { out, name }
 }
 
+/// Consumer groups on partitioned streams (this broker's extension): few
+/// objects, so always per group and partition.
+fn consumer_group_metrics(out: &mut String, broker: &Broker) {
+    let mut groups = Vec::new();
+    for vhost in broker.vhosts() {
+        for g in vhost.groups.snapshot() {
+            groups.push((vhost.name.clone(), g));
+        }
+    }
+    groups.sort_by(|a, b| {
+        (&a.0, &a.1.super_stream, &a.1.name).cmp(&(&b.0, &b.1.super_stream, &b.1.name))
+    });
+    let mut f = family(
+        out,
+        "broker_consumer_group_members",
+        "gauge",
+        "Members of a consumer group",
+    );
+    for (vhost, g) in &groups {
+        f.sample(
+            &[
+                ("vhost", vhost),
+                ("super_stream", &g.super_stream),
+                ("group", &g.name),
+            ],
+            g.members.len() as f64,
+        );
+    }
+    let mut f = family(
+        out,
+        "broker_consumer_group_rebalances_total",
+        "counter",
+        "Rebalances of a consumer group",
+    );
+    for (vhost, g) in &groups {
+        f.sample(
+            &[
+                ("vhost", vhost),
+                ("super_stream", &g.super_stream),
+                ("group", &g.name),
+            ],
+            g.rebalances as f64,
+        );
+    }
+    let mut f = family(
+        out,
+        "broker_consumer_group_committed_offset",
+        "gauge",
+        "Last offset a consumer group acked on a partition",
+    );
+    for (vhost, g) in &groups {
+        for p in &g.partitions {
+            if let Some(committed) = p.committed {
+                let index = p.index.to_string();
+                f.sample(
+                    &[
+                        ("vhost", vhost),
+                        ("super_stream", &g.super_stream),
+                        ("group", &g.name),
+                        ("partition", &index),
+                    ],
+                    committed as f64,
+                );
+            }
+        }
+    }
+    let mut f = family(
+        out,
+        "broker_consumer_group_lag",
+        "gauge",
+        "Messages of a partition after the group's committed offset",
+    );
+    for (vhost, g) in &groups {
+        for p in &g.partitions {
+            let index = p.index.to_string();
+            f.sample(
+                &[
+                    ("vhost", vhost),
+                    ("super_stream", &g.super_stream),
+                    ("group", &g.name),
+                    ("partition", &index),
+                ],
+                p.lag as f64,
+            );
+        }
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -409,6 +497,8 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         "Current number of consumers",
     )
     .sample(&amqp, sum_q(|q| q.consumers));
+
+    consumer_group_metrics(&mut out, broker);
 
     // Process.
     let process = ProcessStats::read();

@@ -4,13 +4,14 @@
 //! snapshots and counters; nothing holds a broker lock across an await.
 //!
 //! Message rates (`*_details.rate`) come from a background sampler
-//! (`rates.rs`). What is not here yet: policies, exchange and channel
-//! message rates. See each file for the details of what it answers.
+//! (`rates.rs`). What is not here yet: exchange and channel message
+//! rates. See each file for the details of what it answers.
 
 mod auth;
 mod bindings;
 mod channels;
 mod connections;
+mod consumer_groups;
 mod consumers;
 mod definitions;
 mod error;
@@ -18,6 +19,7 @@ mod exchanges;
 mod health;
 pub mod metrics;
 mod overview;
+mod policies;
 mod queues;
 pub mod rates;
 mod users;
@@ -77,6 +79,8 @@ pub fn router(ctx: Ctx) -> Router {
         .merge(connections::routes())
         .merge(channels::routes())
         .merge(consumers::routes())
+        .merge(consumer_groups::routes())
+        .merge(policies::routes())
         .merge(definitions::routes())
         .merge(health::routes())
         .fallback(not_found)

@@ -46,16 +46,19 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     let mut obj = Map::new();
     obj.insert("name".into(), json!(q.name));
     obj.insert("vhost".into(), json!(q.vhost));
-    obj.insert("type".into(), json!("classic"));
+    obj.insert("type".into(), json!(q.type_name()));
     obj.insert("durable".into(), json!(q.options.durable));
     obj.insert("auto_delete".into(), json!(q.options.auto_delete));
     obj.insert("exclusive".into(), json!(q.is_exclusive()));
     obj.insert("arguments".into(), table_to_json(&q.options.arguments));
     obj.insert("node".into(), json!(ctx.node));
     obj.insert("state".into(), json!("running"));
-    obj.insert("policy".into(), Value::Null);
+    obj.insert("policy".into(), json!(q.policy_name()));
     obj.insert("operator_policy".into(), Value::Null);
-    obj.insert("effective_policy_definition".into(), json!({}));
+    obj.insert(
+        "effective_policy_definition".into(),
+        Value::Object(q.policy_definition().unwrap_or_default()),
+    );
     obj.insert("consumers".into(), json!(consumers));
     let capacity = if consumers > 0 { 1.0 } else { 0.0 };
     obj.insert("consumer_capacity".into(), json!(capacity));
