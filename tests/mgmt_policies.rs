@@ -237,6 +237,7 @@ impl Process {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("broker did not start");
     }
 }
