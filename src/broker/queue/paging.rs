@@ -262,6 +262,8 @@ pub struct PageFile {
     write_end: u64,
     flushed: u64,
     pending: Vec<u8>,
+    /// Read buffer, reused (fresh large buffers cost page faults).
+    scratch: Vec<u8>,
 }
 
 impl Default for PageFile {
@@ -279,6 +281,7 @@ impl PageFile {
             write_end: 0,
             flushed: 0,
             pending: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -451,11 +454,12 @@ impl PageFile {
                 end += 1;
             }
             let run = &entries[start..end];
-            match self.read_run(run) {
-                Ok(buf) => {
+            let mut buf = std::mem::take(&mut self.scratch);
+            match self.read_run(run, &mut buf) {
+                Ok(()) => {
                     let mut at = 0usize;
                     for e in run {
-                        let record = buf.slice(at..at + e.len as usize);
+                        let record = &buf[at..at + e.len as usize];
                         at += e.len as usize;
                         let decoded = decode(e.seq, record);
                         if decoded.is_none() {
@@ -472,6 +476,10 @@ impl PageFile {
                     out.extend(run.iter().map(|_| None));
                 }
             }
+            if buf.capacity() > 2 * READ_BATCH_BYTES as usize {
+                buf = Vec::new();
+            }
+            self.scratch = buf;
             start = end;
         }
         for e in entries {
@@ -480,12 +488,11 @@ impl PageFile {
         out
     }
 
-    fn read_run(&self, run: &[Entry]) -> io::Result<Bytes> {
+    fn read_run(&self, run: &[Entry], buf: &mut Vec<u8>) -> io::Result<()> {
         let first = run[0];
         let total: u64 = run.iter().map(|e| e.len as u64).sum();
-        let mut buf = vec![0u8; total as usize];
-        self.read_exact(first.segment(), first.offset(), &mut buf)?;
-        Ok(Bytes::from(buf))
+        buf.resize(total as usize, 0);
+        self.read_exact(first.segment(), first.offset(), buf)
     }
 
     /// The store id of a paged message, read from its record.
@@ -547,14 +554,11 @@ fn remove(path: &Path) {
     }
 }
 
-fn decode(seq: u64, record: Bytes) -> Option<QueuedMessage> {
+fn decode(seq: u64, record: &[u8]) -> Option<QueuedMessage> {
     let mut at = 0usize;
-    let take = |at: &mut usize, n: usize| -> Option<Bytes> {
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
         let end = at.checked_add(n)?;
-        if end > record.len() {
-            return None;
-        }
-        let out = record.slice(*at..end);
+        let out = record.get(*at..end)?;
         *at = end;
         Some(out)
     };
@@ -572,16 +576,15 @@ fn decode(seq: u64, record: Bytes) -> Option<QueuedMessage> {
     let n = take(&mut at, 2)?;
     let routing_key = take(&mut at, u16::from_le_bytes([n[0], n[1]]) as usize)?;
     let n = take(&mut at, 4)?;
-    let raw_properties = take(&mut at, u32::from_le_bytes(n[..].try_into().ok()?) as usize)?;
-    let body = record.slice(at..);
-    let (_, properties) =
-        amq_protocol::protocol::basic::parse_properties(&raw_properties[..]).ok()?;
+    let raw_properties = take(&mut at, u32::from_le_bytes(n.try_into().ok()?) as usize)?;
+    let body = record.get(at..)?;
+    let (_, properties) = amq_protocol::protocol::basic::parse_properties(raw_properties).ok()?;
     let mut message = Message::new(
-        String::from_utf8(exchange.to_vec()).ok()?,
-        String::from_utf8(routing_key.to_vec()).ok()?,
+        std::str::from_utf8(exchange).ok()?.to_string(),
+        std::str::from_utf8(routing_key).ok()?.to_string(),
         properties,
-        raw_properties,
-        body,
+        Bytes::copy_from_slice(raw_properties),
+        Bytes::copy_from_slice(body),
     );
     if flags & FLAG_STORED != 0 {
         message.store_id = Some(store_id);
