@@ -81,7 +81,11 @@ impl Broker {
         );
         let vhosts = vhost_meta
             .keys()
-            .map(|name| (name.clone(), VHost::new(name, store.clone())))
+            .map(|name| {
+                let vhost = VHost::new(name, store.clone());
+                vhost.set_max_queues(config.limits.vhost_max_queues(name));
+                (name.clone(), vhost)
+            })
             .collect();
         Arc::new(Broker {
             config,
@@ -232,7 +236,9 @@ impl Broker {
         if vhosts.contains_key(&name) {
             return false;
         }
-        vhosts.insert(name.clone(), VHost::new(&name, self.store.clone()));
+        let vhost = VHost::new(&name, self.store.clone());
+        vhost.set_max_queues(self.config.limits.vhost_max_queues(&name));
+        vhosts.insert(name.clone(), vhost);
         true
     }
 

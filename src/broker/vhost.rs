@@ -38,6 +38,8 @@ pub struct VHost {
     /// Consumer groups on this vhost's partitioned streams.
     pub groups: ConsumerGroups,
     policies: RwLock<Vec<Arc<Policy>>>,
+    /// `limits.vhosts."<name>".max_queues`; -1 = no limit.
+    max_queues: std::sync::atomic::AtomicI64,
 }
 
 pub struct ExchangeDeclare<'a> {
@@ -120,6 +122,7 @@ impl VHost {
             reply_queues: RwLock::new(HashMap::new()),
             groups: ConsumerGroups::default(),
             policies: RwLock::new(Vec::new()),
+            max_queues: std::sync::atomic::AtomicI64::new(-1),
         };
         *vhost.policies.write() = vhost.stored_policies();
         let predeclared = [
@@ -415,6 +418,13 @@ impl VHost {
         } else {
             req.name.to_string()
         };
+        let limit = self.max_queues.load(Ordering::Relaxed);
+        if limit >= 0 && queues.len() as i64 >= limit {
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                self.name
+            )));
+        }
         let options = QueueOptions {
             durable: req.durable,
             auto_delete: req.auto_delete,
@@ -531,6 +541,12 @@ impl VHost {
             &self.name,
             name,
         ))
+    }
+
+    /// Sets the most queues this vhost may hold (`None`: no limit).
+    pub fn set_max_queues(&self, limit: Option<u32>) {
+        self.max_queues
+            .store(limit.map_or(-1, i64::from), Ordering::Relaxed);
     }
 
     // ---- policies ----
