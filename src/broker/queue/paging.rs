@@ -177,10 +177,7 @@ impl Budget {
     pub fn sub(&mut self, footprint: usize) {
         self.bytes = self.bytes.saturating_sub(footprint);
         self.count = self.count.saturating_sub(1);
-        IN_MEMORY.fetch_sub(
-            footprint.min(IN_MEMORY.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        release_global(footprint);
     }
 
     /// Whether a message of `footprint` should be paged rather than kept.
@@ -200,11 +197,14 @@ impl Budget {
 
 impl Drop for Budget {
     fn drop(&mut self) {
-        IN_MEMORY.fetch_sub(
-            self.bytes.min(IN_MEMORY.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        release_global(self.bytes);
     }
+}
+
+fn release_global(bytes: usize) {
+    let _ = IN_MEMORY.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(bytes))
+    });
 }
 
 /// A paged message: where its record is and what leaving counts for.
