@@ -63,6 +63,9 @@ struct QueueState {
     expiry_timer: Option<Instant>,
     /// Last use, for `x-expires`.
     last_used: Instant,
+    /// Whether a message with an expiry was queued since the queue was
+    /// last seen empty.
+    may_expire: bool,
 }
 
 /// Counters read by management and metrics without taking the lock.
@@ -152,6 +155,7 @@ impl Queue {
                 next_consumer: 0,
                 ever_had_consumer: false,
                 expiry_timer: None,
+                may_expire: false,
                 last_used: Instant::now(),
             }),
             dedup,
@@ -301,7 +305,8 @@ impl Queue {
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let expires_at = self.expiry_of(&message, Instant::now());
+        let expires_at = self.expiry_of(&self.effective.load(), &message);
+        st.may_expire |= expires_at.is_some();
         st.ready.push_back(QueuedMessage {
             seq,
             message,
@@ -316,21 +321,27 @@ impl Queue {
         self.state.lock().last_used = Instant::now();
     }
 
-    fn expiry_of(&self, message: &Message, now: Instant) -> Option<Instant> {
+    /// When `message` expires in this queue: the lower of the queue's and
+    /// the message's TTL (the clock is read only if there is one).
+    fn expiry_of(&self, args: &QueueArguments, message: &Message) -> Option<Instant> {
         let per_message = message
             .properties
             .expiration()
             .as_ref()
             .and_then(|e| e.as_str().trim_start_matches('+').parse::<u64>().ok());
-        let ttl = match (self.effective.load().message_ttl, per_message) {
+        let ttl = match (args.message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        ttl.map(|ms| now + Duration::from_millis(ms))
+        ttl.map(|ms| Instant::now() + Duration::from_millis(ms))
     }
 
-    fn over_limit(&self, st: &QueueState, extra_bytes: usize, extra: usize) -> bool {
-        let args = self.effective.load();
+    fn over_limit(
+        args: &QueueArguments,
+        st: &QueueState,
+        extra_bytes: usize,
+        extra: usize,
+    ) -> bool {
         args.max_length
             .is_some_and(|max| (st.ready.len() + extra) as u64 > max)
             || args
@@ -366,9 +377,11 @@ impl Queue {
         let mut dead = DeadLetters::new();
         let accepted = {
             let mut st = self.state.lock();
-            let overflow = self.effective.load().overflow;
-            let refuse =
-                overflow != Overflow::DropHead && self.over_limit(&st, message.body_size(), 1);
+            // One load of the arguments in force for the whole publish.
+            let args = self.effective.load();
+            let overflow = args.overflow;
+            let refuse = overflow != Overflow::DropHead
+                && Self::over_limit(&args, &st, message.body_size(), 1);
             if refuse {
                 if overflow == Overflow::RejectPublishDlx {
                     dead.push((message, Reason::Maxlen));
@@ -377,10 +390,10 @@ impl Queue {
                 }
                 Accepted::Refused
             } else {
-                let now = Instant::now();
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                let expires_at = self.expiry_of(&message, now);
+                let expires_at = self.expiry_of(&args, &message);
+                st.may_expire |= expires_at.is_some();
                 let queued = QueuedMessage {
                     seq,
                     message,
@@ -406,7 +419,7 @@ impl Queue {
                     None => st.ready.push_back(queued),
                 }
                 // drop-head: the oldest go, dead-lettered as maxlen.
-                while self.over_limit(&st, 0, 0) {
+                while Self::over_limit(&args, &st, 0, 0) {
                     match st.ready.pop_oldest_lowest() {
                         Some(old) => dead.push((old.message, Reason::Maxlen)),
                         None => break,
@@ -437,6 +450,15 @@ impl Queue {
     /// Drops expired messages at the head (RabbitMQ expires from the head
     /// only), then arms a timer for the next head expiry.
     fn expire_head(self: &Arc<Self>, st: &mut QueueState, dead: &mut DeadLetters) {
+        // Nothing that can expire was queued since the queue was last empty:
+        // skip the clock and the head lookup (most queues, most publishes).
+        if !st.may_expire {
+            return;
+        }
+        if st.ready.is_empty() {
+            st.may_expire = false;
+            return;
+        }
         let now = Instant::now();
         while st
             .ready
@@ -654,6 +676,7 @@ impl Queue {
                     counted.store_id = queued.message.store_id;
                     queued.message = Arc::new(counted);
                 }
+                st.may_expire |= queued.expires_at.is_some();
                 st.ready.insert_by_seq(queued);
             }
             self.dispatch_locked(&mut st, &mut dead);
@@ -782,7 +805,7 @@ impl Queue {
         {
             let mut st = self.state.lock();
             if self.effective.load().overflow == Overflow::DropHead {
-                while self.over_limit(&st, 0, 0) {
+                while Self::over_limit(&self.effective.load(), &st, 0, 0) {
                     match st.ready.pop_oldest_lowest() {
                         Some(old) => dead.push((old.message, Reason::Maxlen)),
                         None => break,

@@ -36,6 +36,8 @@ pub struct Access {
     /// Granted names per (permission, kind), looked up without allocating
     /// (the publish path checks every message).
     granted: [HashSet<String>; 6],
+    /// The last granted check: a publisher repeats the same one per message.
+    last: Option<(usize, String)>,
 }
 
 fn compile(pattern: &str, user: &str) -> Option<Regex> {
@@ -69,6 +71,7 @@ impl Access {
             write: pattern(|p| &p.write),
             read: pattern(|p| &p.read),
             granted: Default::default(),
+            last: None,
         }
     }
 
@@ -81,7 +84,15 @@ impl Access {
             name
         };
         let slot = perm as usize * 2 + kind as usize;
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(s, n)| *s == slot && n == name)
+        {
+            return Ok(());
+        }
         if self.granted[slot].contains(name) {
+            self.last = Some((slot, name.to_string()));
             return Ok(());
         }
         let pattern = match perm {
