@@ -290,6 +290,18 @@ impl Conn {
     }
 
     pub async fn exchange_declare(&mut self, name: &str, kind: &str, durable: bool) -> Result<()> {
+        self.exchange_declare_with(name, kind, durable, FieldTable::default())
+            .await
+    }
+
+    /// Declares an exchange with arguments (e.g. `x-partitions`).
+    pub async fn exchange_declare_with(
+        &mut self,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        arguments: FieldTable,
+    ) -> Result<()> {
         self.rpc(
             1,
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
@@ -300,7 +312,7 @@ impl Conn {
                 auto_delete: false,
                 internal: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             })),
         )
         .await
@@ -490,6 +502,15 @@ impl Conn {
             write,
             self.frame_max,
         )
+    }
+}
+
+impl ReadSide {
+    /// Joins the halves again, e.g. to drop the socket abruptly.
+    pub fn reunite(self, write: OwnedWriteHalf) -> Result<TcpStream> {
+        self.read
+            .reunite(write)
+            .map_err(|e| anyhow!("reunite: {e}"))
     }
 }
 

@@ -5,11 +5,13 @@
 //! a pre-encoded message into a large buffer and write batches; consumers
 //! parse whole reads at once and ack with multiple=true.
 //!
-//! Scenarios: throughput (default), latency, fanout, backlog, connections.
+//! Scenarios: throughput (default), latency, fanout, backlog, connections,
+//! expiry, ping, group (consumer groups on a partitioned stream).
 //! `--serve-null PORT` runs a null broker for measuring the tool itself.
 
 mod client;
 mod consumer;
+mod group;
 mod nullsink;
 mod publisher;
 mod report;
@@ -46,6 +48,10 @@ enum Scenario {
     /// Publish --count messages with --expiration into a queue nobody
     /// reads; time and broker CPU until all have expired.
     Expiry,
+    /// Consumer groups on a partitioned stream (x-super-stream): read
+    /// throughput per member count, then failover time after a member's
+    /// connection is dropped.
+    Group,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +170,19 @@ struct Cli {
     /// Allow a non-loopback broker address.
     #[arg(long)]
     allow_remote: bool,
+    /// group: partitions of the super stream.
+    #[arg(long, default_value_t = 3)]
+    partitions: u32,
+    /// group: member counts for the throughput phase, e.g. 1,2,3 (none =
+    /// skip the phase).
+    #[arg(long, default_value = "1,2,3")]
+    members: String,
+    /// group: members in the failover phase (at least 2).
+    #[arg(long, default_value_t = 3)]
+    failover_members: usize,
+    /// group: failover repetitions (0 = skip the phase).
+    #[arg(long, default_value_t = 5)]
+    failover_runs: usize,
     /// Run a null broker on 127.0.0.1:PORT for --duration seconds instead
     /// (deliveries carry --size byte bodies).
     #[arg(long)]
@@ -212,6 +231,7 @@ fn run(cli: &Cli) -> Result<()> {
             Scenario::Ping => ping(&cli, &uri).await,
             Scenario::Backlog => backlog(&cli, &uri).await,
             Scenario::Expiry => expiry(&cli, &uri).await,
+            Scenario::Group => group::run(&group_spec(&cli)?, &uri).await,
             _ => load(&cli, &uri).await,
         }
     })?;
@@ -239,7 +259,34 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Connections => "connections",
         Scenario::Ping => "ping",
         Scenario::Expiry => "expiry",
+        Scenario::Group => "group",
     }
+}
+
+/// The group scenario's settings; prefetch and confirm window default to
+/// 1000 and the failover publish rate to 10,000 msg/s.
+fn group_spec(cli: &Cli) -> Result<group::GroupSpec> {
+    if cli.autoack {
+        bail!("group members need manual acks");
+    }
+    Ok(group::GroupSpec {
+        name: cli.exchange.clone().unwrap_or_else(|| "perf-super".into()),
+        partitions: cli.partitions,
+        members: group::parse_members(&cli.members)?,
+        count: cli.count,
+        size: cli.size,
+        prefetch: if cli.prefetch == 0 {
+            1000
+        } else {
+            cli.prefetch
+        },
+        confirm: if cli.confirm == 0 { 1000 } else { cli.confirm },
+        failover_members: cli.failover_members,
+        failover_runs: cli.failover_runs,
+        rate: if cli.rate > 0.0 { cli.rate } else { 10_000.0 },
+        quiet: cli.quiet,
+        keep: cli.keep,
+    })
 }
 
 /// Names, routing and counts resolved from the options and scenario.

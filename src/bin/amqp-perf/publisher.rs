@@ -94,14 +94,14 @@ struct Confirms {
 
 /// Settles delivery tags; acks may be single and out of order.
 #[derive(Default)]
-struct Tracker {
+pub(crate) struct Tracker {
     upto: u64,
     singles: BTreeSet<u64>,
 }
 
 impl Tracker {
     /// Returns how many tags this ack settled.
-    fn settle(&mut self, tag: u64, multiple: bool) -> u64 {
+    pub(crate) fn settle(&mut self, tag: u64, multiple: bool) -> u64 {
         let before = self.upto + self.singles.len() as u64;
         if multiple {
             if tag > self.upto {
