@@ -11,6 +11,7 @@
 #   BACKLOG_COUNT      messages in the backlog scenario [1000000; QUICK: 100000]
 #   STREAM_COUNT       messages in the stream scenario [1000000; QUICK: 100000]
 #   STREAM_PREFETCH    consumer prefetch in the stream scenario [1000]
+#   GROUP_COUNT        messages in the group scenario [300000; QUICK: 100000]
 #   CONNECTIONS        idle connections in the connections scenario [1000]
 #   CONFIRM            publisher-confirm window in confirm scenarios [1000]
 #   ONLY               space-separated scenario ids to run (default: all)
@@ -32,11 +33,13 @@ if [ "$QUICK" = 1 ]; then
     WARMUP=${WARMUP:-1}
     BACKLOG_COUNT=${BACKLOG_COUNT:-100000}
     STREAM_COUNT=${STREAM_COUNT:-100000}
+    GROUP_COUNT=${GROUP_COUNT:-100000}
 else
     DURATION=${DURATION:-10}
     WARMUP=${WARMUP:-2}
     BACKLOG_COUNT=${BACKLOG_COUNT:-1000000}
     STREAM_COUNT=${STREAM_COUNT:-1000000}
+    GROUP_COUNT=${GROUP_COUNT:-300000}
 fi
 CONNECTIONS=${CONNECTIONS:-1000}
 CONFIRM=${CONFIRM:-1000}
@@ -182,6 +185,7 @@ SCENARIOS=(
     "latency-10k|latency at 10k msg/s, 1 KiB, autoack|--scenario latency --rate 10000 --size 1024 --autoack||"
     "backlog|backlog $BACKLOG_COUNT x 1 KiB (confirms $CONFIRM), then drain (prefetch 1000)|--scenario backlog --count $BACKLOG_COUNT --size 1024 --confirm $CONFIRM --prefetch 1000||"
     "stream|stream $STREAM_COUNT x 100 B (confirms $CONFIRM), then read from first (prefetch $STREAM_PREFETCH)|--scenario backlog --queue-type stream --stream-offset first --count $STREAM_COUNT --size 100 --confirm $CONFIRM --prefetch $STREAM_PREFETCH --queues perf-stream||"
+    "group|consumer group, 3-partition super stream: $GROUP_COUNT x 100 B read by 1/2/3 members (prefetch 1000); failover at 10k msg/s, 3 members, 5 kills (ours only: RabbitMQ has no AMQP 0-9-1 equivalent)|--scenario group --count $GROUP_COUNT --size 100 --partitions 3 --members 1,2,3 --prefetch 1000 --confirm $CONFIRM --failover-members 3 --failover-runs 5 --rate 10000||"
     "connections|$CONNECTIONS idle connections|--scenario connections --connections $CONNECTIONS||"
     "16b-autoack-1core|1p/1c 16 B autoack, broker pinned to 1 core (tool on the other)|--size 16 --autoack|0|1"
     "16b-autoack-2core|1p/1c 16 B autoack, broker pinned to 2 cores (tool shares them)|--size 16 --autoack|0,1|"
@@ -200,7 +204,7 @@ run_one() { # broker id args broker_cpus tool_cpus
     local pin=()
     [ -n "$tcpus" ] && pin=(taskset -c "$tcpus")
     local limit=$((WARMUP + DURATION + 90))
-    case "$id" in backlog | stream) limit=1800 ;; esac
+    case "$id" in backlog | stream | group) limit=1800 ;; esac
     # shellcheck disable=SC2086
     timeout "$limit" "${pin[@]}" "$PERF" --uri "amqp://guest:guest@127.0.0.1:$port/%2f" \
         --duration "$DURATION" --warmup "$WARMUP" --broker-pid "$pid" \
@@ -227,6 +231,8 @@ for spec in "${SCENARIOS[@]}"; do
     printf '%s\t%s\n' "$id" "$label" >>"$RES/order.tsv"
     # Alternate which broker goes first.
     if ((n % 2)); then order="ours rabbitmq"; else order="rabbitmq ours"; fi
+    # Scenarios RabbitMQ cannot run over AMQP 0-9-1.
+    case "$id" in group) order="ours" ;; esac
     for broker in $order; do
         log "[$n] $id: $broker (load $(cut -d' ' -f1 /proc/loadavg))"
         run_one "$broker" "$id" "$args" "$bcpus" "$tcpus"
@@ -265,10 +271,16 @@ def hung(sid, broker):
 
 def get(d, path):
     for k in path.split("."):
+        if isinstance(d, list) and k.isdigit() and int(k) < len(d):
+            d = d[int(k)]
+            continue
         if not isinstance(d, dict) or d.get(k) is None:
             return None
         d = d[k]
     return d
+
+# Scenarios run against this broker only (no RabbitMQ equivalent).
+OURS_ONLY = {"group"}
 
 def rate(v):
     return f"{v:,.0f} msg/s"
@@ -281,6 +293,9 @@ def nbytes(v):
 
 def plain(v):
     return f"{v:,.0f}"
+
+def ms(v):
+    return f"{v:.1f} ms"
 
 # (metric label, json path, formatter, better)
 THROUGHPUT = [("consumed", "consumed_per_sec", rate, "higher"),
@@ -297,6 +312,14 @@ METRICS = {
     # count. RSS per message says little here (the log is on disk).
     "stream": [("publish (confirmed)", "published_per_sec", rate, "higher"),
                ("read from first", "drained_per_sec", rate, "higher")],
+    # Consumer groups: read rate per member count (throughput.N is the
+    # run with --members' N-th entry), and the slowest partition handover
+    # over the failover kills.
+    "group": [("read, 1 member", "throughput.0.msg_per_sec", rate, "higher"),
+              ("read, 2 members", "throughput.1.msg_per_sec", rate, "higher"),
+              ("read, 3 members", "throughput.2.msg_per_sec", rate, "higher"),
+              ("failover, fastest handover", "failover.partition_resume_ms_min", ms, "lower"),
+              ("failover, slowest handover", "failover.partition_resume_ms_max", ms, "lower")],
     "connections": [("RSS per connection", "rss_bytes_per_connection", nbytes, "lower"),
                     ("opened per second", "opened_per_sec", plain, "higher")],
 }
@@ -311,6 +334,8 @@ def metrics_for(sid):
     return THROUGHPUT
 
 def cell(d, sid, broker, path, fmt):
+    if sid in OURS_ONLY and broker == "rabbitmq":
+        return ("no equivalent", None)
     if hung(sid, broker):
         v = get(d, path)
         return ("HUNG" + (f" ({fmt(v)} avg over the window)" if v else ""), None)
@@ -341,6 +366,8 @@ for sid, label in order:
                      cpu(ours) if i == 0 else "", cpu(rmq) if i == 0 else ""))
     for broker, d in (("ours", ours), ("RabbitMQ", rmq)):
         key = "ours" if broker == "ours" else "rabbitmq"
+        if sid in OURS_ONLY and key == "rabbitmq":
+            continue
         errs = list(d.get("errors") or [])
         if "error" in d:
             errs.append(d["error"])

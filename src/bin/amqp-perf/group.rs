@@ -72,7 +72,8 @@ struct Failover {
     victim: usize,
     killed_at: Option<Instant>,
     partitions: Vec<u32>,
-    /// Highest offset received per partition when the kill was ordered.
+    /// Highest offset received per partition (by any member) just before
+    /// the victim's socket was closed.
     hwm_at_kill: Vec<i64>,
     /// Partition -> (time from the kill, member that got it, its offset).
     resumed: BTreeMap<u32, (Duration, usize, i64)>,
@@ -544,11 +545,7 @@ async fn failover(spec: &GroupSpec, uri: &AmqpUri, run_id: u64) -> Result<Failov
             victim,
             killed_at: None,
             partitions: owned.clone(),
-            hwm_at_kill: shared
-                .hwm
-                .iter()
-                .map(|h| h.load(Ordering::Relaxed))
-                .collect(),
+            hwm_at_kill: Vec::new(),
             resumed: BTreeMap::new(),
         });
         shared.armed.store(true, Ordering::Release);
@@ -582,7 +579,10 @@ async fn failover(spec: &GroupSpec, uri: &AmqpUri, run_id: u64) -> Result<Failov
             continue;
         }
         // (partition, ms, member, first offset at the new owner, highest
-        // offset received when the kill was ordered).
+        // offset received before the kill). First offset <= highest: the
+        // new owner got some of the victim's messages again (unacked);
+        // highest + 1: it continued exactly; above that: offsets were
+        // skipped, which must not happen.
         let ms: Vec<(u32, f64, usize, i64, i64)> = f
             .resumed
             .iter()
@@ -596,6 +596,13 @@ async fn failover(spec: &GroupSpec, uri: &AmqpUri, run_id: u64) -> Result<Failov
                 )
             })
             .collect();
+        for (p, _, _, off, hwm) in &ms {
+            if *off > hwm + 1 {
+                errors.push(format!(
+                    "run {rep}: partition {p} resumed at offset {off}, but only up to {hwm} had been received: offsets skipped"
+                ));
+            }
+        }
         let worst = ms.iter().map(|x| x.1).fold(0.0, f64::max);
         all_ms.extend(ms.iter().map(|x| x.1));
         worst_ms.push(worst);
@@ -1037,6 +1044,11 @@ async fn member(
         let stream = read.reunite(write)?;
         let _ = stream.set_zero_linger();
         if let Some(f) = shared.failover.lock().as_mut() {
+            f.hwm_at_kill = shared
+                .hwm
+                .iter()
+                .map(|h| h.load(Ordering::Relaxed))
+                .collect();
             f.killed_at = Some(Instant::now());
         }
         drop(stream);
