@@ -524,6 +524,7 @@ impl Connection {
                 ));
                 self.channels
                     .insert(channel_id, Channel::new(channel_id, delivery));
+                self.info.channel_opened(channel_id);
                 self.ctx.output.method(
                     channel_id,
                     AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(
@@ -536,6 +537,7 @@ impl Connection {
                 let Some(mut channel) = self.channels.remove(&channel_id) else {
                     return Err(expected_open(class_id, method_id));
                 };
+                self.info.channel_closed(channel_id);
                 channel.flush_confirms(&self.ctx, self.synced_now());
                 channel.close(&mut self.ctx);
                 self.send_channel_close_ok(channel_id);
@@ -575,6 +577,7 @@ impl Connection {
             Err(error) if error.scope == ErrorScope::Channel => {
                 tracing::warn!(peer = %self.peer, channel = channel_id, %error, "closing channel");
                 if let Some(mut channel) = self.channels.remove(&channel_id) {
+                    self.info.channel_closed(channel_id);
                     channel.flush_confirms(&self.ctx, self.synced_now());
                     channel.close(&mut self.ctx);
                 }
