@@ -24,7 +24,7 @@
 use crate::client::{send_close, AmqpUri, Conn, ReadSide};
 use crate::publisher::Tracker;
 use crate::report::{thousands, Json, Table};
-use crate::stats::now_nanos;
+use crate::stats::{clock_ticks, cpu_percent, now_nanos, sample_proc};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass, BasicProperties};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use anyhow::{anyhow, bail, Context, Result};
@@ -59,6 +59,8 @@ pub struct GroupSpec {
     pub rate: f64,
     pub quiet: bool,
     pub keep: bool,
+    /// Broker process to sample (CPU % over each read phase).
+    pub broker_pid: Option<u32>,
 }
 
 /// Member commands.
@@ -77,6 +79,10 @@ struct Failover {
     hwm_at_kill: Vec<i64>,
     /// Partition -> (time from the kill, member that got it, its offset).
     resumed: BTreeMap<u32, (Duration, usize, i64)>,
+    /// Deliveries of the survivors' own partitions after the kill and
+    /// before the last moved partition resumed: shows whether the stream
+    /// as a whole kept flowing while the moved partitions waited.
+    others_meanwhile: u64,
 }
 
 /// State shared by the members of one group run.
@@ -367,6 +373,9 @@ async fn throughput(
     let (go_tx, go_rx) = watch::channel(false);
     let members = start_members(spec, uri, group, "first", m, &shared, &go_rx).await?;
     let mut errors = Vec::new();
+    let pid = spec.broker_pid.map(|p| p.to_string());
+    let cpu0 = pid.as_deref().and_then(sample_proc);
+    let tool0 = sample_proc("self");
     let start = Instant::now();
     let _ = go_tx.send(true);
     let mut last = (0, Instant::now());
@@ -408,6 +417,15 @@ async fn throughput(
     }
     let secs = done_at.unwrap_or_else(Instant::now).duration_since(start);
     let secs = secs.as_secs_f64();
+    let hz = clock_ticks();
+    let broker_cpu = match (cpu0, pid.as_deref().and_then(sample_proc)) {
+        (Some(a), Some(b)) => Some(cpu_percent(&a, &b, secs, hz)),
+        _ => None,
+    };
+    let tool_cpu = match (tool0, sample_proc("self")) {
+        (Some(a), Some(b)) => Some(cpu_percent(&a, &b, secs, hz)),
+        _ => None,
+    };
     let unique = shared.unique.load(Ordering::Relaxed);
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let per_member: Vec<(u64, Vec<u32>, Vec<u64>)> = members
@@ -435,6 +453,8 @@ async fn throughput(
         .with("deliveries", delivered)
         .with("redelivered", delivered - unique)
         .with("msg_per_sec", rate)
+        .with("broker_cpu_percent", broker_cpu)
+        .with("tool_cpu_percent", tool_cpu)
         .with(
             "per_member",
             per_member
@@ -457,13 +477,19 @@ async fn throughput(
         .iter()
         .map(|(d, a, _)| format!("{} {:?}", thousands(*d as f64), a))
         .collect();
-    let row = format!(
+    let mut row = format!(
         "{} msg/s ({} messages in {secs:.2} s, {} redelivered); per member: {}",
         thousands(rate),
         thousands(unique as f64),
         thousands((delivered - unique) as f64),
         split.join(", ")
     );
+    if let Some(c) = broker_cpu {
+        row += &format!("; broker CPU {c:.0}%");
+    }
+    if let Some(c) = tool_cpu {
+        row += &format!(", amqp-perf CPU {c:.0}%");
+    }
     Ok((json, (format!("{m} member(s)"), row)))
 }
 
@@ -547,6 +573,7 @@ async fn failover(spec: &GroupSpec, uri: &AmqpUri, run_id: u64) -> Result<Failov
             partitions: owned.clone(),
             hwm_at_kill: Vec::new(),
             resumed: BTreeMap::new(),
+            others_meanwhile: 0,
         });
         shared.armed.store(true, Ordering::Release);
         let _ = members[victim].cmd.send(KILL);
@@ -615,9 +642,10 @@ async fn failover(spec: &GroupSpec, uri: &AmqpUri, run_id: u64) -> Result<Failov
         rows.push((
             format!("failover run {rep}"),
             format!(
-                "killed member {victim} of {n} (owned {:?}): {}; then {:?}",
+                "killed member {victim} of {n} (owned {:?}): {}; {} deliveries of other partitions meanwhile; then {:?}",
                 owned,
                 desc.join(", "),
+                f.others_meanwhile,
                 assignments
                     .iter()
                     .enumerate()
@@ -648,7 +676,8 @@ async fn failover(spec: &GroupSpec, uri: &AmqpUri, run_id: u64) -> Result<Failov
                         })
                         .collect::<Vec<Json>>(),
                 )
-                .with("all_resumed_ms", worst),
+                .with("all_resumed_ms", worst)
+                .with("other_partitions_delivered_meanwhile", f.others_meanwhile),
         );
     }
     let _ = pub_stop_tx.send(true);
@@ -913,6 +942,12 @@ impl MemberState {
             let mut f = shared.failover.lock();
             if let Some(f) = f.as_mut() {
                 if let Some(at) = f.killed_at {
+                    if f.victim != self.id
+                        && !f.partitions.contains(&p)
+                        && f.resumed.len() < f.partitions.len()
+                    {
+                        f.others_meanwhile += 1;
+                    }
                     if f.victim != self.id
                         && f.partitions.contains(&p)
                         && !f.resumed.contains_key(&p)

@@ -286,6 +286,7 @@ fn group_spec(cli: &Cli) -> Result<group::GroupSpec> {
         rate: if cli.rate > 0.0 { cli.rate } else { 10_000.0 },
         quiet: cli.quiet,
         keep: cli.keep,
+        broker_pid: cli.broker_pid,
     })
 }
 
