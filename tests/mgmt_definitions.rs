@@ -111,7 +111,7 @@ fn put_policy(api: &Api, vhost: &str, name: &str, pattern: &str, definition: Val
         "priority": 1,
     }))
     .unwrap();
-    api.broker
+    api.broker()
         .vhost(vhost)
         .expect("vhost")
         .put_policy(record)

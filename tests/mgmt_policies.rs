@@ -84,7 +84,7 @@ async fn policies_are_managed_over_http_and_shape_queues() {
         json!({"error": "bad_request", "reason": "Validation failed\n\n&lt;&lt;\"abc\"&gt;&gt; is not a valid maximum length\n"})
     );
     // Only administrators and policymakers change policies.
-    api.broker
+    api.broker()
         .put_user(broker::broker::users::User::with_password(
             "watcher",
             "pw",
@@ -184,7 +184,7 @@ async fn consumer_groups_are_visible_in_the_api_and_metrics() {
     let (_, partition) = api.get("/queues/%2F/shop-0").await;
     assert_eq!(partition["type"], json!("stream"));
 
-    let text = broker::mgmt::metrics::render(&api.broker, true);
+    let text = broker::mgmt::metrics::render(api.broker(), true);
     assert!(text.contains(
         "broker_consumer_group_members{vhost=\"/\",super_stream=\"shop\",group=\"billing\"} 1"
     ));
@@ -196,59 +196,6 @@ async fn consumer_groups_are_visible_in_the_api_and_metrics() {
     assert_eq!(lags, 2);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The broker binary with its management API on a known port.
-struct Process {
-    child: std::process::Child,
-    amqp_port: u16,
-    base: String,
-}
-
-impl Process {
-    async fn start(dir: &std::path::Path) -> Process {
-        let (amqp_port, http_port) = (free_port(), free_port());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
-            .env("BROKER__AMQP__BIND", "127.0.0.1")
-            .env("BROKER__AMQP__PORT", amqp_port.to_string())
-            .env("BROKER__STORAGE__DATA_DIR", dir)
-            .env("BROKER__MANAGEMENT__BIND", "127.0.0.1")
-            .env("BROKER__MANAGEMENT__PORT", http_port.to_string())
-            .env("BROKER__PROMETHEUS__PORT", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start broker");
-        for _ in 0..200 {
-            let amqp = tokio::net::TcpStream::connect(("127.0.0.1", amqp_port)).await;
-            let http = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await;
-            if amqp.is_ok() && http.is_ok() {
-                return Process {
-                    child,
-                    amqp_port,
-                    base: format!("http://127.0.0.1:{http_port}/api"),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("broker did not start");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn policies_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +203,7 @@ async fn policies_survive_a_restart() {
     {
         let p = Process::start(dir.path()).await;
         let status = http
-            .put(format!("{}/policies/%2F/keep", p.base))
+            .put(format!("{}/policies/%2F/keep", p.api.base))
             .basic_auth("guest", Some("guest"))
             .header("content-type", "application/json")
             .body(json!({"pattern": "^kept$", "definition": {"max-length": 2}}).to_string())
@@ -268,7 +215,7 @@ async fn policies_survive_a_restart() {
     }
     let p = Process::start(dir.path()).await;
     let listed: Value = http
-        .get(format!("{}/policies/%2F", p.base))
+        .get(format!("{}/policies/%2F", p.api.base))
         .basic_auth("guest", Some("guest"))
         .send()
         .await

@@ -3,123 +3,18 @@
 //! the effect seen by real AMQP clients (lapin) logging in, and the changes
 //! surviving a restart of the broker binary.
 
+#[path = "mgmt_support/mod.rs"]
+mod mgmt_support;
+
 use base64::Engine;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
+use mgmt_support::{amqp_login, Api, Process};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-
-/// A broker with its management API, in process.
-struct Api {
-    amqp_port: u16,
-    base: String,
-    http: reqwest::Client,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Api {
-    async fn start() -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = broker::Config::default();
-        config.amqp.bind = "127.0.0.1".into();
-        config.amqp.port = 0;
-        config.storage.data_dir = dir.path().to_path_buf();
-        config.management.enabled = false;
-        config.prometheus.enabled = false;
-        let server = broker::Server::bind(config).await.expect("bind");
-        let amqp_port = server.local_addr().port();
-        let broker = server.broker.clone();
-        tokio::spawn(server.run(std::future::pending()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind http");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(broker::mgmt::serve(
-            broker,
-            listener,
-            std::future::pending(),
-        ));
-        Api {
-            amqp_port,
-            base: format!("http://{addr}/api"),
-            http: reqwest::Client::new(),
-            _dir: Some(dir),
-        }
-    }
-
-    async fn call_as(
-        &self,
-        (user, pass): (&str, &str),
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .basic_auth(user, Some(pass));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("http request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, json)
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.call_as(("guest", "guest"), method, path, body).await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, None).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn amqp(&self, user: &str, pass: &str, vhost: &str) -> Result<Connection, lapin::Error> {
-        amqp_login(self.amqp_port, user, pass, vhost).await
-    }
-}
-
-async fn amqp_login(
-    port: u16,
-    user: &str,
-    pass: &str,
-    vhost: &str,
-) -> Result<Connection, lapin::Error> {
-    let vhost: String = vhost
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    Connection::connect(
-        &format!("amqp://{user}:{pass}@127.0.0.1:{port}/{vhost}"),
-        ConnectionProperties::default(),
-    )
-    .await
-}
 
 fn bad_request(reply: &(StatusCode, Value), reason: &str) {
     assert_eq!(reply.0, StatusCode::BAD_REQUEST, "{reply:?}");
@@ -445,75 +340,6 @@ async fn vhosts_are_usable_at_once_and_deleting_one_clears_it() {
     assert_eq!(queues, json!([]));
     let (_, vhost) = api.get("/vhosts/orders").await;
     assert_eq!(vhost["description"], "");
-}
-
-/// The broker binary on a data dir with a known management port.
-struct Process {
-    amqp_port: u16,
-    api: Api,
-    child: std::process::Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-impl Process {
-    async fn start(data_dir: &std::path::Path) -> Process {
-        let (amqp_port, http_port) = (free_port(), free_port());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
-            .env("BROKER__AMQP__BIND", "127.0.0.1")
-            .env("BROKER__AMQP__PORT", amqp_port.to_string())
-            .env("BROKER__STORAGE__DATA_DIR", data_dir)
-            .env("BROKER__MANAGEMENT__BIND", "127.0.0.1")
-            .env("BROKER__MANAGEMENT__PORT", http_port.to_string())
-            .env("BROKER__PROMETHEUS__PORT", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start broker binary");
-        for _ in 0..200 {
-            let amqp = tokio::net::TcpStream::connect(("127.0.0.1", amqp_port)).await;
-            let http = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await;
-            if amqp.is_ok() && http.is_ok() {
-                return Process {
-                    amqp_port,
-                    api: Api {
-                        amqp_port,
-                        base: format!("http://127.0.0.1:{http_port}/api"),
-                        http: reqwest::Client::new(),
-                        _dir: None,
-                    },
-                    child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("broker did not start");
-    }
-
-    fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "broker exited with {status}");
-    }
-}
-
-/// A failing test must not leave its broker running.
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 #[tokio::test]

@@ -11,9 +11,10 @@ use std::time::Duration;
 pub struct Api {
     pub amqp_port: u16,
     pub base: String,
-    pub broker: Arc<broker::broker::Broker>,
+    /// The in-process broker (`None` for a broker binary: see `Process`).
+    in_process: Option<Arc<broker::broker::Broker>>,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Api {
@@ -43,10 +44,17 @@ impl Api {
         Api {
             amqp_port,
             base: format!("http://{addr}/api"),
-            broker,
+            in_process: Some(broker),
             http: reqwest::Client::new(),
-            _dir: dir,
+            _dir: Some(dir),
         }
+    }
+
+    /// The in-process broker, for tests that look inside it.
+    pub fn broker(&self) -> &Arc<broker::broker::Broker> {
+        self.in_process
+            .as_ref()
+            .expect("an in-process broker (Api::start)")
     }
 
     pub fn client(&self) -> rabbitmq_http_client::api::Client<String, &'static str, &'static str> {
@@ -101,27 +109,17 @@ impl Api {
         self.call(Method::PUT, path, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
     pub async fn amqp(
         &self,
         user: &str,
         pass: &str,
         vhost: &str,
     ) -> Result<Connection, lapin::Error> {
-        let vhost: String = vhost
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b == b'-' {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        Connection::connect(
-            &format!("amqp://{user}:{pass}@127.0.0.1:{}/{vhost}", self.amqp_port),
-            ConnectionProperties::default(),
-        )
-        .await
+        amqp_login(self.amqp_port, user, pass, vhost).await
     }
 
     pub async fn amqp_named(&self, name: &str) -> Connection {
@@ -147,4 +145,99 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("condition not met within {secs} s");
+}
+
+/// An AMQP login to `vhost` (percent-encoded into the URL).
+pub async fn amqp_login(
+    port: u16,
+    user: &str,
+    pass: &str,
+    vhost: &str,
+) -> Result<Connection, lapin::Error> {
+    let vhost: String = vhost
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    Connection::connect(
+        &format!("amqp://{user}:{pass}@127.0.0.1:{port}/{vhost}"),
+        ConnectionProperties::default(),
+    )
+    .await
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The broker binary on a data dir, with its management API on a known
+/// port, for restart tests. A failing test does not leave it running.
+pub struct Process {
+    pub amqp_port: u16,
+    pub api: Api,
+    child: std::process::Child,
+}
+
+impl Process {
+    pub async fn start(data_dir: &std::path::Path) -> Process {
+        let (amqp_port, http_port) = (free_port(), free_port());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .env("BROKER__AMQP__BIND", "127.0.0.1")
+            .env("BROKER__AMQP__PORT", amqp_port.to_string())
+            .env("BROKER__STORAGE__DATA_DIR", data_dir)
+            .env("BROKER__MANAGEMENT__BIND", "127.0.0.1")
+            .env("BROKER__MANAGEMENT__PORT", http_port.to_string())
+            .env("BROKER__PROMETHEUS__PORT", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start broker binary");
+        for _ in 0..200 {
+            let amqp = tokio::net::TcpStream::connect(("127.0.0.1", amqp_port)).await;
+            let http = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await;
+            if amqp.is_ok() && http.is_ok() {
+                return Process {
+                    amqp_port,
+                    api: Api {
+                        amqp_port,
+                        base: format!("http://127.0.0.1:{http_port}/api"),
+                        in_process: None,
+                        http: reqwest::Client::new(),
+                        _dir: None,
+                    },
+                    child,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("broker did not start");
+    }
+
+    /// SIGTERM, and the broker must exit cleanly.
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "broker exited with {status}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
