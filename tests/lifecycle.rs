@@ -13,26 +13,6 @@ fn int(v: i64) -> AMQPValue {
     AMQPValue::LongLongInt(v)
 }
 
-async fn declare(ch: &Channel, name: &str, args: FieldTable) {
-    ch.queue_declare(name.into(), Default::default(), args)
-        .await
-        .expect("declare");
-}
-
-async fn ready(ch: &Channel, name: &str) -> u32 {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
-}
-
 /// Polls `get` until a message arrives (for timer-driven events).
 async fn wait_get(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
     for _ in 0..100 {

@@ -15,26 +15,6 @@ fn int(v: i64) -> AMQPValue {
     AMQPValue::LongLongInt(v)
 }
 
-async fn declare(ch: &Channel, name: &str, args: FieldTable) {
-    ch.queue_declare(name.into(), Default::default(), args)
-        .await
-        .expect("declare");
-}
-
-async fn ready(ch: &Channel, name: &str) -> u32 {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
-}
-
 fn queue(broker: &TestBroker, name: &str) -> Arc<broker::broker::queue::Queue> {
     broker
         .broker

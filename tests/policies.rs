@@ -6,7 +6,6 @@ mod common;
 
 use broker::broker::policy::{ApplyTo, PolicyRecord};
 use common::*;
-use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::json;
@@ -30,26 +29,6 @@ fn set_policy(
     })
 }
 
-async fn declare(ch: &Channel, name: &str, args: FieldTable) {
-    ch.queue_declare(name.into(), QueueDeclareOptions::default(), args)
-        .await
-        .expect("declare");
-}
-
-async fn count(ch: &Channel, name: &str) -> u32 {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
-}
-
 async fn publish_n(ch: &Channel, queue: &str, n: usize) {
     for i in 0..n {
         publish(ch, "", queue, format!("m{i}").as_bytes()).await;
@@ -71,7 +50,7 @@ async fn max_length_from_a_policy_applies_at_once_and_the_lower_limit_wins() {
     for q in ["lim.a", "lim.b", "other"] {
         publish_n(&ch, q, 10).await;
     }
-    assert_eq!(count(&ch, "lim.b").await, 2);
+    assert_eq!(ready(&ch, "lim.b").await, 2);
     assert!(set_policy(
         &broker,
         "cap",
@@ -82,19 +61,19 @@ async fn max_length_from_a_policy_applies_at_once_and_the_lower_limit_wins() {
     )
     .unwrap());
     // Existing queues are trimmed from the head now.
-    assert_eq!(count(&ch, "lim.a").await, 5);
+    assert_eq!(ready(&ch, "lim.a").await, 5);
     assert_eq!(
-        count(&ch, "lim.b").await,
+        ready(&ch, "lim.b").await,
         2,
         "the declared 2 is lower than 5"
     );
-    assert_eq!(count(&ch, "other").await, 10, "pattern does not match");
+    assert_eq!(ready(&ch, "other").await, 10, "pattern does not match");
     let head = get(&ch, "lim.a").await.unwrap();
     assert_eq!(head.delivery.data, b"m5", "the oldest were dropped");
     // A queue declared later gets it too.
     declare(&ch, "lim.c", FieldTable::default()).await;
     publish_n(&ch, "lim.c", 8).await;
-    assert_eq!(count(&ch, "lim.c").await, 5);
+    assert_eq!(ready(&ch, "lim.c").await, 5);
     // Replaced (same name): not new; deleted: the declared limits are back.
     assert!(!set_policy(
         &broker,
@@ -106,10 +85,10 @@ async fn max_length_from_a_policy_applies_at_once_and_the_lower_limit_wins() {
     )
     .unwrap());
     publish_n(&ch, "lim.c", 8).await;
-    assert_eq!(count(&ch, "lim.c").await, 13);
+    assert_eq!(ready(&ch, "lim.c").await, 13);
     assert!(broker.broker.vhost("/").unwrap().delete_policy("cap"));
     publish_n(&ch, "lim.b", 3).await;
-    assert_eq!(count(&ch, "lim.b").await, 2);
+    assert_eq!(ready(&ch, "lim.b").await, 2);
 }
 
 #[tokio::test]
@@ -158,9 +137,9 @@ async fn message_ttl_and_dead_lettering_from_a_policy() {
     publish_n(&ch, "ttl.q", 3).await;
     publish_n(&ch, "ttl.own", 2).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(count(&ch, "ttl.q").await, 0);
-    assert_eq!(count(&ch, "dlq").await, 3, "expired into the policy's DLX");
-    assert_eq!(count(&ch, "dlq.declared").await, 2, "declared DLX wins");
+    assert_eq!(ready(&ch, "ttl.q").await, 0);
+    assert_eq!(ready(&ch, "dlq").await, 3, "expired into the policy's DLX");
+    assert_eq!(ready(&ch, "dlq.declared").await, 2, "declared DLX wins");
     let dead = get(&ch, "dlq").await.unwrap();
     let death = dead.delivery.properties.headers().as_ref().unwrap().inner()
         ["x-first-death-reason"]
@@ -268,7 +247,7 @@ async fn alternate_exchange_from_a_policy() {
     .unwrap();
     publish(&ch, "orders", "nobody", b"lost?").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(count(&ch, "unrouted").await, 1);
+    assert_eq!(ready(&ch, "unrouted").await, 1);
 }
 
 #[tokio::test]

@@ -148,6 +148,28 @@ pub async fn publish_with(
         .expect("publish");
 }
 
+/// queue.declare with default flags and `args`.
+pub async fn declare(ch: &Channel, name: &str, args: FieldTable) {
+    ch.queue_declare(name.into(), Default::default(), args)
+        .await
+        .expect("declare");
+}
+
+/// The ready message count of a queue (passive declare).
+pub async fn ready(ch: &Channel, name: &str) -> u32 {
+    ch.queue_declare(
+        name.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
+
 /// basic.get with manual ack off (auto-ack).
 pub async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
     ch.basic_get(
