@@ -959,11 +959,8 @@ impl VHost {
         let message = Arc::new(message);
         let mut refused = false;
         for queue in queues {
-            if let Some(stream) = queue.stream() {
-                // Every stream message is stored, persistent or not.
-                if !queue.is_deleted() {
-                    queue.counters.published.fetch_add(1, Ordering::Relaxed);
-                    let seq = stream.append(&message);
+            if queue.stream().is_some() {
+                if let Some(seq) = queue.append_to_stream(&message) {
                     log_seq = Some(log_seq.map_or(seq, |s: u64| s.max(seq)));
                 }
                 continue;

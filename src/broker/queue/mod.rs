@@ -193,6 +193,18 @@ impl Queue {
         }
     }
 
+    /// Appends a message to this stream queue (every stream message is
+    /// stored, persistent or not). Returns the log sequence a confirm waits
+    /// for; `None` for a classic or deleted queue.
+    pub fn append_to_stream(&self, message: &Message) -> Option<u64> {
+        let stream = self.stream.as_ref()?;
+        if self.is_deleted() {
+            return None;
+        }
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        Some(stream.append(message))
+    }
+
     /// A stream reader handed a message to a consumer.
     pub(crate) fn stream_delivered(&self, no_ack: bool) {
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -351,13 +363,10 @@ impl Queue {
 
     /// Appends a message and hands it on if a consumer has credit.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Accepted {
-        if let Some(stream) = &self.stream {
-            // VHost::deliver appends to streams itself (it needs the log
-            // sequence for confirms); this is for any other caller.
-            if !self.is_deleted() {
-                self.counters.published.fetch_add(1, Ordering::Relaxed);
-                stream.append(&message);
-            }
+        if self.stream.is_some() {
+            // VHost::deliver calls append_to_stream itself (it needs the
+            // log sequence for confirms); this is for any other caller.
+            self.append_to_stream(&message);
             return Accepted::Yes;
         }
         if self.is_deleted() {
