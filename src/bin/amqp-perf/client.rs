@@ -521,7 +521,38 @@ pub struct ReadSide {
     pub decoder: FrameDecoder,
 }
 
+/// The delivery tag of a method frame's payload if it is basic.deliver
+/// (consumer-tag shortstr, then the tag); a short one is an error.
+pub fn deliver_tag(payload: &[u8]) -> Result<Option<u64>> {
+    if payload.len() < 5 || payload[..4] != [0, 60, 0, 60] {
+        return Ok(None);
+    }
+    let at = 5 + payload[4] as usize;
+    match payload.get(at..at + 8) {
+        Some(t) => Ok(Some(u64::from_be_bytes(t.try_into()?))),
+        None => anyhow::bail!("short basic.deliver frame"),
+    }
+}
+
 impl ReadSide {
+    /// The type and payload size of the next complete frame in the buffer
+    /// (payload at `buf[7..7 + size]`); `None` when it is not all there yet,
+    /// after making room for it.
+    pub fn next_frame(&mut self) -> Option<(u8, usize)> {
+        if self.buf.len() < 7 {
+            return None;
+        }
+        let size =
+            u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize;
+        if self.buf.len() < 8 + size {
+            if self.buf.capacity() < 8 + size {
+                self.buf.reserve(8 + size - self.buf.len());
+            }
+            return None;
+        }
+        Some((self.buf[0], size))
+    }
+
     /// Reads more bytes (at least `chunk` of room is made); 0 means closed.
     pub async fn fill(&mut self, chunk: usize) -> Result<usize> {
         if self.buf.capacity() - self.buf.len() < chunk / 4 {

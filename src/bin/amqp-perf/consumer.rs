@@ -7,7 +7,7 @@
 //! straight from the frame envelope (the fields the tool needs are at fixed
 //! offsets) and hands anything else to the `FrameDecoder`.
 
-use crate::client::{send_close, AmqpUri, Conn, ReadSide};
+use crate::client::{deliver_tag, send_close, AmqpUri, Conn, ReadSide};
 use crate::stats::{now_nanos, Counters, Histogram};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
@@ -263,30 +263,18 @@ fn parse_fast(
     keep_tags: bool,
 ) -> Result<()> {
     loop {
-        let buf = &read.buf;
-        if buf.len() < 7 {
+        let Some((kind, size)) = read.next_frame() else {
             return Ok(());
-        }
-        let kind = buf[0];
-        let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-        if buf.len() < 8 + size {
-            if buf.capacity() < 8 + size {
-                read.buf.reserve(8 + size - buf.len());
-            }
-            return Ok(());
-        }
-        let payload = &buf[7..7 + size];
+        };
+        let payload = &read.buf[7..7 + size];
+        let delivered = if kind == FRAME_METHOD {
+            deliver_tag(payload)?
+        } else {
+            None
+        };
         match kind {
-            FRAME_METHOD if size >= 5 && payload[..4] == [0, 60, 0, 60] => {
-                // basic.deliver: consumer-tag (shortstr), delivery-tag (u64), ...
-                let tag_len = payload[4] as usize;
-                let at = 5 + tag_len;
-                if payload.len() < at + 8 {
-                    bail!("short basic.deliver frame");
-                }
-                let mut t = [0u8; 8];
-                t.copy_from_slice(&payload[at..at + 8]);
-                let tag = u64::from_be_bytes(t);
+            FRAME_METHOD if delivered.is_some() => {
+                let tag = delivered.unwrap_or_default();
                 st.deliver(tag);
                 if keep_tags {
                     st.single_tags.push(tag);
