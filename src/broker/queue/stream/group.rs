@@ -296,10 +296,26 @@ impl Group {
         let Some(vhost) = self.vhost.upgrade() else {
             return;
         };
-        let count = vhost.partitions(&self.super_stream).len() as u32;
+        let partitions = vhost.partitions(&self.super_stream);
+        let count = partitions.len() as u32;
         let mut st = self.state.lock();
         let new_owners = assign(count, &st.members, &st.owners);
         st.rebalances += 1;
+        // Where the group begins a partition it has no committed offset on
+        // is fixed now, at the consume, not when the reader task gets to
+        // run: messages published right after consume-ok are not skipped.
+        for (index, queue) in partitions.iter().enumerate() {
+            let index = index as u32;
+            if !new_owners.contains_key(&index) || st.began.contains_key(&index) {
+                continue;
+            }
+            if let Some(stream) = queue.stream() {
+                if stream.tracked_offset(&self.name).is_none() {
+                    let start = stream.start_offset(st.start.or(Some(OffsetSpec::Next)), None);
+                    st.began.insert(index, start);
+                }
+            }
+        }
         // Assignment headers first, so that readers started below carry it.
         for member in &st.members {
             let mine: Vec<u32> = new_owners
