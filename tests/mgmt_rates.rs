@@ -146,22 +146,39 @@ async fn rates_follow_publishing_consuming_and_acking() {
     drain.await.unwrap();
     wait_for_rate(&api, "/queues/%2F/rated", &ack, |r| r == 0.0).await;
 
-    // Chart data as RabbitMQ's UI asks for it: samples, newest first.
-    let (_, charted) = api
-        .get("/overview?msg_rates_age=60&msg_rates_incr=1&lengths_age=60&lengths_incr=1")
-        .await;
+    // Chart data as RabbitMQ's UI asks for it: samples, newest first, at
+    // whole seconds (each the latest sample taken at or before it), so the
+    // newest shows the total once a second boundary has passed after the
+    // last publish.
+    let mut newest = Value::Null;
+    let mut charted = Value::Null;
+    for _ in 0..60 {
+        (_, charted) = api
+            .get("/overview?msg_rates_age=60&msg_rates_incr=1&lengths_age=60&lengths_incr=1")
+            .await;
+        newest = charted["message_stats"]["publish_details"]["samples"][0]["sample"].clone();
+        if newest == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(newest, total);
     let publish = &charted["message_stats"]["publish_details"];
     let samples = publish["samples"].as_array().expect("samples");
-    assert!(!samples.is_empty(), "{publish}");
     let stamps: Vec<u64> = samples
         .iter()
         .map(|s| s["timestamp"].as_u64().unwrap())
         .collect();
     assert!(
-        stamps.windows(2).all(|w| w[0] > w[1]),
-        "newest first: {stamps:?}"
+        stamps.windows(2).all(|w| w[0] > w[1]) && stamps.iter().all(|t| t % 1000 == 0),
+        "newest first, at whole seconds: {stamps:?}"
     );
-    assert_eq!(samples[0]["sample"], total);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["sample"].as_u64().unwrap() <= total),
+        "{publish}"
+    );
     assert!(publish["avg_rate"].as_f64().unwrap() >= 0.0);
     assert!(charted["queue_totals"]["messages_details"]["samples"]
         .as_array()

@@ -272,12 +272,13 @@ async fn each_operation_needs_its_permission() {
             (REFUSED, "server-named".into()),
         ),
     ];
-    let conn = lapin::Connection::connect(&url, Default::default())
-        .await
-        .unwrap();
+    // Errors come through `error_of`: a probe sent after a refused publish
+    // may find the channel already closing, and the close's reason is then
+    // taken from the connection's events.
+    let conn = broker.connect_to(&url).await;
     for (case, probe, expected) in cases {
         let ch = conn.create_channel().await.unwrap();
-        let err = expect_amqp_error(probe(ch).await);
+        let err = broker.error_of(probe(ch).await).await;
         if expected.1 == "server-named" {
             assert_eq!(err.0, REFUSED, "{case}");
             assert!(

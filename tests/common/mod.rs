@@ -59,7 +59,13 @@ impl TestBroker {
     }
 
     pub async fn connect(&self) -> Connection {
-        let conn = Connection::connect(&self.url(), ConnectionProperties::default())
+        self.connect_to(&self.url()).await
+    }
+
+    /// A connection to `url` (another user or vhost) whose AMQP errors are
+    /// recorded for `error_of`.
+    pub async fn connect_to(&self, url: &str) -> Connection {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect");
         let mut events = conn.events_listener();
