@@ -22,6 +22,7 @@ mod overview;
 mod policies;
 mod queues;
 pub mod rates;
+mod ui;
 mod users;
 mod values;
 mod vhosts;
@@ -91,7 +92,8 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx);
     Router::new()
         .nest("/api", api)
-        .route("/", get(index))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .fallback(not_found)
 }
 
@@ -127,16 +129,6 @@ pub async fn serve_with_interval(
 
 async fn not_found() -> ApiError {
     ApiError::not_found()
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; charset=utf-8",
-        )],
-        "RabbitMQ-compatible management API: see /api/overview\n",
-    )
 }
 
 // ---- helpers shared by the resource files ----
