@@ -67,8 +67,199 @@ pub struct RecoveredMessage {
 
 #[derive(Default)]
 pub struct Recovered {
-    pub messages: Vec<RecoveredMessage>,
+    pub messages: RecoveredMessages,
     pub dropped_bytes: u64,
+}
+
+/// Where a live message's publish record is, and which queues still hold
+/// it: all that recovery keeps in memory per message, so that a restart
+/// with a backlog larger than memory does not hold every body at once.
+struct LiveRecord {
+    segment: u32,
+    offset: u64,
+    /// (index into `RecoveredMessages::queue_names`, delivered before the stop)
+    holders: Vec<(u32, bool)>,
+}
+
+/// The live messages of the log in id order, each read back from its
+/// segment only when asked for: queues take them one at a time and page
+/// what is beyond their memory bound as they go.
+#[derive(Default)]
+pub struct RecoveredMessages {
+    dir: PathBuf,
+    live: BTreeMap<u64, LiveRecord>,
+    /// Queue names, interned: one string per queue, not one per message.
+    queue_names: Vec<String>,
+    window: Option<Window>,
+}
+
+/// A run of one segment read with one `pread`, from which consecutive
+/// records are taken.
+struct Window {
+    segment: u32,
+    file: File,
+    start: u64,
+    data: Bytes,
+}
+
+/// Bytes read ahead at once while reading back.
+const READ_WINDOW: usize = 4 * 1024 * 1024;
+
+impl RecoveredMessages {
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The publish record at `offset` of `segment`, checked again.
+    fn read_record(&mut self, segment: u32, offset: u64) -> std::io::Result<Option<Bytes>> {
+        use std::os::unix::fs::FileExt;
+        let covered = self.window.as_ref().is_some_and(|w| {
+            w.segment == segment
+                && offset >= w.start
+                && offset + record::HEADER as u64 <= w.start + w.data.len() as u64
+        });
+        if !covered {
+            let file = match self.window.take() {
+                Some(w) if w.segment == segment => w.file,
+                _ => File::open(segment_path(&self.dir, segment))?,
+            };
+            let data = read_at_most(&file, offset, READ_WINDOW)?;
+            self.window = Some(Window {
+                segment,
+                file,
+                start: offset,
+                data,
+            });
+        }
+        let Some(w) = self.window.as_mut() else {
+            return Ok(None);
+        };
+        let pos = (offset - w.start) as usize;
+        if pos + record::HEADER > w.data.len() {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([
+            w.data[pos],
+            w.data[pos + 1],
+            w.data[pos + 2],
+            w.data[pos + 3],
+        ]) as usize;
+        if pos + record::HEADER + len > w.data.len() && len <= record::MAX_RECORD {
+            // A record longer than the rest of the window: read it whole.
+            let mut data = vec![0; record::HEADER + len];
+            w.file.read_exact_at(&mut data, offset)?;
+            w.start = offset;
+            w.data = Bytes::from(data);
+            return Ok(record::read(&w.data, 0).map(|(payload, _)| payload));
+        }
+        Ok(record::read(&w.data, pos).map(|(payload, _)| payload))
+    }
+}
+
+/// Up to `max` bytes of `file` from `offset` (fewer at its end).
+fn read_at_most(file: &File, offset: u64, max: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0; max];
+    let mut filled = 0;
+    while filled < max {
+        match file.read_at(&mut data[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    data.truncate(filled);
+    Ok(Bytes::from(data))
+}
+
+impl Iterator for RecoveredMessages {
+    type Item = RecoveredMessage;
+
+    fn next(&mut self) -> Option<RecoveredMessage> {
+        while let Some((id, live)) = self.live.pop_first() {
+            let payload = match self.read_record(live.segment, live.offset) {
+                Ok(Some(payload)) => payload,
+                Ok(None) => {
+                    tracing::error!(
+                        id,
+                        segment = live.segment,
+                        "stored message changed on disk since recovery began; skipped"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        id,
+                        segment = live.segment,
+                        "cannot read stored message back: {e}"
+                    );
+                    continue;
+                }
+            };
+            let Some(publish) = parse_publish(payload) else {
+                tracing::error!(
+                    id,
+                    segment = live.segment,
+                    "stored message unreadable on the second read; skipped"
+                );
+                continue;
+            };
+            let queues = live
+                .holders
+                .iter()
+                .map(|&(q, delivered)| (self.queue_names[q as usize].clone(), delivered))
+                .collect();
+            // Copies, so that a message kept in memory does not pin the
+            // whole read-ahead window.
+            return Some(RecoveredMessage {
+                id,
+                vhost: publish.vhost,
+                exchange: publish.exchange,
+                routing_key: publish.routing_key,
+                raw_properties: Bytes::copy_from_slice(&publish.raw_properties),
+                body: Bytes::copy_from_slice(&publish.body),
+                queues,
+            });
+        }
+        None
+    }
+}
+
+/// The fields of a publish record after its kind and id.
+struct Publish {
+    vhost: String,
+    queues: Vec<String>,
+    exchange: String,
+    routing_key: String,
+    raw_properties: Bytes,
+    body: Bytes,
+}
+
+fn parse_publish(payload: Bytes) -> Option<Publish> {
+    let mut r = Reader(payload);
+    if r.u8()? != record::PUBLISH {
+        return None;
+    }
+    r.u64()?;
+    let vhost = r.str()?;
+    let count = r.u16()?;
+    let mut queues = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        queues.push(r.str()?);
+    }
+    Some(Publish {
+        vhost,
+        queues,
+        exchange: r.str()?,
+        routing_key: r.str()?,
+        raw_properties: r.blob()?,
+        body: r.blob()?,
+    })
 }
 
 pub struct MessageLog {
@@ -348,23 +539,17 @@ fn recover(dir: &Path) -> anyhow::Result<(WriterState, Recovered, u64)> {
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
         .collect();
     numbers.sort_unstable();
-    let mut messages: BTreeMap<u64, (u32, RecoveredMessage)> = BTreeMap::new();
+    let mut index = LiveIndex::default();
     let mut recovered = Recovered::default();
-    let mut max_id = 0;
-    for (index, &n) in numbers.iter().enumerate() {
+    for (position, &n) in numbers.iter().enumerate() {
         let path = segment_path(dir, n);
-        let data = Bytes::from(
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
-        );
-        let mut pos = 0;
-        while let Some((payload, next)) = record::read(&data, pos) {
-            apply_record(n, payload, &mut messages, &mut max_id);
-            pos = next;
-        }
-        if pos < data.len() {
-            let dropped = (data.len() - pos) as u64;
+        let (pos, file_len) =
+            scan_segment(&path, |offset, payload| index.apply(n, offset, payload))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        if pos < file_len {
+            let dropped = file_len - pos;
             recovered.dropped_bytes += dropped;
-            if index + 1 == numbers.len() {
+            if position + 1 == numbers.len() {
                 tracing::warn!(
                     segment = n,
                     offset = pos,
@@ -386,9 +571,9 @@ fn recover(dir: &Path) -> anyhow::Result<(WriterState, Recovered, u64)> {
     }
     let mut segments: BTreeMap<u32, u64> = numbers.iter().map(|&n| (n, 0)).collect();
     let mut live = HashMap::new();
-    for (id, (segment, m)) in &messages {
-        *segments.entry(*segment).or_default() += m.queues.len() as u64;
-        live.insert(*id, (*segment, m.queues.len() as u32));
+    for (id, record) in &index.live {
+        *segments.entry(record.segment).or_default() += record.holders.len() as u64;
+        live.insert(*id, (record.segment, record.holders.len() as u32));
     }
     let segment = numbers.last().copied().unwrap_or(0);
     let file = open_segment(dir, segment)?;
@@ -403,69 +588,122 @@ fn recover(dir: &Path) -> anyhow::Result<(WriterState, Recovered, u64)> {
         segments,
     };
     state.reclaim();
-    recovered.messages = messages.into_values().map(|(_, m)| m).collect();
+    let max_id = index.max_id;
+    recovered.messages = RecoveredMessages {
+        dir: dir.to_path_buf(),
+        live: index.live,
+        queue_names: index.queue_names,
+        window: None,
+    };
     Ok((state, recovered, max_id + 1))
 }
 
-fn apply_record(
-    segment: u32,
-    payload: Bytes,
-    messages: &mut BTreeMap<u64, (u32, RecoveredMessage)>,
-    max_id: &mut u64,
-) {
-    let mut r = Reader(payload);
-    let parsed = (|| {
-        let kind = r.u8()?;
-        let id = r.u64()?;
-        *max_id = (*max_id).max(id);
-        match kind {
-            record::PUBLISH => {
-                let vhost = r.str()?;
-                let count = r.u16()?;
-                let mut queues = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    queues.push((r.str()?, false));
-                }
-                let exchange = r.str()?;
-                let routing_key = r.str()?;
-                let raw_properties = r.blob()?;
-                let body = r.blob()?;
-                messages.insert(
-                    id,
-                    (
-                        segment,
-                        RecoveredMessage {
-                            id,
-                            vhost,
-                            exchange,
-                            routing_key,
-                            raw_properties,
-                            body,
-                            queues,
-                        },
-                    ),
-                );
+/// Calls `each` with the offset and payload of every intact record of a
+/// segment, reading it a window at a time; returns where the readable part
+/// ends and the file's length.
+fn scan_segment(path: &Path, mut each: impl FnMut(u64, Bytes)) -> std::io::Result<(u64, u64)> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut start = 0;
+    let mut window = read_at_most(&file, 0, READ_WINDOW)?;
+    let mut pos = 0;
+    loop {
+        if let Some((payload, next)) = record::read(&window, pos) {
+            each(start + pos as u64, payload);
+            pos = next;
+            continue;
+        }
+        let at = start + pos as u64;
+        let need = match window.get(pos..pos + 4) {
+            Some(len) => {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                record::HEADER + len.min(record::MAX_RECORD)
             }
-            record::ACK | record::DELIVERED => {
-                let _vhost = r.str()?;
-                let queue = r.str()?;
-                if let Some((_, m)) = messages.get_mut(&id) {
-                    if kind == record::ACK {
-                        m.queues.retain(|(q, _)| *q != queue);
-                        if m.queues.is_empty() {
-                            messages.remove(&id);
+            None => record::HEADER,
+        };
+        let whole_record_seen = window.len() - pos >= need;
+        if (pos == 0 && whole_record_seen) || start + window.len() as u64 >= file_len {
+            // A bad record, or the end of the file: the readable log ends here.
+            return Ok((at, file_len));
+        }
+        // The record runs past the window: read on from it, enough to hold
+        // the whole record.
+        start = at;
+        window = read_at_most(&file, at, READ_WINDOW.max(need))?;
+        pos = 0;
+    }
+}
+
+/// What the first pass of recovery builds: the live messages' locations
+/// and holders, with queue names interned.
+#[derive(Default)]
+struct LiveIndex {
+    live: BTreeMap<u64, LiveRecord>,
+    queue_names: Vec<String>,
+    queue_ids: HashMap<String, u32>,
+    max_id: u64,
+}
+
+impl LiveIndex {
+    fn queue_id(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.queue_ids.get(&name) {
+            return id;
+        }
+        let id = self.queue_names.len() as u32;
+        self.queue_names.push(name.clone());
+        self.queue_ids.insert(name, id);
+        id
+    }
+
+    /// Applies the record at `offset` of `segment`.
+    fn apply(&mut self, segment: u32, offset: u64, payload: Bytes) {
+        let mut r = Reader(payload.clone());
+        let parsed = (|| {
+            let kind = r.u8()?;
+            let id = r.u64()?;
+            self.max_id = self.max_id.max(id);
+            match kind {
+                record::PUBLISH => {
+                    let publish = parse_publish(payload)?;
+                    let holders = publish
+                        .queues
+                        .into_iter()
+                        .map(|q| (self.queue_id(q), false))
+                        .collect();
+                    self.live.insert(
+                        id,
+                        LiveRecord {
+                            segment,
+                            offset,
+                            holders,
+                        },
+                    );
+                }
+                record::ACK | record::DELIVERED => {
+                    let _vhost = r.str()?;
+                    let queue = r.str()?;
+                    let Some(&queue) = self.queue_ids.get(&queue) else {
+                        return Some(());
+                    };
+                    if let Some(m) = self.live.get_mut(&id) {
+                        if kind == record::ACK {
+                            m.holders.retain(|(q, _)| *q != queue);
+                            if m.holders.is_empty() {
+                                self.live.remove(&id);
+                            }
+                        } else if let Some(entry) = m.holders.iter_mut().find(|(q, _)| *q == queue)
+                        {
+                            entry.1 = true;
                         }
-                    } else if let Some(entry) = m.queues.iter_mut().find(|(q, _)| *q == queue) {
-                        entry.1 = true;
                     }
                 }
+                _ => return None,
             }
-            _ => return None,
+            Some(())
+        })();
+        if parsed.is_none() {
+            tracing::warn!(segment, "skipping an unreadable record in the message log");
         }
-        Some(())
-    })();
-    if parsed.is_none() {
-        tracing::warn!(segment, "skipping an unreadable record in the message log");
     }
 }
 
@@ -488,7 +726,6 @@ mod tests {
         let (_log, recovered) = MessageLog::open(dir.path()).unwrap();
         let got: Vec<(String, Vec<(String, bool)>)> = recovered
             .messages
-            .iter()
             .map(|m| {
                 (
                     String::from_utf8(m.body.to_vec()).unwrap(),
@@ -520,8 +757,39 @@ mod tests {
         f.set_len(len - 3).unwrap();
         drop(f);
         let (_log, recovered) = MessageLog::open(dir.path()).unwrap();
-        assert_eq!(recovered.messages.len(), 1);
-        assert_eq!(&recovered.messages[0].body[..], b"kept");
         assert!(recovered.dropped_bytes > 0);
+        let bodies: Vec<Bytes> = recovered.messages.map(|m| m.body).collect();
+        assert_eq!(bodies, vec![Bytes::from_static(b"kept")]);
+    }
+
+    /// Records cross the read-ahead windows at every boundary, and one is
+    /// larger than a window: all come back, in order, with their holders.
+    #[tokio::test]
+    async fn recovery_reads_records_across_and_beyond_its_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; READ_WINDOW + 12345];
+        let body = |i: usize| format!("message {i} ").repeat(300).into_bytes();
+        {
+            let (log, _) = MessageLog::open(dir.path()).unwrap();
+            log.append("/", &["q"], "", "q", &[0, 0], &big);
+            for i in 0..4000 {
+                let (id, _) = log.append("/", &["q", "r"], "x", "k", &[0, 0], &body(i));
+                if i % 2 == 0 {
+                    log.remove(id, "/", "r");
+                }
+            }
+            log.sync().await;
+        }
+        let (_log, recovered) = MessageLog::open(dir.path()).unwrap();
+        assert_eq!(recovered.dropped_bytes, 0);
+        assert_eq!(recovered.messages.len(), 4001);
+        let mut messages = recovered.messages;
+        assert_eq!(messages.next().unwrap().body, big);
+        for (i, m) in messages.enumerate() {
+            assert_eq!(m.body, body(i), "message {i}");
+            let holders: Vec<&str> = m.queues.iter().map(|(q, _)| q.as_str()).collect();
+            let expected: &[&str] = if i % 2 == 0 { &["q"] } else { &["q", "r"] };
+            assert_eq!(holders, expected, "message {i}");
+        }
     }
 }
