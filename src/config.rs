@@ -133,6 +133,9 @@ pub struct ListenerConfig {
     pub enabled: bool,
     pub bind: String,
     pub port: u16,
+    /// HTTPS on this listener (`[management.tls]`, RabbitMQ's
+    /// `management.ssl.*`).
+    pub tls: HttpsConfig,
 }
 
 impl Default for ListenerConfig {
@@ -141,8 +144,22 @@ impl Default for ListenerConfig {
             enabled: true,
             bind: "0.0.0.0".into(),
             port: 0,
+            tls: HttpsConfig::default(),
         }
     }
+}
+
+/// HTTPS for an HTTP listener: when `enabled`, the listener speaks only
+/// HTTPS on its port. The files and checks are those of `[tls]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HttpsConfig {
+    pub enabled: bool,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub verify_peer: bool,
+    pub fail_if_no_peer_cert: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,19 +1,31 @@
+mod cli;
+
 use broker::{Config, Server};
 use clap::Parser;
 use std::path::PathBuf;
 
-/// An AMQP 0-9-1 message broker compatible with RabbitMQ clients.
+/// An AMQP 0-9-1 message broker compatible with RabbitMQ clients. Without
+/// a subcommand it runs the broker.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
     /// Configuration file (default: ./broker.toml if present).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<cli::Command>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    if let Some(command) = cli.command {
+        if let Err(message) = cli::run(command, &config) {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -24,26 +36,32 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Signal handlers before the listeners: a SIGTERM that arrives as
+        // soon as the ports accept still stops the broker cleanly.
+        let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?;
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+/// Resolves at SIGTERM or SIGINT; the handlers are installed at once.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

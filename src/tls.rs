@@ -1,17 +1,60 @@
-//! AMQPS: the TLS acceptor built from `[tls]` in the configuration.
+//! TLS acceptors: AMQPS from `[tls]`, and HTTPS for the management API
+//! and Prometheus from `[management.tls]` / `[prometheus.tls]`.
 //!
 //! Certificates and keys are read from PEM files at start; a bad file is a
 //! start-up error, not a connection error. The TLS handshake itself runs in
-//! the connection's own task under the handshake timeout, so a client that
-//! stalls or sends garbage only ever costs its own socket.
+//! the connection's own task under a timeout, so a client that stalls or
+//! sends garbage only ever costs its own socket.
 
-use crate::config::TlsConfig;
+use crate::config::{HttpsConfig, TlsConfig};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use tokio_rustls::TlsAcceptor;
+
+/// What an acceptor is built from, whichever section it comes from.
+pub struct CertificateSettings<'a> {
+    /// The configuration section, for error messages (`tls`, `management.tls`).
+    pub section: &'a str,
+    pub cert_file: &'a Path,
+    pub key_file: &'a Path,
+    pub ca_file: Option<&'a Path>,
+    pub verify_peer: bool,
+    pub fail_if_no_peer_cert: bool,
+    /// ALPN protocols offered (HTTP listeners: `http/1.1`).
+    pub alpn: &'a [&'a [u8]],
+}
+
+impl TlsConfig {
+    pub fn certificates(&self) -> CertificateSettings<'_> {
+        CertificateSettings {
+            section: "tls",
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            ca_file: self.ca_file.as_deref(),
+            verify_peer: self.verify_peer,
+            fail_if_no_peer_cert: self.fail_if_no_peer_cert,
+            alpn: &[],
+        }
+    }
+}
+
+impl HttpsConfig {
+    /// `section` names the table in messages (`management.tls`).
+    pub fn certificates<'a>(&'a self, section: &'a str) -> CertificateSettings<'a> {
+        CertificateSettings {
+            section,
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            ca_file: self.ca_file.as_deref(),
+            verify_peer: self.verify_peer,
+            fail_if_no_peer_cert: self.fail_if_no_peer_cert,
+            alpn: &[b"http/1.1"],
+        }
+    }
+}
 
 fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -23,33 +66,39 @@ fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// Builds the acceptor: server certificate and key, and, with
-/// `verify_peer`, client certificates checked against `ca_file`.
+/// The AMQPS acceptor.
 pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+    build_acceptor(&config.certificates())
+}
+
+/// Builds an acceptor: server certificate and key, and, with
+/// `verify_peer`, client certificates checked against `ca_file`.
+pub fn build_acceptor(settings: &CertificateSettings<'_>) -> anyhow::Result<TlsAcceptor> {
+    let section = settings.section;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = read_certs(&config.cert_file, "tls.cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| {
+    let certs = read_certs(settings.cert_file, &format!("{section}.cert_file"))?;
+    let key = PrivateKeyDer::from_pem_file(settings.key_file).map_err(|e| {
         anyhow::anyhow!(
-            "cannot read tls.key_file {}: {e}",
-            config.key_file.display()
+            "cannot read {section}.key_file {}: {e}",
+            settings.key_file.display()
         )
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?;
-    let builder = if config.verify_peer {
-        let Some(ca_file) = &config.ca_file else {
-            anyhow::bail!("tls.verify_peer needs tls.ca_file");
+    let builder = if settings.verify_peer {
+        let Some(ca_file) = settings.ca_file else {
+            anyhow::bail!("{section}.verify_peer needs {section}.ca_file");
         };
         let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certs(ca_file, "tls.ca_file")? {
+        for cert in read_certs(ca_file, &format!("{section}.ca_file"))? {
             roots
                 .add(cert)
                 .map_err(|e| anyhow::anyhow!("bad CA certificate in {}: {e}", ca_file.display()))?;
         }
         let mut verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-        if !config.fail_if_no_peer_cert {
+        if !settings.fail_if_no_peer_cert {
             verifier = verifier.allow_unauthenticated();
         }
         let verifier = verifier
@@ -59,8 +108,9 @@ pub fn acceptor(config: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
     } else {
         builder.with_no_client_auth()
     };
-    let server_config = builder
+    let mut server_config = builder
         .with_single_cert(certs, key)
         .map_err(|e| anyhow::anyhow!("TLS certificate and key do not fit: {e}"))?;
+    server_config.alpn_protocols = settings.alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(server_config)))
 }
