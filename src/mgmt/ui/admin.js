@@ -29,7 +29,7 @@ const AdminSections = {
     const list = h("div", { id: "user-list" });
     const add = form({ id: "user-add", class: "card grid" }, [
       field("Username", h("input", { name: "name", required: true })),
-      field("Password", h("input", { name: "password", type: "password" })),
+      field("Password", h("input", { name: "password", type: "password", autocomplete: "new-password" })),
       field("Tags", h("input", { name: "tags", placeholder: "administrator, management, monitoring, policymaker" })),
     ], "Add user", async (f) => {
       const name = f.elements.name.value;

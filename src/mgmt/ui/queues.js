@@ -230,10 +230,12 @@ function publishForm(id, vhost, exchange, fixedRoutingKey, after) {
 // Messages from get or browse, as cards.
 function showMessages(container, list, how) {
   if (!Array.isArray(list) || !list.length) {
-    fill(container, h("p", { class: "muted" }, "Queue is empty."));
+    fill(container, h("p", { class: "muted", "data-how": how }, "Queue is empty."));
     return;
   }
-  fill(container, list.map((msg, i) => h("div", { class: "card message", "data-how": how },
+  const what = how === "get" ? "Got" : "Browsed";
+  fill(container, h("h3", {}, `${what} ${list.length} message${list.length === 1 ? "" : "s"}`),
+    list.map((msg, i) => h("div", { class: "card message", "data-how": how },
     h("h4", {}, `Message ${i + 1}`),
     how === "get" ? h("p", { class: "muted" }, `The server reported ${msg.message_count} messages remaining.`) : null,
     h("dl", {},
@@ -243,4 +245,5 @@ function showMessages(container, list, how) {
       h("dt", {}, "Properties"), h("dd", {}, fmtJson(msg.properties)),
       h("dt", {}, "Payload"), h("dd", {}, `${msg.payload_bytes === undefined ? "" : `${msg.payload_bytes} bytes, `}encoding: ${msg.payload_encoding}`)),
     h("pre", { class: "payload" }, msg.payload))));
+  container.scrollIntoView({ block: "start", behavior: "smooth" });
 }
