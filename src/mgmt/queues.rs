@@ -1,6 +1,7 @@
 //! `/api/queues[/{vhost}[/{name}]]` (GET, PUT, DELETE),
-//! `/api/queues/{vhost}/{name}/get` and `/api/queues/{vhost}/{name}/contents`
-//! (DELETE purges).
+//! `/api/queues/{vhost}/{name}/get`, `/api/queues/{vhost}/{name}/contents`
+//! (DELETE purges) and, beyond RabbitMQ, `/api/queues/{vhost}/{name}/browse`
+//! (peek at ready messages without taking them).
 //!
 //! Not known to the broker, so shown as 0: unacknowledged and persistent
 //! message bytes, memory.
@@ -35,6 +36,7 @@ pub fn routes() -> Router<Ctx> {
             get(get_one).put(declare).delete(delete_queue),
         )
         .route("/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/queues/{vhost}/{name}/browse", post(browse))
         .route("/queues/{vhost}/{name}/contents", delete(purge))
 }
 
@@ -326,13 +328,7 @@ async fn get_messages(
     let vhost = caller.writable_vhost(&ctx, &vhost)?;
     let q: Arc<Queue> = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
     let body = json_body(&body)?;
-    let count = match body.get("count") {
-        None => 1,
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| ApiError::bad_request("count must be a non-negative integer"))?,
-    };
+    let count = count_field(&body, "count", 1)?;
     let mode = match string_field(&body, "ackmode")? {
         Some("ack_requeue_true") => AckMode::AckRequeue,
         Some("ack_requeue_false") => AckMode::Ack,
@@ -341,20 +337,7 @@ async fn get_messages(
         Some(other) => return Err(ApiError::bad_request(format!("invalid ackmode {other}"))),
         None => return Err(ApiError::bad_request("[{key_missing,ackmode}]")),
     };
-    let base64_only = match string_field(&body, "encoding")? {
-        None | Some("auto") => false,
-        Some("base64") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("invalid encoding {other}"))),
-    };
-    let truncate = match body.get("truncate") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .ok_or_else(|| ApiError::bad_request("truncate must be an integer"))?
-                as usize,
-        ),
-    };
+    let (base64_only, truncate) = output_options(&body)?;
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..count {
@@ -370,4 +353,94 @@ async fn get_messages(
         AckMode::Reject => q.rejected(taken),
     }
     Ok(Json(Value::Array(out)))
+}
+
+/// A non-negative integer field (a number or a numeric string, as
+/// RabbitMQ's UI sends them); `default` when absent.
+fn count_field(body: &Map<String, Value>, key: &str, default: u64) -> ApiResult<u64> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .ok_or_else(|| ApiError::bad_request(format!("{key} must be a non-negative integer"))),
+    }
+}
+
+/// `encoding` ("auto" or "base64": base64 only?) and `truncate` (bytes)
+/// of a get or browse request.
+fn output_options(body: &Map<String, Value>) -> ApiResult<(bool, Option<usize>)> {
+    let base64_only = match string_field(body, "encoding")? {
+        None | Some("auto") => false,
+        Some("base64") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("invalid encoding {other}"))),
+    };
+    let truncate = match body.get("truncate") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(_) => Some(usize::try_from(count_field(body, "truncate", 0)?).unwrap_or(usize::MAX)),
+    };
+    Ok((base64_only, truncate))
+}
+
+/// Browse a queue (beyond RabbitMQ): POST `{"count": N (default 1),
+/// "offset": K (default 0), "encoding": "auto"|"base64", "truncate": bytes}`
+/// → the ready messages at positions K..K+N from the head, shaped as
+/// `/get` answers them (`message_count`: ready messages behind each one).
+/// Nothing is removed, requeued, reordered or flagged redelivered; paged
+/// out messages are read from disk and stay there. Needs read permission.
+/// Stream queues answer 400: read them with a consumer and
+/// `x-stream-offset` instead.
+async fn browse(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    let q: Arc<Queue> = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    check_read_permission(&ctx, &caller, &vhost.name, &q)?;
+    let body = json_body(&body)?;
+    let count = count_field(&body, "count", 1)?;
+    let offset = count_field(&body, "offset", 0)?;
+    let (base64_only, truncate) = output_options(&body)?;
+    if q.stream().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "browse is not supported on stream {}: consume with x-stream-offset instead",
+            q.resource()
+        )));
+    }
+    let (count, offset) = (
+        usize::try_from(count).unwrap_or(usize::MAX),
+        usize::try_from(offset).unwrap_or(usize::MAX),
+    );
+    let (messages, ready) = q.browse(offset, count);
+    let out = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let behind = ready.saturating_sub(offset.saturating_add(i).saturating_add(1));
+            message_json(m, behind, base64_only, truncate)
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+/// Message contents are for users with read permission on the queue, as
+/// for basic.get: a permission entry for the vhost whose `read` pattern
+/// matches the queue name (tags alone, even monitoring, are not enough).
+fn check_read_permission(ctx: &Ctx, caller: &Caller, vhost: &str, q: &Queue) -> ApiResult<()> {
+    let users = ctx.broker.users.read();
+    let allowed = users.permission(&caller.name, vhost).is_some_and(|p| {
+        !p.read.is_empty() && regex::Regex::new(&p.read).is_ok_and(|re| re.is_match(&q.name))
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::not_authorized(format!(
+            "access to {} refused for user '{}'",
+            q.resource(),
+            caller.name
+        )))
+    }
 }

@@ -549,6 +549,21 @@ impl Queue {
         got
     }
 
+    /// Management's browse: copies of up to `count` ready messages from
+    /// position `offset` (0 = the head), and how many are ready in all.
+    /// Nothing is taken, reordered or flagged redelivered; expired head
+    /// messages go first, as for a get. Not for stream queues.
+    pub fn browse(self: &Arc<Self>, offset: usize, count: usize) -> (Vec<QueuedMessage>, usize) {
+        let mut dead = DeadLetters::new();
+        let browsed = {
+            let mut st = self.state.lock();
+            self.expire_head(&mut st, &mut dead);
+            (st.ready.peek(offset, count), st.ready.len())
+        };
+        self.dead_letter(dead);
+        browsed
+    }
+
     /// 403 when an exclusive consumer is in the way.
     pub fn check_consumer_allowed(&self, exclusive: bool) -> Result<(), AmqpError> {
         if self.stream.is_some() {

@@ -495,6 +495,19 @@ impl PageFile {
         self.read_exact(first.segment(), first.offset(), buf)
     }
 
+    /// A copy of a paged message, read without releasing its entry
+    /// (management's browse); `None` if it cannot be read.
+    pub fn peek(&self, entry: &Entry) -> Option<QueuedMessage> {
+        let mut buf = vec![0u8; entry.len as usize];
+        match self.read_exact(entry.segment(), entry.offset(), &mut buf) {
+            Ok(()) => decode(entry.seq, &buf),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read queue page file");
+                None
+            }
+        }
+    }
+
     /// The store id of a paged message, read from its record.
     pub fn store_id(&self, entry: &Entry) -> Option<u64> {
         let mut header = [0u8; RECORD_HEADER];

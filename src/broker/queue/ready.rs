@@ -233,6 +233,38 @@ impl Ready {
         self.pop_level(level)
     }
 
+    /// Copies of up to `count` ready messages from position `offset` on, in
+    /// delivery order, leaving the queue as it is: paged messages are read
+    /// from the page file and stay paged.
+    pub fn peek(&self, offset: usize, count: usize) -> Vec<QueuedMessage> {
+        let mut out = Vec::new();
+        let mut skip = offset;
+        for level in self.levels.iter().rev() {
+            let (head, paged) = (level.head.len(), level.paged.len());
+            let total = head + paged + level.tail.len();
+            if skip >= total {
+                skip -= total;
+                continue;
+            }
+            for i in skip..total {
+                if out.len() >= count {
+                    return out;
+                }
+                let message = if i < head {
+                    level.head.get(i).cloned()
+                } else if i < head + paged {
+                    let entry = &level.paged[i - head];
+                    self.pages.as_ref().and_then(|p| p.peek(entry))
+                } else {
+                    level.tail.get(i - head - paged).cloned()
+                };
+                out.extend(message);
+            }
+            skip = 0;
+        }
+        out
+    }
+
     /// Takes every message out: those in memory, and the store ids of the
     /// paged ones (which are not read back). The page file goes.
     pub fn drain(&mut self) -> Drained {
@@ -323,6 +355,30 @@ mod tests {
         assert_eq!(total, bytes);
         assert!(ready.is_empty());
         assert_eq!(ready.bytes(), 0);
+    }
+
+    #[test]
+    fn peek_reads_paged_messages_without_taking_them() {
+        let mut ready = Ready::with_limits(Some(1), small());
+        for seq in 0..100 {
+            ready.push_back(message(seq, Some((seq >= 90) as u8), None));
+        }
+        assert!(ready.paged_len() > 0);
+        let seqs = |v: Vec<QueuedMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        // Priority 1 first (90..100), then priority 0 in order.
+        assert_eq!(
+            seqs(ready.peek(0, 12)),
+            [90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 0, 1]
+        );
+        assert_eq!(seqs(ready.peek(50, 3)), [40, 41, 42]);
+        let last = ready.peek(99, 10);
+        assert_eq!(seqs(last.clone()), [89]);
+        assert_eq!(last[0].message.routing_key, "key89");
+        assert!(ready.peek(100, 5).is_empty());
+        assert_eq!(ready.len(), 100);
+        let order: Vec<u64> = std::iter::from_fn(|| ready.pop_front().map(|m| m.seq)).collect();
+        assert_eq!(order.len(), 100);
+        assert_eq!(order[10..], (0..90).collect::<Vec<_>>());
     }
 
     #[test]
