@@ -66,8 +66,9 @@ class UiBroker(BrokerProcess):
         raise RuntimeError(f"no management listener in the log:\n{self.log_tail()}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ui_broker():
+    """A fresh broker per test, so that counts and charts start at zero."""
     workdir = Path(tempfile.mkdtemp(prefix="broker-ui-"))
     bp = UiBroker(_broker_binary(), _find_free_port(), workdir)
     bp.start()

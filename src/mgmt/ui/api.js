@@ -48,7 +48,10 @@ const Api = (() => {
       }
     }
     if (!response.ok) {
-      if (response.status === 401 && path !== "/whoami") Api.onUnauthorized();
+      // 401 also answers "not allowed" (a monitoring user changing
+      // something); only a failed login means the credentials are gone.
+      const loginFailed = !data || data.reason === "Login failed";
+      if (response.status === 401 && loginFailed && path !== "/whoami") Api.onUnauthorized();
       throw new ApiError(response.status, data);
     }
     return data;

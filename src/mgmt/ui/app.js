@@ -56,7 +56,10 @@ const App = {
       const me = await Api.get("/whoami");
       document.getElementById("whoami").textContent = `${me.name} (${[].concat(me.tags || []).join(", ")})`;
     } catch (e) {
-      return; // onUnauthorized has shown the login form
+      // Stored credentials that no longer work (e.g. a changed password).
+      Api.logout();
+      this.showLogin(e.message);
+      return;
     }
     this.route();
   },
