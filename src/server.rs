@@ -207,5 +207,5 @@ async fn serve_tls(
             return;
         }
     };
-    crate::connection::serve_stream(stream, peer, local, broker, limits, shutdown).await;
+    crate::connection::serve_tls_stream(stream, peer, local, broker, limits, shutdown).await;
 }

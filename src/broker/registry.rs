@@ -4,7 +4,7 @@
 
 use crate::protocol::FieldTable;
 use dashmap::DashMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +34,43 @@ pub struct ConnectionInfo {
     /// Open channel numbers, if the connection layer reports them with
     /// `channel_opened`/`channel_closed` (None until it does).
     channel_numbers: parking_lot::Mutex<Option<BTreeSet<u16>>>,
+    /// Message counters of the open channels (by number).
+    channel_stats: parking_lot::Mutex<HashMap<u16, Arc<ChannelStats>>>,
+    /// The TLS session, for an AMQPS connection (set once, before the
+    /// connection is registered).
+    pub tls: std::sync::OnceLock<TlsInfo>,
+}
+
+/// What management reports of an AMQPS connection's TLS session.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// RabbitMQ's spelling: `tlsv1.3`, `tlsv1.2`.
+    pub protocol: String,
+    /// The negotiated suite as rustls names it (`TLS13_AES_256_GCM_SHA384`).
+    pub cipher_suite: String,
+    /// The client's certificate (DER), if it sent one.
+    pub peer_certificate: Option<Vec<u8>>,
+}
+
+/// Message counters of one channel, as RabbitMQ's channel `message_stats`.
+/// Relaxed atomics: the connection task and the queues delivering to the
+/// channel bump them without a lock; management reads them.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    pub publish: AtomicU64,
+    pub confirm: AtomicU64,
+    pub return_unroutable: AtomicU64,
+    pub drop_unroutable: AtomicU64,
+    pub deliver: AtomicU64,
+    pub deliver_no_ack: AtomicU64,
+    pub get: AtomicU64,
+    pub get_no_ack: AtomicU64,
+    pub get_empty: AtomicU64,
+    pub redeliver: AtomicU64,
+    pub ack: AtomicU64,
+    /// Whether the channel is in confirm mode / transactional.
+    pub confirm_mode: AtomicBool,
+    pub transactional: AtomicBool,
 }
 
 impl ConnectionInfo {
@@ -71,15 +108,21 @@ impl ConnectionInfo {
             close_notify: Notify::new(),
             close_reason: parking_lot::Mutex::new(String::new()),
             channel_numbers: parking_lot::Mutex::new(None),
+            channel_stats: parking_lot::Mutex::new(HashMap::new()),
+            tls: std::sync::OnceLock::new(),
         }
     }
 
-    /// Records an opened channel (called on channel.open, not per message).
-    pub fn channel_opened(&self, number: u16) {
+    /// Records an opened channel (called on channel.open, not per message);
+    /// returns the counters the channel is to keep current.
+    pub fn channel_opened(&self, number: u16) -> Arc<ChannelStats> {
         let mut numbers = self.channel_numbers.lock();
         let set = numbers.get_or_insert_with(BTreeSet::new);
         set.insert(number);
         self.channels.store(set.len(), Ordering::Relaxed);
+        let stats = Arc::new(ChannelStats::default());
+        self.channel_stats.lock().insert(number, stats.clone());
+        stats
     }
 
     /// Records a closed channel.
@@ -88,6 +131,12 @@ impl ConnectionInfo {
         let set = numbers.get_or_insert_with(BTreeSet::new);
         set.remove(&number);
         self.channels.store(set.len(), Ordering::Relaxed);
+        self.channel_stats.lock().remove(&number);
+    }
+
+    /// The message counters of an open channel.
+    pub fn channel_stats(&self, number: u16) -> Option<Arc<ChannelStats>> {
+        self.channel_stats.lock().get(&number).cloned()
     }
 
     /// The open channel numbers, if the connection layer reports them.

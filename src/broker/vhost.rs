@@ -37,6 +37,8 @@ pub struct VHost {
     reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Consumer groups on this vhost's partitioned streams.
     pub groups: ConsumerGroups,
+    /// Message stats of the default exchange (it has no `Exchange`).
+    pub default_exchange_stats: crate::broker::exchange::ExchangeStats,
     policies: RwLock<Vec<Arc<Policy>>>,
     /// `limits.vhosts."<name>".max_queues`; -1 = no limit.
     max_queues: std::sync::atomic::AtomicI64,
@@ -121,6 +123,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             reply_queues: RwLock::new(HashMap::new()),
             groups: ConsumerGroups::default(),
+            default_exchange_stats: Default::default(),
             policies: RwLock::new(Vec::new()),
             max_queues: std::sync::atomic::AtomicI64::new(-1),
         };

@@ -21,6 +21,7 @@ use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// What to do with acks inside a transaction.
@@ -235,6 +236,7 @@ impl Channel {
                     ));
                 }
                 self.confirm = true;
+                self.delivery.stats.confirm_mode.store(true, Relaxed);
                 Ok(
                     (!m.nowait).then_some(C::Confirm(confirm::AMQPMethod::SelectOk(
                         confirm::SelectOk {},
@@ -248,6 +250,7 @@ impl Channel {
                     ));
                 }
                 self.tx.get_or_insert_with(Transaction::default);
+                self.delivery.stats.transactional.store(true, Relaxed);
                 ok(C::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})))
             }
             C::Tx(tx::AMQPMethod::Commit(_)) => {
@@ -425,6 +428,7 @@ impl Channel {
             body,
         } = message;
         let publish_seq = self.current_publish.take();
+        self.count(&self.delivery.stats.publish, 1);
         let exchange_name = publish.exchange.as_str();
         let routing_key = publish.routing_key.as_str();
         // CC and BCC add routing keys; BCC is removed before delivery.
@@ -456,11 +460,16 @@ impl Channel {
         let mut keys: Vec<&str> = vec![routing_key];
         keys.extend(extra_keys.iter().map(String::as_str));
         let queues: Vec<Arc<Queue>> = if exchange_name.is_empty() {
-            ctx.vhost.route_by_name("", &keys, None)
+            let queues = ctx.vhost.route_by_name("", &keys, None);
+            let stats = &ctx.vhost.default_exchange_stats;
+            stats.published_in();
+            stats.routed_out(queues.len());
+            queues
         } else {
             let Some(exchange) = ctx.vhost.exchange(exchange_name) else {
                 return;
             };
+            exchange.stats.published_in();
             if exchange.is_duplicate(&message) {
                 // A repeat of a recent deduplication key: accepted, not routed.
                 self.confirm_later(publish_seq, false, None);
@@ -471,10 +480,21 @@ impl Channel {
                 self.confirm_later(publish_seq, false, log_seq);
                 return;
             }
-            ctx.vhost
-                .route(&exchange, &keys, message.properties.headers().as_ref())
+            let queues = ctx
+                .vhost
+                .route(&exchange, &keys, message.properties.headers().as_ref());
+            exchange.stats.routed_out(queues.len());
+            queues
         };
         let (refused, log_seq, message) = ctx.vhost.deliver(message, &queues);
+        if queues.is_empty() {
+            let unroutable = if publish.mandatory {
+                &self.delivery.stats.return_unroutable
+            } else {
+                &self.delivery.stats.drop_unroutable
+            };
+            self.count(unroutable, 1);
+        }
         if queues.is_empty() && publish.mandatory {
             ctx.output.send(super::output::Outbound::Return {
                 channel: self.id,
@@ -484,6 +504,11 @@ impl Channel {
             });
         }
         self.confirm_later(publish_seq, refused, log_seq);
+    }
+
+    /// Bumps one of this channel's message counters (management stats).
+    fn count(&self, counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records how publish `seq` (confirm mode) is to be confirmed: nacked
@@ -509,7 +534,13 @@ impl Channel {
         if !self.confirm {
             return;
         }
-        for confirm in self.confirms.flush(synced) {
+        let confirmed_before = self.confirms.confirmed();
+        let due = self.confirms.flush(synced);
+        self.count(
+            &self.delivery.stats.confirm,
+            self.confirms.confirmed() - confirmed_before,
+        );
+        for confirm in due {
             let method = match confirm {
                 Confirm::Ack { tag, multiple } => basic::AMQPMethod::Ack(basic::Ack {
                     delivery_tag: tag,
@@ -892,9 +923,12 @@ impl Channel {
                     .deliver_get(&queue, message, remaining, m.no_ack);
                 Ok(None)
             }
-            None => ok(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
-                basic::GetEmpty {},
-            ))),
+            None => {
+                self.count(&self.delivery.stats.get_empty, 1);
+                ok(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                    basic::GetEmpty {},
+                )))
+            }
         }
     }
 
@@ -917,6 +951,7 @@ impl Channel {
             return Ok(());
         }
         let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
+        self.count(&self.delivery.stats.ack, taken.len() as u64);
         settle(taken, Settle::Ack);
         self.after_credit_returned(ctx);
         Ok(())
@@ -979,7 +1014,12 @@ impl Channel {
                 } => (tag, multiple, Settle::nack(requeue)),
             };
             match self.delivery.take(tag, multiple) {
-                Ok(taken) => settle(taken, how),
+                Ok(taken) => {
+                    if matches!(how, Settle::Ack) {
+                        self.count(&self.delivery.stats.ack, taken.len() as u64);
+                    }
+                    settle(taken, how)
+                }
                 Err(tag) => {
                     first_error.get_or_insert(unknown_tag(tag));
                 }

@@ -39,6 +39,11 @@ impl Confirms {
         self.nacks.push_back(publish);
     }
 
+    /// How many publishes have been acked or nacked so far.
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed
+    }
+
     pub fn waiting_for_log(&self) -> bool {
         !self.waiting.is_empty()
     }

@@ -5,11 +5,12 @@
 
 use super::output::{Outbound, Output};
 use crate::broker::queue::{Consumer, Credit, DeliverySink, Queue, QueuedMessage};
+use crate::broker::registry::ChannelStats;
 use amq_protocol::protocol::basic::{AMQPMethod, Cancel};
 use amq_protocol::protocol::AMQPClass;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 pub struct Unacked {
@@ -34,10 +35,18 @@ pub struct ChannelDelivery {
     cancel_notify: bool,
     closed: AtomicBool,
     consumer_tags: Mutex<Vec<Arc<str>>>,
+    /// This channel's message counters (management's channel stats).
+    pub stats: Arc<ChannelStats>,
 }
 
 impl ChannelDelivery {
-    pub fn new(connection_id: u64, channel: u16, output: Arc<Output>, cancel_notify: bool) -> Self {
+    pub fn new(
+        connection_id: u64,
+        channel: u16,
+        output: Arc<Output>,
+        cancel_notify: bool,
+        stats: Arc<ChannelStats>,
+    ) -> Self {
         ChannelDelivery {
             key: (connection_id, channel),
             output,
@@ -50,6 +59,7 @@ impl ChannelDelivery {
             cancel_notify,
             closed: AtomicBool::new(false),
             consumer_tags: Mutex::new(Vec::new()),
+            stats,
         }
     }
 
@@ -89,6 +99,7 @@ impl ChannelDelivery {
         let delivery_tag = tags.next;
         tags.next += 1;
         let (redelivered, body) = (message.redelivered, message.message.clone());
+        self.count_delivery(no_ack, redelivered, &self.stats.get, &self.stats.get_no_ack);
         if !no_ack {
             tags.unacked.insert(
                 delivery_tag,
@@ -107,6 +118,20 @@ impl ChannelDelivery {
             message_count: remaining.min(u32::MAX as usize) as u32,
             message: body,
         });
+    }
+
+    fn count_delivery(
+        &self,
+        no_ack: bool,
+        redelivered: bool,
+        with_ack: &AtomicU64,
+        without_ack: &AtomicU64,
+    ) {
+        let counter = if no_ack { without_ack } else { with_ack };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if redelivered {
+            self.stats.redeliver.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Takes the unacked entries an ack/nack/reject names: one tag, or with
@@ -177,6 +202,12 @@ impl DeliverySink for ChannelDelivery {
         let delivery_tag = tags.next;
         tags.next += 1;
         let (redelivered, body) = (message.redelivered, message.message.clone());
+        self.count_delivery(
+            consumer.no_ack,
+            redelivered,
+            &self.stats.deliver,
+            &self.stats.deliver_no_ack,
+        );
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
             self.unacked_count.fetch_add(1, Ordering::Relaxed);

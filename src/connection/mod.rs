@@ -12,7 +12,7 @@ mod publish;
 mod reader;
 
 use crate::broker::queue::Queue;
-use crate::broker::registry::ConnectionInfo;
+use crate::broker::registry::{ConnectionInfo, TlsInfo};
 use crate::broker::vhost::VHost;
 use crate::broker::Broker;
 use crate::protocol::text::short;
@@ -86,6 +86,7 @@ pub async fn serve(
         broker,
         limits,
         shutdown,
+        None,
     )
     .await
 }
@@ -112,10 +113,55 @@ pub async fn serve_stream<S>(
         broker,
         limits,
         shutdown,
+        None,
     )
     .await
 }
 
+/// Serves an AMQPS client whose TLS handshake is done; management shows
+/// the session's protocol, cipher and client certificate.
+pub async fn serve_tls_stream(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Arc<Broker>,
+    limits: Arc<limits::ConnectionLimits>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let session = stream.get_ref().1;
+    let tls = TlsInfo {
+        protocol: session
+            .protocol_version()
+            .map(|v| match v {
+                tokio_rustls::rustls::ProtocolVersion::TLSv1_3 => "tlsv1.3".to_string(),
+                tokio_rustls::rustls::ProtocolVersion::TLSv1_2 => "tlsv1.2".to_string(),
+                other => format!("{other:?}").to_lowercase(),
+            })
+            .unwrap_or_default(),
+        cipher_suite: session
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        peer_certificate: session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|c| c.to_vec()),
+    };
+    let (read_half, write_half) = tokio::io::split(stream);
+    serve_halves(
+        Box::new(read_half),
+        write_half,
+        peer,
+        local,
+        broker,
+        limits,
+        shutdown,
+        Some(tls),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
     read_half: Box<dyn AsyncRead + Unpin + Send>,
     write_half: W,
@@ -124,6 +170,7 @@ async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
     broker: Arc<Broker>,
     limits: Arc<limits::ConnectionLimits>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsInfo>,
 ) {
     let config = broker.config.amqp.clone();
     let mut reader = Reader::new(read_half, config.frame_max);
@@ -181,6 +228,9 @@ async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
         negotiated.frame_max,
         negotiated.heartbeat,
     ));
+    if let Some(tls) = tls {
+        let _ = info.tls.set(tls);
+    }
     broker.registry.add(info.clone());
     tracing::info!(%peer, id, user = negotiated.user, vhost = negotiated.vhost, "connection opened");
 
@@ -516,15 +566,16 @@ impl Connection {
                     ))
                     .on(20, 10));
                 }
+                let stats = self.info.channel_opened(channel_id);
                 let delivery = Arc::new(ChannelDelivery::new(
                     self.ctx.id,
                     channel_id,
                     self.ctx.output.clone(),
                     self.cancel_notify,
+                    stats,
                 ));
                 self.channels
                     .insert(channel_id, Channel::new(channel_id, delivery));
-                self.info.channel_opened(channel_id);
                 self.ctx.output.method(
                     channel_id,
                     AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(

@@ -4,10 +4,10 @@
 //! others their own.
 //!
 //! What is known of a channel here: its number and connection, its
-//! consumers (count, per-consumer prefetch, unacked deliveries). Confirm
-//! and transaction mode and per-channel message counters live in the
-//! connection task and are not reported yet (`confirm`/`transactional`
-//! false, `message_stats` zero). Channel numbers come from the connection
+//! consumers (count, per-consumer prefetch, unacked deliveries), its
+//! confirm/transaction mode and message counters (kept by the connection
+//! as relaxed atomics in the registry; rates from the sampler for
+//! publish, confirm, deliver_get, ack and redeliver). Channel numbers come from the connection
 //! registry when the connection layer reports them; until then they are
 //! the channels that have consumers, completed with the lowest free
 //! numbers up to the connection's channel count (clients number channels
@@ -17,15 +17,16 @@ use super::auth::Caller;
 use super::connections::{find, visible};
 use super::consumers::{channel_name, consumer_json, consumers, Found};
 use super::error::{ApiError, ApiResult};
-use super::{list, put_count, Ctx};
-use crate::broker::registry::ConnectionInfo;
+use super::rates::{channel_counts, CHANNEL_COUNTERS};
+use super::{list, put_count, put_rate, Ctx};
+use crate::broker::registry::{ChannelStats, ConnectionInfo};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub fn routes() -> Router<Ctx> {
@@ -36,24 +37,27 @@ pub fn routes() -> Router<Ctx> {
         .route("/connections/{name}/channels", get(list_on_connection))
 }
 
-/// Message counters of a channel, all zero (see the module comment).
-fn message_stats() -> Value {
+/// A channel's `message_stats`, as RabbitMQ names them; all zero when
+/// the connection does not report its channels.
+fn message_stats(ctx: &Ctx, c: &ConnectionInfo, number: u16) -> Value {
+    let stats = c.channel_stats(number).unwrap_or_default();
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut obj = Map::new();
-    for key in [
-        "ack",
-        "confirm",
-        "deliver",
-        "deliver_get",
-        "deliver_no_ack",
-        "drop_unroutable",
-        "get",
-        "get_empty",
-        "get_no_ack",
-        "publish",
-        "redeliver",
-        "return_unroutable",
+    let rates = ctx.rates.channel(c.id, number);
+    let counts = channel_counts(&stats);
+    for ((key, count), rate) in CHANNEL_COUNTERS.iter().zip(counts).zip(rates) {
+        put_rate(&mut obj, key, count, rate);
+    }
+    for (key, counter) in [
+        ("deliver", &stats.deliver),
+        ("deliver_no_ack", &stats.deliver_no_ack),
+        ("get", &stats.get),
+        ("get_no_ack", &stats.get_no_ack),
+        ("get_empty", &stats.get_empty),
+        ("return_unroutable", &stats.return_unroutable),
+        ("drop_unroutable", &stats.drop_unroutable),
     ] {
-        put_count(&mut obj, key, 0);
+        put_count(&mut obj, key, load(counter));
     }
     Value::Object(obj)
 }
@@ -113,14 +117,20 @@ fn channel_json(
     obj.insert("consumer_count".into(), json!(mine.len()));
     obj.insert("prefetch_count".into(), json!(prefetch));
     obj.insert("global_prefetch_count".into(), json!(0));
-    obj.insert("confirm".into(), json!(false));
-    obj.insert("transactional".into(), json!(false));
+    let stats = c.channel_stats(number);
+    let mode = |f: fn(&ChannelStats) -> &AtomicBool| {
+        stats
+            .as_deref()
+            .is_some_and(|s| f(s).load(Ordering::Relaxed))
+    };
+    obj.insert("confirm".into(), json!(mode(|s| &s.confirm_mode)));
+    obj.insert("transactional".into(), json!(mode(|s| &s.transactional)));
     obj.insert("messages_unacknowledged".into(), json!(unacked));
     obj.insert("messages_unconfirmed".into(), json!(0));
     obj.insert("messages_uncommitted".into(), json!(0));
     obj.insert("acks_uncommitted".into(), json!(0));
     obj.insert("pending_raft_commands".into(), json!(0));
-    obj.insert("message_stats".into(), message_stats());
+    obj.insert("message_stats".into(), message_stats(ctx, c, number));
     obj.insert("reductions".into(), json!(0));
     obj.insert("reductions_details".into(), json!({"rate": 0.0}));
     obj.insert("garbage_collection".into(), json!({}));

@@ -4,6 +4,7 @@
 //! see every connection, others only their own, as in RabbitMQ.
 
 use super::auth::Caller;
+use super::certificate;
 use super::error::{ApiError, ApiResult};
 use super::values::table_to_json;
 use super::{list, no_content, put_rate, Ctx};
@@ -40,18 +41,7 @@ pub(crate) fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
     obj.insert("port".into(), json!(c.local.port()));
     obj.insert("peer_host".into(), json!(c.peer.ip().to_string()));
     obj.insert("peer_port".into(), json!(c.peer.port()));
-    obj.insert("ssl".into(), json!(false));
-    for key in [
-        "ssl_protocol",
-        "ssl_key_exchange",
-        "ssl_cipher",
-        "ssl_hash",
-        "peer_cert_subject",
-        "peer_cert_issuer",
-        "peer_cert_validity",
-    ] {
-        obj.insert(key.into(), Value::Null);
-    }
+    add_tls_fields(&mut obj, c);
     obj.insert("channel_max".into(), json!(c.channel_max));
     obj.insert("frame_max".into(), json!(c.frame_max));
     obj.insert("timeout".into(), json!(c.heartbeat));
@@ -89,6 +79,29 @@ pub(crate) fn connection_json(ctx: &Ctx, c: &ConnectionInfo) -> Value {
     obj.insert("send_pend".into(), json!(0));
     obj.insert("reductions".into(), json!(0));
     Value::Object(obj)
+}
+
+/// `ssl` and RabbitMQ's `ssl_*` / `peer_cert_*` fields (null when the
+/// connection is not TLS, or has no client certificate).
+fn add_tls_fields(obj: &mut Map<String, Value>, c: &ConnectionInfo) {
+    let tls = c.tls.get();
+    obj.insert("ssl".into(), json!(tls.is_some()));
+    let suite = tls.and_then(|t| certificate::suite_parts(&t.cipher_suite));
+    let cert = tls
+        .and_then(|t| t.peer_certificate.as_deref())
+        .and_then(certificate::describe);
+    let fields = [
+        ("ssl_protocol", tls.map(|t| t.protocol.clone())),
+        ("ssl_key_exchange", suite.as_ref().map(|s| s.0.clone())),
+        ("ssl_cipher", suite.as_ref().map(|s| s.1.clone())),
+        ("ssl_hash", suite.as_ref().map(|s| s.2.clone())),
+        ("peer_cert_subject", cert.as_ref().map(|c| c.0.clone())),
+        ("peer_cert_issuer", cert.as_ref().map(|c| c.1.clone())),
+        ("peer_cert_validity", cert.as_ref().map(|c| c.2.clone())),
+    ];
+    for (key, value) in fields {
+        obj.insert(key.into(), json!(value));
+    }
 }
 
 pub(crate) fn visible(ctx: &Ctx, caller: &Caller) -> Vec<Arc<ConnectionInfo>> {

@@ -6,7 +6,8 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::values::{table_from_json, table_to_json};
 use super::{
-    arguments_field, bool_field, created, flag, json_body, list, no_content, string_field, Ctx,
+    arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
+    string_field, Ctx,
 };
 use crate::broker::exchange::Exchange;
 use crate::broker::message::Message;
@@ -42,8 +43,8 @@ pub(crate) fn exchange_name(path_name: &str) -> &str {
     }
 }
 
-pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
-    json!({
+fn exchange_json(ctx: &Ctx, vhost: &str, x: &Exchange) -> Value {
+    let mut obj = json!({
         "name": x.name,
         "vhost": vhost,
         "type": x.type_name(),
@@ -51,27 +52,47 @@ pub(crate) fn exchange_json(vhost: &str, x: &Exchange) -> Value {
         "auto_delete": x.auto_delete,
         "internal": x.internal,
         "arguments": table_to_json(&x.arguments),
-    })
+    });
+    add_message_stats(&mut obj, x.stats.get(), ctx.rates.exchange(vhost, x));
+    obj
 }
 
-fn default_exchange_json(vhost: &str) -> Value {
-    json!({
+fn default_exchange_json(ctx: &Ctx, vhost: &VHost) -> Value {
+    let mut obj = json!({
         "name": "",
-        "vhost": vhost,
+        "vhost": vhost.name,
         "type": "direct",
         "durable": true,
         "auto_delete": false,
         "internal": false,
         "arguments": {},
-    })
+        "user_who_performed_action": "rmq-internal",
+    });
+    let counts = vhost.default_exchange_stats.get();
+    add_message_stats(&mut obj, counts, ctx.rates.default_exchange(&vhost.name));
+    obj
+}
+
+/// `message_stats` {publish_in, publish_out + `_details`}: present once
+/// something was published to the exchange, as in RabbitMQ.
+fn add_message_stats(obj: &mut Value, (publish_in, publish_out): (u64, u64), rates: (f64, f64)) {
+    if publish_in == 0 && publish_out == 0 {
+        return;
+    }
+    let mut stats = Map::new();
+    put_rate(&mut stats, "publish_in", publish_in, rates.0);
+    put_rate(&mut stats, "publish_out", publish_out, rates.1);
+    if let Value::Object(map) = obj {
+        map.insert("message_stats".into(), Value::Object(stats));
+    }
 }
 
 /// All exchanges of a vhost, the default one first, then by name.
-fn vhost_exchanges(vhost: &VHost) -> Vec<Value> {
+fn vhost_exchanges(ctx: &Ctx, vhost: &VHost) -> Vec<Value> {
     let mut exchanges = vhost.exchanges();
     exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-    std::iter::once(default_exchange_json(&vhost.name))
-        .chain(exchanges.iter().map(|x| exchange_json(&vhost.name, x)))
+    std::iter::once(default_exchange_json(ctx, vhost))
+        .chain(exchanges.iter().map(|x| exchange_json(ctx, &vhost.name, x)))
         .collect()
 }
 
@@ -84,7 +105,10 @@ async fn list_all(
     vhosts.retain(|v| caller.can_read(&ctx, &v.name));
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
     list(
-        vhosts.iter().flat_map(|v| vhost_exchanges(v)).collect(),
+        vhosts
+            .iter()
+            .flat_map(|v| vhost_exchanges(&ctx, v))
+            .collect(),
         &query,
     )
 }
@@ -96,7 +120,7 @@ async fn list_in(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let vhost = caller.readable_vhost(&ctx, &vhost)?;
-    list(vhost_exchanges(&vhost), &query)
+    list(vhost_exchanges(&ctx, &vhost), &query)
 }
 
 async fn get_one(
@@ -107,10 +131,10 @@ async fn get_one(
     let vhost = caller.readable_vhost(&ctx, &vhost)?;
     let name = exchange_name(&name);
     let mut obj = if name.is_empty() {
-        default_exchange_json(&vhost.name)
+        default_exchange_json(&ctx, &vhost)
     } else {
         let x = vhost.exchange(name).ok_or_else(ApiError::not_found)?;
-        exchange_json(&vhost.name, &x)
+        exchange_json(&ctx, &vhost.name, &x)
     };
     if let Value::Object(map) = &mut obj {
         map.insert("incoming".into(), json!([]));
@@ -262,6 +286,12 @@ async fn publish(
         raw,
         payload,
     );
+    // Counted as published into the exchange as over AMQP (RabbitMQ's
+    // management publishes through a channel).
+    match &exchange {
+        Some(x) => x.stats.published_in(),
+        None => vhost.default_exchange_stats.published_in(),
+    }
     // As over AMQP: a repeated deduplication key is dropped, a delayed
     // message is held by its exchange (neither counts as routed).
     if let Some(x) = &exchange {
@@ -279,6 +309,10 @@ async fn publish(
         routing_key,
         &message.properties,
     );
+    let stats = exchange
+        .as_deref()
+        .map_or(&vhost.default_exchange_stats, |x| &x.stats);
+    stats.routed_out(queues.len());
     let routed = !queues.is_empty();
     // Stores a persistent message for durable queues, like an AMQP publish.
     vhost.deliver(message, &queues);

@@ -3,12 +3,13 @@
 //! resource. Everything here reads broker state through its public
 //! snapshots and counters; nothing holds a broker lock across an await.
 //!
-//! Message rates (`*_details.rate`) come from a background sampler
-//! (`rates.rs`). What is not here yet: exchange and channel message
-//! rates. See each file for the details of what it answers.
+//! Message rates (`*_details.rate`) of queues, exchanges, channels and
+//! connections come from a background sampler (`rates.rs`). See each file
+//! for the details of what it answers.
 
 mod auth;
 mod bindings;
+mod certificate;
 mod channels;
 mod connections;
 mod consumer_groups;

@@ -5,12 +5,17 @@
 //! the counters takes no lock on the hot path (they are atomics); the
 //! queue lock is taken only for the depth, as for any management read.
 //!
+//! Exchanges (publish in/out) and channels (publish, confirm, deliver/get,
+//! ack, redeliver) are sampled the same way from their relaxed atomics.
+//!
 //! The sampler also keeps the overall message counts: what every queue
 //! counted, including queues deleted since, so overview totals do not drop
 //! when a queue goes (counts made after a queue's last sample and before
 //! its deletion are lost).
 
+use crate::broker::exchange::Exchange;
 use crate::broker::queue::Queue;
+use crate::broker::registry::ChannelStats;
 use crate::broker::Broker;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -114,6 +119,14 @@ impl Rates {
 /// under the same name starts from zero.
 type QueueKey = (String, String, usize);
 
+fn exchange_key(vhost: &str, x: &Exchange) -> ExchangeKey {
+    (
+        vhost.to_string(),
+        x.name.clone(),
+        x as *const Exchange as usize,
+    )
+}
+
 fn key_of(q: &Queue) -> QueueKey {
     (q.vhost.clone(), q.name.clone(), q as *const Queue as usize)
 }
@@ -138,6 +151,59 @@ fn pair_rates(p: &Pair) -> (f64, f64) {
     }
 }
 
+/// The last two samples of `N` counters, oldest first.
+type Samples<const N: usize> = [Option<(Instant, [u64; N])>; 2];
+
+/// Per-second rates of each counter of `Samples` (0 until two samples).
+fn rates_of<const N: usize>(s: &Samples<N>) -> [f64; N] {
+    let mut out = [0.0; N];
+    if let [Some((t0, a)), Some((t1, b))] = s {
+        let secs = t1.duration_since(*t0).as_secs_f64();
+        if secs > 0.0 {
+            for i in 0..N {
+                out[i] = b[i].saturating_sub(a[i]) as f64 / secs;
+            }
+        }
+    }
+    out
+}
+
+/// Identifies one exchange incarnation (the default exchange of a vhost
+/// by its name `""`).
+type ExchangeKey = (String, String, usize);
+
+/// A channel: (connection id, channel number).
+type ChannelKey = (u64, u16);
+
+/// Channel counters sampled, in this order.
+pub const CHANNEL_COUNTERS: [&str; 5] = ["publish", "confirm", "deliver_get", "ack", "redeliver"];
+
+/// The counters of `CHANNEL_COUNTERS` of one channel.
+pub fn channel_counts(s: &ChannelStats) -> [u64; 5] {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    [
+        get(&s.publish),
+        get(&s.confirm),
+        get(&s.deliver) + get(&s.deliver_no_ack) + get(&s.get) + get(&s.get_no_ack),
+        get(&s.ack),
+        get(&s.redeliver),
+    ]
+}
+
+/// Keeps the samples of the keys still present; adds the new ones.
+fn advance<K: std::hash::Hash + Eq, const N: usize>(
+    old: &mut HashMap<K, Samples<N>>,
+    now: Instant,
+    current: Vec<(K, [u64; N])>,
+) {
+    let mut next = HashMap::with_capacity(current.len());
+    for (key, counts) in current {
+        let last = old.get(&key).and_then(|s| s[1]);
+        next.insert(key, [last, Some((now, counts))]);
+    }
+    *old = next;
+}
+
 #[derive(Default)]
 struct State {
     /// The last two samples of each live queue, oldest first.
@@ -148,6 +214,10 @@ struct State {
     connections: HashMap<u64, Pair>,
     /// Connections opened and closed.
     churn: Pair,
+    /// (publish_in, publish_out) per exchange.
+    exchanges: HashMap<ExchangeKey, Samples<2>>,
+    /// `CHANNEL_COUNTERS` per open channel.
+    channels: HashMap<ChannelKey, Samples<5>>,
     /// Overall counts (deleted queues included) and depths at each sample,
     /// oldest first, for the overview's `samples` (at most `HISTORY`).
     history: std::collections::VecDeque<(u64, Counts)>,
@@ -211,7 +281,26 @@ impl Sampler {
             })
             .collect();
         let churn = broker.registry.churn();
+        let mut exchanges = Vec::new();
+        for v in broker.vhosts() {
+            let (i, o) = v.default_exchange_stats.get();
+            exchanges.push(((v.name.clone(), String::new(), 0), [i, o]));
+            for x in v.exchanges() {
+                let (i, o) = x.stats.get();
+                exchanges.push((exchange_key(&v.name, &x), [i, o]));
+            }
+        }
+        let mut channels = Vec::new();
+        for c in broker.registry.connections() {
+            for n in c.reported_channels().unwrap_or_default() {
+                if let Some(stats) = c.channel_stats(n) {
+                    channels.push(((c.id, n), channel_counts(&stats)));
+                }
+            }
+        }
         let mut st = self.state.lock();
+        advance(&mut st.exchanges, now, exchanges);
+        advance(&mut st.channels, now, channels);
         st.churn = [st.churn[1], Some((now, churn))];
         let mut conns = HashMap::with_capacity(bytes.len());
         for (id, b) in bytes {
@@ -282,6 +371,35 @@ impl Sampler {
             .connections
             .get(&id)
             .map_or((0.0, 0.0), pair_rates)
+    }
+
+    /// (publish_in, publish_out) per second of an exchange.
+    pub fn exchange(&self, vhost: &str, x: &Exchange) -> (f64, f64) {
+        let st = self.state.lock();
+        let [i, o] = st
+            .exchanges
+            .get(&exchange_key(vhost, x))
+            .map_or([0.0; 2], rates_of);
+        (i, o)
+    }
+
+    /// (publish_in, publish_out) per second of a vhost's default exchange.
+    pub fn default_exchange(&self, vhost: &str) -> (f64, f64) {
+        let st = self.state.lock();
+        let [i, o] = st
+            .exchanges
+            .get(&(vhost.to_string(), String::new(), 0))
+            .map_or([0.0; 2], rates_of);
+        (i, o)
+    }
+
+    /// Per-second rates of a channel's `CHANNEL_COUNTERS`.
+    pub fn channel(&self, connection: u64, number: u16) -> [f64; 5] {
+        self.state
+            .lock()
+            .channels
+            .get(&(connection, number))
+            .map_or([0.0; 5], rates_of)
     }
 
     /// (opened, closed) connections per second.

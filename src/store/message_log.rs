@@ -401,11 +401,38 @@ fn segment_path(dir: &Path, n: u32) -> PathBuf {
 }
 
 fn open_segment(dir: &Path, n: u32) -> anyhow::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(segment_path(dir, n))
-        .with_context(|| format!("cannot open segment {n}"))
+        .with_context(|| format!("cannot open segment {n}"))?;
+    preallocate(&file);
+    Ok(file)
+}
+
+/// Reserves a segment's blocks up front (without changing its length, so
+/// readers and recovery still see exactly what was written): appends then
+/// never wait for the file system to allocate, and the segment is less
+/// fragmented. A file system without `fallocate` just appends as before.
+/// True if the blocks were reserved.
+fn preallocate(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            SEGMENT_SIZE as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "segment preallocation unavailable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    rc == 0
 }
 
 impl WriterState {
@@ -791,5 +818,31 @@ mod tests {
             let expected: &[&str] = if i % 2 == 0 { &["q"] } else { &["q", "r"] };
             assert_eq!(holders, expected, "message {i}");
         }
+    }
+
+    /// Segments get their blocks reserved when created, while their length
+    /// stays what was written (recovery reads exactly the records).
+    #[tokio::test]
+    async fn segments_are_preallocated_without_growing() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = MessageLog::open(dir.path()).unwrap();
+        log.append("/", &["q"], "", "q", &[0, 0], b"one");
+        log.sync().await;
+        let meta = std::fs::metadata(segment_path(dir.path(), 0)).unwrap();
+        // Whether this file system can reserve blocks at all.
+        let probe = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("probe"))
+            .or_else(|_| File::create(dir.path().join("probe")))
+            .unwrap();
+        if preallocate(&probe) {
+            assert!(
+                meta.blocks() * 512 >= SEGMENT_SIZE,
+                "{} blocks",
+                meta.blocks()
+            );
+        }
+        assert!(meta.len() < 100, "length {}", meta.len());
     }
 }

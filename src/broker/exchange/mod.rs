@@ -204,6 +204,40 @@ pub struct Exchange {
     /// The policy that applies, if any (it may name an alternate exchange).
     policy: arc_swap::ArcSwapOption<super::policy::Policy>,
     table: RwLock<BindingTable>,
+    pub stats: ExchangeStats,
+}
+
+/// RabbitMQ's exchange `message_stats`: `publish_in` counts messages
+/// published to the exchange, `publish_out` the queue deliveries they
+/// made (a message routed to three queues counts three). Relaxed atomics,
+/// bumped on the publish path without a lock.
+#[derive(Debug, Default)]
+pub struct ExchangeStats {
+    pub publish_in: std::sync::atomic::AtomicU64,
+    pub publish_out: std::sync::atomic::AtomicU64,
+}
+
+impl ExchangeStats {
+    pub fn published_in(&self) {
+        self.publish_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn routed_out(&self, queues: usize) {
+        if queues > 0 {
+            self.publish_out
+                .fetch_add(queues as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// (publish_in, publish_out).
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.publish_in.load(Relaxed),
+            self.publish_out.load(Relaxed),
+        )
+    }
 }
 
 impl std::fmt::Debug for Exchange {
@@ -239,6 +273,7 @@ impl Exchange {
                 list: Vec::new(),
                 router: Router::new(kind),
             }),
+            stats: ExchangeStats::default(),
         }
     }
 

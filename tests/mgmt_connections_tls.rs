@@ -1,0 +1,196 @@
+//! `/api/connections` for AMQPS clients: `ssl: true` with the session's
+//! protocol and cipher in RabbitMQ's spelling, and the client
+//! certificate's subject, issuer and validity; plain connections show
+//! `ssl: false` and nulls.
+
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+use std::time::Duration;
+
+struct Setup {
+    amqp_port: u16,
+    tls_port: u16,
+    api: String,
+    ca_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "stats test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+    let client_key = KeyPair::generate().expect("client key");
+    let mut client_params =
+        CertificateParams::new(vec!["client".to_string()]).expect("client params");
+    client_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Example");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "alice");
+    let client_cert = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write PEM");
+        path
+    };
+
+    let mut config = broker::Config::default();
+    config.amqp.bind = "127.0.0.1".into();
+    config.amqp.port = 0;
+    config.storage.data_dir = dir.path().join("data");
+    config.management.enabled = false;
+    config.prometheus.enabled = false;
+    config.tls.enabled = true;
+    config.tls.bind = "127.0.0.1".into();
+    config.tls.port = 0;
+    config.tls.cert_file = write("server.pem", &server_cert.pem());
+    config.tls.key_file = write("server.key", &server_key.serialize_pem());
+    config.tls.ca_file = Some(write("ca.pem", &ca_cert.pem()));
+    config.tls.verify_peer = true;
+    let server = broker::Server::bind(config).await.expect("bind");
+    let amqp_port = server.local_addr().port();
+    let tls_port = server.tls_addr().expect("TLS listener").port();
+    let broker = server.broker.clone();
+    tokio::spawn(server.run(std::future::pending()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind http");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(broker::mgmt::serve(
+        broker,
+        listener,
+        std::future::pending(),
+    ));
+    Setup {
+        amqp_port,
+        tls_port,
+        api: format!("http://{addr}/api"),
+        ca_pem: ca_cert.pem(),
+        client_cert_pem: client_cert.pem(),
+        client_key_pem: client_key.serialize_pem(),
+        _dir: dir,
+    }
+}
+
+async fn connect(s: &Setup, name: &str, client_cert: bool) -> Connection {
+    let tls = OwnedTLSConfig {
+        identity: client_cert.then(|| OwnedIdentity::PKCS8 {
+            pem: s.client_cert_pem.clone().into_bytes(),
+            key: s.client_key_pem.clone().into_bytes(),
+        }),
+        cert_chain: Some(s.ca_pem.clone()),
+    };
+    let builder = DefaultConnectionBuilder::new()
+        .expect("builder")
+        .with_uri_str(format!("amqps://guest:guest@127.0.0.1:{}/%2f", s.tls_port))
+        .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
+        .with_tls_config(tls);
+    tokio::time::timeout(Duration::from_secs(10), builder.connect())
+        .await
+        .expect("TLS connect timed out")
+        .expect("TLS connect")
+}
+
+async fn connection(s: &Setup, name: &str) -> Value {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let all: Value = http
+            .get(format!("{}/connections", s.api))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("GET /connections")
+            .json()
+            .await
+            .expect("JSON");
+        if let Some(c) = all
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["user_provided_name"] == name))
+        {
+            return c.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("connection {name} not listed");
+}
+
+#[tokio::test]
+async fn tls_connections_report_their_session_and_certificate() {
+    let s = start().await;
+    let _with_cert = connect(&s, "with-cert", true).await;
+    let _without_cert = connect(&s, "no-cert", false).await;
+    let _plain = Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", s.amqp_port),
+        ConnectionProperties::default().with_connection_name("plain".into()),
+    )
+    .await
+    .expect("plain connect");
+
+    let c = connection(&s, "with-cert").await;
+    assert_eq!(c["ssl"], true, "{c}");
+    assert!(
+        matches!(c["ssl_protocol"].as_str(), Some("tlsv1.3" | "tlsv1.2")),
+        "{c}"
+    );
+    let cipher = c["ssl_cipher"].as_str().expect("ssl_cipher");
+    assert!(
+        cipher.contains("gcm") || cipher.contains("chacha20"),
+        "{cipher}"
+    );
+    assert!(c["ssl_key_exchange"].is_string(), "{c}");
+    assert!(
+        c["ssl_hash"].as_str().is_some_and(|h| h.starts_with("sha")),
+        "{c}"
+    );
+    // The certificate holds CN then O; RabbitMQ shows the RDNs last first.
+    assert_eq!(c["peer_cert_subject"], "O=Example,CN=alice", "{c}");
+    assert_eq!(c["peer_cert_issuer"], "CN=stats test CA", "{c}");
+    let validity = c["peer_cert_validity"].as_str().expect("validity");
+    let (from, to) = validity.split_once(" - ").expect("two dates");
+    assert!(
+        from.ends_with('Z') && to.ends_with('Z') && from < to,
+        "{validity}"
+    );
+
+    let c = connection(&s, "no-cert").await;
+    assert_eq!(c["ssl"], true);
+    assert!(c["ssl_cipher"].is_string());
+    assert_eq!(c["peer_cert_subject"], Value::Null);
+
+    let c = connection(&s, "plain").await;
+    assert_eq!(c["ssl"], false);
+    for key in [
+        "ssl_protocol",
+        "ssl_key_exchange",
+        "ssl_cipher",
+        "ssl_hash",
+        "peer_cert_subject",
+        "peer_cert_issuer",
+        "peer_cert_validity",
+    ] {
+        assert_eq!(c[key], Value::Null, "{key}");
+    }
+}
