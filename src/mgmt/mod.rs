@@ -36,6 +36,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -120,12 +121,21 @@ pub async fn serve_with_interval(
     }
     let ctx = Ctx::new(broker.clone(), sample_interval);
     ctx.rates.start(&broker);
-    axum::serve(
-        listener,
-        router(ctx).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let app = router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    let tls = &broker.config.management.tls;
+    if !tls.enabled {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    }
+    // HTTPS only on this port ([management.tls]).
+    let acceptor = crate::tls::build_acceptor(&tls.certificates("management.tls"))
+        .map_err(std::io::Error::other)?;
+    // tap_io: client addresses (ConnectInfo) for any listener type.
+    let listener = crate::tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn not_found() -> ApiError {
