@@ -82,6 +82,8 @@ pub struct UserLimits {
 pub struct VhostLimits {
     pub max_connections: Option<u32>,
     pub max_queues: Option<u32>,
+    /// Not a RabbitMQ vhost limit: exchanges beyond the predeclared ones.
+    pub max_exchanges: Option<u32>,
 }
 
 impl LimitsConfig {
@@ -101,6 +103,11 @@ impl LimitsConfig {
     /// How many queues `vhost` may hold (None: unlimited).
     pub fn vhost_max_queues(&self, vhost: &str) -> Option<u32> {
         self.vhosts.get(vhost).and_then(|l| l.max_queues)
+    }
+
+    /// How many exchanges `vhost` may declare (None: unlimited).
+    pub fn vhost_max_exchanges(&self, vhost: &str) -> Option<u32> {
+        self.vhosts.get(vhost).and_then(|l| l.max_exchanges)
     }
 }
 

@@ -144,7 +144,7 @@ async fn the_vhost_limit_refuses_with_rabbitmqs_text() {
             "/".into(),
             broker::config::VhostLimits {
                 max_connections: Some(1),
-                max_queues: None,
+                ..Default::default()
             },
         );
     })
@@ -166,7 +166,7 @@ async fn a_vhost_limit_of_zero_refuses_everyone() {
             "/".into(),
             broker::config::VhostLimits {
                 max_connections: Some(0),
-                max_queues: None,
+                ..Default::default()
             },
         );
     })
@@ -249,6 +249,7 @@ max_connections = 3
 [limits.vhosts."/"]
 max_connections = 100
 max_queues = 1000
+max_exchanges = 50
 "#,
     )
     .expect("write config");
@@ -258,6 +259,8 @@ max_queues = 1000
     assert_eq!(config.limits.user_max_connections("bob"), Some(20));
     assert_eq!(config.limits.vhost_max_connections("/"), Some(100));
     assert_eq!(config.limits.vhost_max_queues("/"), Some(1000));
+    assert_eq!(config.limits.vhost_max_exchanges("/"), Some(50));
+    assert_eq!(config.limits.vhost_max_exchanges("other"), None);
     assert_eq!(config.limits.vhost_max_connections("other"), None);
 }
 
@@ -270,8 +273,8 @@ async fn the_vhost_queue_limit_refuses_a_new_queue() {
         c.limits.vhosts.insert(
             "/".into(),
             broker::config::VhostLimits {
-                max_connections: None,
                 max_queues: Some(2),
+                ..Default::default()
             },
         );
     })
@@ -301,6 +304,85 @@ async fn the_vhost_queue_limit_refuses_a_new_queue() {
         .await
         .unwrap();
     ch.queue_declare("q3".into(), Default::default(), FieldTable::default())
+        .await
+        .expect("declare under the limit");
+}
+
+/// Not a RabbitMQ limit (it has max-connections and max-queues only): a new
+/// exchange past `max_exchanges` gets 406 in the style of the queue limit;
+/// the predeclared amq.* exchanges do not count, redeclares and passive
+/// declares are not refused, other vhosts and the refused client's
+/// connection keep working.
+#[tokio::test]
+async fn the_vhost_exchange_limit_refuses_a_new_exchange() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.vhosts.insert(
+            "/".into(),
+            broker::config::VhostLimits {
+                max_exchanges: Some(2),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    broker
+        .broker
+        .put_vhost(broker::store::catalog::VhostRecord {
+            name: "other".into(),
+            ..Default::default()
+        });
+    broker.broker.grant_full("guest", "other");
+    let (conn, ch) = broker.channel().await;
+    let declare = |ch: lapin::Channel, name: &'static str, passive: bool| async move {
+        ch.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                passive,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    };
+    for name in ["x1", "x2"] {
+        declare(ch.clone(), name, false).await.expect("declare");
+    }
+    declare(ch.clone(), "x1", false).await.expect("redeclare");
+    declare(ch.clone(), "amq.direct", true)
+        .await
+        .expect("passive");
+    let (code, text) = broker
+        .error_of(declare(ch.clone(), "x3", false).await)
+        .await;
+    assert_eq!(code, 406);
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - cannot declare exchange 'x3': exchange limit in vhost '/' (2) is reached"
+    );
+    // The connection is fine (a channel error), and queues are unaffected.
+    let ch = conn.create_channel().await.expect("new channel");
+    ch.queue_declare("q".into(), Default::default(), FieldTable::default())
+        .await
+        .expect("queues are not limited");
+    // Another vhost has no limit.
+    let other = Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{}/other", broker.port),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect to other");
+    let och = other.create_channel().await.unwrap();
+    for name in ["x1", "x2", "x3"] {
+        declare(och.clone(), name, false)
+            .await
+            .expect("no limit on other");
+    }
+    // Below the limit again, the exchange can be declared.
+    ch.exchange_delete("x1".into(), Default::default())
+        .await
+        .unwrap();
+    declare(ch.clone(), "x3", false)
         .await
         .expect("declare under the limit");
 }

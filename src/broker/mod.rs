@@ -84,6 +84,7 @@ impl Broker {
             .map(|name| {
                 let vhost = VHost::new(name, store.clone());
                 vhost.set_max_queues(config.limits.vhost_max_queues(name));
+                vhost.set_max_exchanges(config.limits.vhost_max_exchanges(name));
                 (name.clone(), vhost)
             })
             .collect();
@@ -238,6 +239,7 @@ impl Broker {
         }
         let vhost = VHost::new(&name, self.store.clone());
         vhost.set_max_queues(self.config.limits.vhost_max_queues(&name));
+        vhost.set_max_exchanges(self.config.limits.vhost_max_exchanges(&name));
         vhosts.insert(name.clone(), vhost);
         true
     }

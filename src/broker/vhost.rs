@@ -42,6 +42,9 @@ pub struct VHost {
     policies: RwLock<Vec<Arc<Policy>>>,
     /// `limits.vhosts."<name>".max_queues`; -1 = no limit.
     max_queues: std::sync::atomic::AtomicI64,
+    /// `limits.vhosts."<name>".max_exchanges` (not counting the predeclared
+    /// `amq.*` exchanges); -1 = no limit.
+    max_exchanges: std::sync::atomic::AtomicI64,
 }
 
 pub struct ExchangeDeclare<'a> {
@@ -126,6 +129,7 @@ impl VHost {
             default_exchange_stats: Default::default(),
             policies: RwLock::new(Vec::new()),
             max_queues: std::sync::atomic::AtomicI64::new(-1),
+            max_exchanges: std::sync::atomic::AtomicI64::new(-1),
         };
         *vhost.policies.write() = vhost.stored_policies();
         let predeclared = [
@@ -224,6 +228,18 @@ impl VHost {
                 "exchange name '{}' contains reserved prefix 'amq.*'",
                 req.name
             )));
+        }
+        let limit = self.max_exchanges.load(Ordering::Relaxed);
+        if limit >= 0 {
+            // Only new exchanges are counted against it; the predeclared
+            // amq.* ones are not the vhost's own.
+            let declared = exchanges.keys().filter(|n| !n.starts_with("amq.")).count();
+            if declared as i64 >= limit {
+                return Err(AmqpError::precondition_failed(format!(
+                    "cannot declare exchange '{}': exchange limit in vhost '{}' ({limit}) is reached",
+                    req.name, self.name
+                )));
+            }
         }
         let mut exchange = Exchange::new(
             req.name.to_string(),
@@ -549,6 +565,13 @@ impl VHost {
     /// Sets the most queues this vhost may hold (`None`: no limit).
     pub fn set_max_queues(&self, limit: Option<u32>) {
         self.max_queues
+            .store(limit.map_or(-1, i64::from), Ordering::Relaxed);
+    }
+
+    /// Sets the most exchanges this vhost may hold beyond the predeclared
+    /// ones (`None`: no limit).
+    pub fn set_max_exchanges(&self, limit: Option<u32>) {
+        self.max_exchanges
             .store(limit.map_or(-1, i64::from), Ordering::Relaxed);
     }
 
