@@ -52,6 +52,9 @@ Views.channels = {
         ["Consumers", (c) => fmtNumber(c.consumer_count), "num"],
         ["Prefetch", (c) => fmtNumber(c.prefetch_count), "num"],
         ["Unacked", (c) => fmtNumber(c.messages_unacknowledged), "num"],
+        ["Publish", (c) => fmtRate((c.message_stats || {}).publish_details), "num"],
+        ["Deliver / get", (c) => fmtRate((c.message_stats || {}).deliver_get_details), "num"],
+        ["Ack", (c) => fmtRate((c.message_stats || {}).ack_details), "num"],
       ], rows, (c) => c.name));
     };
   },

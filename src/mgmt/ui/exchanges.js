@@ -63,6 +63,8 @@ Views.exchanges = {
           ...Object.keys(e.arguments || {}),
         ].filter(Boolean).map((f) => h("span", { class: "tag" }, f))],
         ["Policy", (e) => e.policy || ""],
+        ["Rate in", (e) => fmtRate((e.message_stats || {}).publish_in_details), "num"],
+        ["Rate out", (e) => fmtRate((e.message_stats || {}).publish_out_details), "num"],
       ], rows, (e) => `${e.vhost}|${e.name}`));
     };
     return refresh;
