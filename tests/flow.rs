@@ -71,3 +71,97 @@ async fn saturated_autoack_consumer_drains_everything() {
     publishing.await.unwrap();
     broker.assert_healthy().await;
 }
+
+/// Fairness: one connection floods (a raw socket writing pipelined
+/// publishes as fast as the broker takes them, never reading) while a
+/// polite publisher on another connection publishes with confirms, one at a
+/// time. Every polite publish is confirmed while the flood goes on; the
+/// flooder is slowed by its own socket (the broker reads it at its own
+/// pace), and its queue stays within its `x-max-length`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_publisher_does_not_starve_a_polite_one() {
+    use broker::protocol::{encode, AMQPClass};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let broker = TestBroker::start().await;
+    let (_sc, setup) = broker.channel().await;
+    declare(
+        &setup,
+        "flood",
+        table(&[("x-max-length", lapin::types::AMQPValue::LongInt(1000))]),
+    )
+    .await;
+    declare(&setup, "polite", FieldTable::default()).await;
+
+    // 500 publishes of 1 KiB, encoded once, written again and again.
+    let mut batch = bytes::BytesMut::new();
+    let props = encode::properties(&Default::default());
+    for _ in 0..500 {
+        encode::method(
+            &mut batch,
+            1,
+            &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
+                amq_protocol::protocol::basic::Publish {
+                    exchange: "".into(),
+                    routing_key: "flood".into(),
+                    mandatory: false,
+                    immediate: false,
+                },
+            )),
+        );
+        encode::content(&mut batch, 1, &props, &[b'f'; 1024], 131_072);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(AtomicU64::new(0));
+    let mut flooder = RawClient::open(broker.port).await;
+    flooder.open_channel(1).await;
+    let flooding = tokio::spawn({
+        let (stop, flooded) = (stop.clone(), flooded.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                flooder.send_raw(&batch).await;
+                flooded.fetch_add(500, Ordering::Relaxed);
+            }
+            flooder
+        }
+    });
+    // The flood is under way before the polite publisher starts.
+    while flooded.load(Ordering::Relaxed) < 5_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let (_pc, polite) = broker.channel().await;
+    polite
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    const POLITE: usize = 200;
+    for i in 0..POLITE {
+        let confirm = tokio::time::timeout(Duration::from_secs(60), async {
+            polite
+                .basic_publish(
+                    "".into(),
+                    "polite".into(),
+                    BasicPublishOptions::default(),
+                    format!("polite {i}").as_bytes(),
+                    Default::default(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("polite publish {i} not confirmed during the flood"));
+        assert!(confirm.is_ack(), "publish {i}: {confirm:?}");
+    }
+    let during = flooded.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _flooder = flooding.await.expect("flooder");
+    eprintln!("{POLITE} polite confirms while the flooder wrote {during} publishes");
+    assert_eq!(ready(&setup, "polite").await, POLITE as u32);
+    // The flood queue is bounded by its own limit, whatever got through.
+    assert!(ready(&setup, "flood").await <= 1000);
+    broker.assert_healthy().await;
+}
