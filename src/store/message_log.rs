@@ -584,7 +584,7 @@ fn recover(dir: &Path) -> anyhow::Result<(WriterState, Recovered, u64)> {
                     "truncating torn or corrupt tail of the message log"
                 );
                 let file = OpenOptions::new().write(true).open(&path)?;
-                file.set_len(pos as u64)?;
+                file.set_len(pos)?;
                 file.sync_all()?;
             } else {
                 tracing::error!(
