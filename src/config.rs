@@ -295,14 +295,13 @@ impl Config {
                 .with_list_parse_key("auth.loopback_users")
                 .try_parsing(true),
         );
-        let config: Config = builder.build()?.try_deserialize()?;
-        config.check_https()?;
-        Ok(config)
+        Ok(builder.build()?.try_deserialize()?)
     }
 
     /// Unreadable `[management.tls]` files are a start-up error, as those
     /// of `[tls]` are, rather than an API that silently never listens.
-    fn check_https(&self) -> anyhow::Result<()> {
+    /// (Checked by the server only: the user CLI needs no key.)
+    pub fn check_https(&self) -> anyhow::Result<()> {
         let tls = &self.management.tls;
         if self.management.enabled && tls.enabled {
             crate::tls::build_acceptor(&tls.certificates("management.tls"))?;

@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    config.check_https()?;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
