@@ -49,6 +49,10 @@ pub struct StreamEntry {
     pub routing_key: String,
     pub raw_properties: Bytes,
     pub body: Bytes,
+    /// A persistent message (delivery mode 2): its chunk is fsynced before
+    /// it counts as committed. Transient ones are only written, as
+    /// RabbitMQ's streams write every message.
+    pub persistent: bool,
 }
 
 /// A message read back.
@@ -312,7 +316,8 @@ impl StreamLog {
         Ok(f)
     }
 
-    /// Writes `entries` as one chunk and syncs it (writer thread only).
+    /// Writes `entries` as one chunk, synced if any of them is persistent
+    /// (writer thread only).
     pub fn commit(&self, entries: Vec<StreamEntry>) -> std::io::Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -363,7 +368,9 @@ impl StreamLog {
 
         let mut tail = self.tail.lock();
         tail.file.write_all(&framed)?;
-        tail.file.sync_data()?;
+        if entries.iter().any(|e| e.persistent) {
+            tail.file.sync_data()?;
+        }
         let chunk = ChunkInfo {
             first,
             count: entries.len() as u32,
@@ -570,6 +577,7 @@ mod tests {
             routing_key: "s".into(),
             raw_properties: Bytes::from_static(&[0, 0]),
             body: Bytes::copy_from_slice(body.as_bytes()),
+            persistent: true,
         }
     }
 

@@ -88,6 +88,7 @@ impl Stream {
                 routing_key: message.routing_key.clone(),
                 raw_properties: message.raw_properties.clone(),
                 body: message.body.clone(),
+                persistent: message.is_persistent(),
             },
         )
     }
