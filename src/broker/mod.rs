@@ -168,6 +168,7 @@ impl Broker {
     /// messages back into their queues, in their original order.
     pub fn restore(&self, recovered: Recovered) {
         let Some(store) = &self.store else { return };
+        let started = std::time::Instant::now();
         let (exchanges, queues, bindings) = (
             store.catalog.exchanges(),
             store.catalog.queues(),
@@ -202,6 +203,7 @@ impl Broker {
             queues = queues.len(),
             bindings = bindings.len(),
             messages = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "restored durable state"
         );
     }
