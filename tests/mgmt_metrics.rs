@@ -1,7 +1,11 @@
 //! The Prometheus endpoint, scraped over HTTP and parsed line by line with
 //! a real exposition-format parser.
 
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use prometheus_parse::{Scrape, Value};
@@ -238,6 +242,232 @@ async fn scrapes_follow_amqp_activity() {
         .iter()
         .filter(|x| x.metric == "rabbitmq_global_messages_delivered_total")
         .all(|x| x.labels.get("protocol") == Some("amqp091")));
+}
+
+/// The sample of `metric` for the channel whose name ends in `(number)`.
+fn for_channel(scrape: &Scrape, metric: &str, number: u16) -> f64 {
+    let suffix = format!(" ({number})");
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && s.labels
+                    .get("channel")
+                    .is_some_and(|c| c.contains(" -> ") && c.ends_with(&suffix))
+        })
+        .unwrap_or_else(|| panic!("no {metric} for channel {number}"));
+    assert_eq!(s.labels.get("vhost"), Some("/"));
+    value(&s.value)
+}
+
+/// Scrapes `path` until `check` holds (counters are bumped as frames are
+/// handled, so a scrape may come a moment early), for at most 10 s.
+async fn scrape_until(m: &Metrics, path: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    for _ in 0..200 {
+        let (_, s) = m.scrape(path).await;
+        if check(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (text, _) = m.scrape(path).await;
+    panic!("condition not met within 10 s:\n{text}");
+}
+
+#[tokio::test]
+async fn channel_counters_follow_amqp_and_survive_channel_close() {
+    let m = start().await;
+    let conn = Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", m.amqp_port),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+
+    // Channel 1 publishes under confirms: 4 routed, 1 mandatory unroutable
+    // (returned), 1 plain unroutable (dropped).
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for q in ["work", "firehose"] {
+        publisher
+            .queue_declare(
+                q.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let sends = [
+        ("work", false),
+        ("work", false),
+        ("work", false),
+        ("firehose", false),
+        ("nowhere", true),
+        ("nowhere", false),
+    ];
+    for (key, mandatory) in sends {
+        publisher
+            .basic_publish(
+                "".into(),
+                key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..Default::default()
+                },
+                b"payload",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // Channel 2: two manual-ack deliveries (acked), a get with ack (acked),
+    // then a get on the empty queue.
+    let worker = conn.create_channel().await.unwrap();
+    let mut work = worker
+        .basic_consume(
+            "work".into(),
+            "worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let d = work.next().await.unwrap().unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    worker
+        .basic_cancel("worker".into(), Default::default())
+        .await
+        .unwrap();
+    // Channel 3: an auto-ack consumer on firehose, then, once channel 2 is
+    // closed, a get with ack of the third message and a get on the empty
+    // queue. (The third message may have reached channel 2 before the
+    // cancel; its close requeued it, and the get sees it redelivered.)
+    let reader = conn.create_channel().await.unwrap();
+    let mut firehose = reader
+        .basic_consume(
+            "firehose".into(),
+            "fire".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    firehose.next().await.unwrap().unwrap();
+    worker.close(200, "bye".into()).await.unwrap();
+    let got = reader
+        .basic_get("work".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the third message");
+    got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    assert!(reader
+        .basic_get("work".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
+
+    // Per object: the open channels (1 and 3), labelled with their names.
+    let s = scrape_until(&m, "/metrics/per-object", |s| {
+        for_channel(s, "rabbitmq_channel_messages_acked_total", 3) == 1.0
+            && for_channel(s, "rabbitmq_channel_messages_confirmed_total", 1) == 6.0
+    })
+    .await;
+    assert_eq!(
+        for_channel(&s, "rabbitmq_channel_messages_published_total", 1),
+        6.0
+    );
+    assert_eq!(
+        for_channel(&s, "rabbitmq_channel_messages_unroutable_returned_total", 1),
+        1.0
+    );
+    assert_eq!(
+        for_channel(&s, "rabbitmq_channel_messages_unroutable_dropped_total", 1),
+        1.0
+    );
+    assert_eq!(
+        for_channel(&s, "rabbitmq_channel_messages_delivered_total", 3),
+        1.0
+    );
+    assert_eq!(for_channel(&s, "rabbitmq_channel_get_ack_total", 3), 1.0);
+    assert_eq!(for_channel(&s, "rabbitmq_channel_get_total", 3), 0.0);
+    assert_eq!(for_channel(&s, "rabbitmq_channel_get_empty_total", 3), 1.0);
+    assert_eq!(for_channel(&s, "rabbitmq_channel_consumers", 3), 1.0);
+    assert_eq!(for_channel(&s, "rabbitmq_channel_consumers", 1), 0.0);
+    assert!(
+        !s.samples
+            .iter()
+            .any(|x| x.labels.get("channel").is_some_and(|c| c.ends_with(" (2)"))),
+        "closed channel 2 has no per-object samples"
+    );
+    assert_eq!(
+        s.docs
+            .get("rabbitmq_channel_messages_published_total")
+            .map(String::as_str),
+        Some("Total number of messages published into an exchange on a channel")
+    );
+
+    // Aggregated: every channel since start, the closed one included.
+    // Channel 2 took 2 or 3 deliveries in manual-ack mode; with 3, the get
+    // counted a redelivery.
+    let agg = scrape_until(&m, "/metrics", |s| {
+        only(s, "rabbitmq_channel_messages_acked_total") == 3.0
+    })
+    .await;
+    let expect = [
+        ("rabbitmq_channels", 2.0),
+        ("rabbitmq_channels_opened_total", 3.0),
+        ("rabbitmq_channels_closed_total", 1.0),
+        ("rabbitmq_channel_consumers", 1.0),
+        ("rabbitmq_channel_messages_unacked", 0.0),
+        ("rabbitmq_channel_messages_published_total", 6.0),
+        ("rabbitmq_channel_messages_confirmed_total", 6.0),
+        ("rabbitmq_channel_messages_unroutable_returned_total", 1.0),
+        ("rabbitmq_channel_messages_unroutable_dropped_total", 1.0),
+        ("rabbitmq_channel_messages_delivered_total", 1.0),
+        ("rabbitmq_channel_get_ack_total", 1.0),
+        ("rabbitmq_channel_get_total", 0.0),
+        ("rabbitmq_channel_get_empty_total", 1.0),
+    ];
+    for (metric, want) in expect {
+        assert_eq!(only(&agg, metric), want, "{metric}");
+    }
+    let delivered_ack = only(&agg, "rabbitmq_channel_messages_delivered_ack_total");
+    assert!(
+        delivered_ack == 2.0 || delivered_ack == 3.0,
+        "{delivered_ack}"
+    );
+    assert_eq!(
+        only(&agg, "rabbitmq_channel_messages_redelivered_total"),
+        delivered_ack - 2.0
+    );
+
+    // Closing everything keeps the totals.
+    publisher.close(200, "bye".into()).await.unwrap();
+    conn.close(200, "bye".into()).await.unwrap();
+    let after = scrape_until(&m, "/metrics", |s| only(s, "rabbitmq_connections") == 0.0).await;
+    assert_eq!(only(&after, "rabbitmq_channels"), 0.0);
+    assert_eq!(only(&after, "rabbitmq_channels_closed_total"), 3.0);
+    for (metric, want) in expect.iter().skip(5) {
+        assert_eq!(only(&after, metric), *want, "{metric} after close");
+    }
+    assert_eq!(
+        only(&after, "rabbitmq_channel_messages_delivered_ack_total"),
+        delivered_ack
+    );
+    assert_eq!(only(&after, "rabbitmq_channel_messages_acked_total"), 3.0);
 }
 
 #[tokio::test]

@@ -39,6 +39,8 @@ pub struct ConnectionInfo {
     /// The TLS session, for an AMQPS connection (set once, before the
     /// connection is registered).
     pub tls: std::sync::OnceLock<TlsInfo>,
+    /// The registry's channel ledger, set when the connection is added.
+    ledger: std::sync::OnceLock<Arc<ChannelLedger>>,
 }
 
 /// What management reports of an AMQPS connection's TLS session.
@@ -71,6 +73,116 @@ pub struct ChannelStats {
     /// Whether the channel is in confirm mode / transactional.
     pub confirm_mode: AtomicBool,
     pub transactional: AtomicBool,
+}
+
+/// The message counters of `ChannelStats` that Prometheus sums, in the
+/// order of `ChannelStats::counts`.
+pub const CHANNEL_COUNTS: usize = 11;
+
+impl ChannelStats {
+    /// publish, confirm, return_unroutable, drop_unroutable, deliver,
+    /// deliver_no_ack, get, get_no_ack, get_empty, redeliver, ack.
+    pub fn counts(&self) -> [u64; CHANNEL_COUNTS] {
+        [
+            &self.publish,
+            &self.confirm,
+            &self.return_unroutable,
+            &self.drop_unroutable,
+            &self.deliver,
+            &self.deliver_no_ack,
+            &self.get,
+            &self.get_no_ack,
+            &self.get_empty,
+            &self.redeliver,
+            &self.ack,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Every channel's counters since start, for Prometheus' aggregated
+/// counters, which must not go down when a channel closes. Channels are
+/// entered when they open (not per message); a channel whose counters
+/// nobody else holds any more (its connection task let go of them, so they
+/// cannot change) is folded into `closed` and forgotten. Both happen under
+/// the one lock, so a sum never misses or doubles a channel.
+#[derive(Default)]
+struct ChannelLedger {
+    inner: parking_lot::Mutex<LedgerInner>,
+}
+
+#[derive(Default)]
+struct LedgerInner {
+    /// Counters of channels that may still count.
+    open: Vec<Arc<ChannelStats>>,
+    /// Sums of the channels folded away.
+    closed: [u64; CHANNEL_COUNTS],
+    /// `open.len()` after the last fold: the next fold is due when the list
+    /// has doubled since (amortised, so churn does not make it quadratic).
+    after_fold: usize,
+    /// Channels opened and closed since start.
+    opened_total: u64,
+    closed_total: u64,
+}
+
+impl LedgerInner {
+    fn fold(&mut self) {
+        let closed = &mut self.closed;
+        self.open.retain(|stats| {
+            // Only the ledger holds it and the ledger's lock is held: no
+            // one can count on it any more.
+            if Arc::strong_count(stats) == 1 {
+                for (sum, n) in closed.iter_mut().zip(stats.counts()) {
+                    *sum += n;
+                }
+                false
+            } else {
+                true
+            }
+        });
+        self.after_fold = self.open.len();
+    }
+}
+
+impl ChannelLedger {
+    fn opened(&self, stats: Arc<ChannelStats>) {
+        let mut inner = self.inner.lock();
+        inner.opened_total += 1;
+        inner.open.push(stats);
+        if inner.open.len() >= 2 * inner.after_fold + 64 {
+            inner.fold();
+        }
+    }
+
+    fn closed(&self) {
+        self.inner.lock().closed_total += 1;
+    }
+
+    fn totals(&self) -> ChannelTotals {
+        let mut inner = self.inner.lock();
+        inner.fold();
+        let mut counts = inner.closed;
+        for stats in &inner.open {
+            for (sum, n) in counts.iter_mut().zip(stats.counts()) {
+                *sum += n;
+            }
+        }
+        ChannelTotals {
+            counts,
+            opened: inner.opened_total,
+            closed: inner.closed_total,
+        }
+    }
+}
+
+/// Sums over every channel since start, open or closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelTotals {
+    /// As `ChannelStats::counts`.
+    pub counts: [u64; CHANNEL_COUNTS],
+    /// Channels opened and closed since start.
+    pub opened: u64,
+    pub closed: u64,
 }
 
 impl ConnectionInfo {
@@ -110,6 +222,7 @@ impl ConnectionInfo {
             channel_numbers: parking_lot::Mutex::new(None),
             channel_stats: parking_lot::Mutex::new(HashMap::new()),
             tls: std::sync::OnceLock::new(),
+            ledger: std::sync::OnceLock::new(),
         }
     }
 
@@ -122,6 +235,9 @@ impl ConnectionInfo {
         self.channels.store(set.len(), Ordering::Relaxed);
         let stats = Arc::new(ChannelStats::default());
         self.channel_stats.lock().insert(number, stats.clone());
+        if let Some(ledger) = self.ledger.get() {
+            ledger.opened(stats.clone());
+        }
         stats
     }
 
@@ -131,7 +247,22 @@ impl ConnectionInfo {
         let set = numbers.get_or_insert_with(BTreeSet::new);
         set.remove(&number);
         self.channels.store(set.len(), Ordering::Relaxed);
-        self.channel_stats.lock().remove(&number);
+        let removed = self.channel_stats.lock().remove(&number);
+        if let (Some(_), Some(ledger)) = (removed, self.ledger.get()) {
+            ledger.closed();
+        }
+    }
+
+    /// The open channels and their counters, by number.
+    pub fn open_channel_stats(&self) -> Vec<(u16, Arc<ChannelStats>)> {
+        let mut all: Vec<_> = self
+            .channel_stats
+            .lock()
+            .iter()
+            .map(|(n, s)| (*n, s.clone()))
+            .collect();
+        all.sort_by_key(|(n, _)| *n);
+        all
     }
 
     /// The message counters of an open channel.
@@ -178,17 +309,23 @@ pub struct Registry {
     /// Connections registered and removed since start (churn).
     opened: AtomicU64,
     closed: AtomicU64,
+    /// Every channel's counters, for totals that survive channel closes.
+    channels: Arc<ChannelLedger>,
 }
 
 impl Registry {
     pub fn add(&self, info: Arc<ConnectionInfo>) {
+        let _ = info.ledger.set(self.channels.clone());
         self.connections.insert(info.id, info);
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn remove(&self, id: u64) {
-        if self.connections.remove(&id).is_some() {
+        if let Some((_, info)) = self.connections.remove(&id) {
             self.closed.fetch_add(1, Ordering::Relaxed);
+            // Channels still open go with their connection.
+            let open = std::mem::take(&mut *info.channel_stats.lock()).len();
+            self.channels.inner.lock().closed_total += open as u64;
         }
     }
 
@@ -198,6 +335,12 @@ impl Registry {
             self.opened.load(Ordering::Relaxed),
             self.closed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Channel message counters summed over every channel since start,
+    /// closed ones included, with channel churn.
+    pub fn channel_totals(&self) -> ChannelTotals {
+        self.channels.totals()
     }
 
     pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {

@@ -6,18 +6,27 @@
 //!
 //! Per-object labels: queues `vhost`, `queue` as in RabbitMQ; connections
 //! `connection` (the connection's name; RabbitMQ labels them with an Erlang
-//! pid, which this broker does not have).
+//! pid, which this broker does not have); channels `channel` (the
+//! channel's name, `"<connection name> (<number>)"`, for RabbitMQ's pid)
+//! and `vhost`. RabbitMQ splits channel counters further by exchange or
+//! queue; this broker counts per channel only, so those labels are absent.
+//!
+//! The aggregated `rabbitmq_channel_*_total` counters include the channels
+//! closed since start (the registry's channel ledger), so they never go
+//! down; per-object samples are of the open channels.
 //!
 //! The `rabbitmq_global_messages_*` counters are sums over the objects that
 //! exist now (connections and queues), so they can go down when a connection
 //! closes or a queue is deleted; Prometheus' `rate()` treats that as a reset.
 
+use crate::broker::registry::CHANNEL_COUNTS;
 use crate::broker::Broker;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -256,6 +265,167 @@ struct QueueSample {
     redelivered: u64,
 }
 
+struct ChannelSample {
+    name: String,
+    vhost: String,
+    counts: [u64; CHANNEL_COUNTS],
+    consumers: u64,
+    unacked: u64,
+}
+
+/// RabbitMQ's channel counter families, with the index of their counter in
+/// `ChannelStats::counts` (publish, confirm, return_unroutable,
+/// drop_unroutable, deliver, deliver_no_ack, get, get_no_ack, get_empty,
+/// redeliver, ack).
+const CHANNEL_COUNTER_FAMILIES: [(&str, &str, usize); 11] = [
+    (
+        "rabbitmq_channel_messages_published_total",
+        "Total number of messages published into an exchange on a channel",
+        0,
+    ),
+    (
+        "rabbitmq_channel_messages_confirmed_total",
+        "Total number of messages published into an exchange and confirmed on the channel",
+        1,
+    ),
+    (
+        "rabbitmq_channel_messages_unroutable_returned_total",
+        "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+        2,
+    ),
+    (
+        "rabbitmq_channel_messages_unroutable_dropped_total",
+        "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+        3,
+    ),
+    (
+        "rabbitmq_channel_get_ack_total",
+        "Total number of messages fetched with basic.get in manual acknowledgement mode",
+        6,
+    ),
+    (
+        "rabbitmq_channel_get_total",
+        "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+        7,
+    ),
+    (
+        "rabbitmq_channel_messages_delivered_ack_total",
+        "Total number of messages delivered to consumers in manual acknowledgement mode",
+        4,
+    ),
+    (
+        "rabbitmq_channel_messages_delivered_total",
+        "Total number of messages delivered to consumers in automatic acknowledgement mode",
+        5,
+    ),
+    (
+        "rabbitmq_channel_messages_redelivered_total",
+        "Total number of messages redelivered to consumers",
+        9,
+    ),
+    (
+        "rabbitmq_channel_messages_acked_total",
+        "Total number of messages acknowledged by consumers",
+        10,
+    ),
+    (
+        "rabbitmq_channel_get_empty_total",
+        "Total number of times basic.get operations fetched no message",
+        8,
+    ),
+];
+
+/// The open channels with their counters, consumers and unacked
+/// deliveries (the consumers' unacked messages, as `/api/channels`).
+fn channel_samples(broker: &Broker) -> Vec<ChannelSample> {
+    let mut consumers: HashMap<(u64, u16), (u64, u64)> = HashMap::new();
+    for vhost in broker.vhosts() {
+        for q in vhost.queues() {
+            for c in q.consumer_list() {
+                let entry = consumers.entry(c.sink.channel_key()).or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(c.unacked.load(Ordering::Relaxed));
+            }
+        }
+    }
+    let mut channels = Vec::new();
+    for c in broker.registry.connections() {
+        let conn_name = c.name();
+        for (number, stats) in c.open_channel_stats() {
+            let (consumers, unacked) = consumers.get(&(c.id, number)).copied().unwrap_or_default();
+            channels.push(ChannelSample {
+                name: format!("{conn_name} ({number})"),
+                vhost: c.vhost.clone(),
+                counts: stats.counts(),
+                consumers,
+                unacked,
+            });
+        }
+    }
+    channels.sort_by(|a, b| a.name.cmp(&b.name));
+    channels
+}
+
+/// The channel families: per open channel, or summed (the counters over
+/// every channel since start).
+fn channel_metrics(out: &mut String, broker: &Broker, per_object: bool) {
+    let channels = channel_samples(broker);
+    let totals = broker.registry.channel_totals();
+    family(
+        out,
+        "rabbitmq_channels_opened_total",
+        "counter",
+        "Total number of channels opened",
+    )
+    .sample(&[], totals.opened as f64);
+    family(
+        out,
+        "rabbitmq_channels_closed_total",
+        "counter",
+        "Total number of channels closed",
+    )
+    .sample(&[], totals.closed as f64);
+    type Gauge = (&'static str, &'static str, fn(&ChannelSample) -> u64);
+    let gauges: [Gauge; 2] = [
+        (
+            "rabbitmq_channel_consumers",
+            "Consumers on a channel",
+            |c| c.consumers,
+        ),
+        (
+            "rabbitmq_channel_messages_unacked",
+            "Delivered but not yet acknowledged messages",
+            |c| c.unacked,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut f = family(out, name, "gauge", help);
+        if per_object {
+            for c in &channels {
+                f.sample(
+                    &[("channel", &c.name), ("vhost", &c.vhost)],
+                    value(c) as f64,
+                );
+            }
+        } else {
+            f.sample(&[], channels.iter().map(value).sum::<u64>() as f64);
+        }
+    }
+    for (name, help, index) in CHANNEL_COUNTER_FAMILIES {
+        let mut f = family(out, name, "counter", help);
+        if per_object {
+            for c in &channels {
+                f.sample(
+                    &[("channel", &c.name), ("vhost", &c.vhost)],
+                    c.counts[index] as f64,
+                );
+            }
+        } else {
+            f.sample(&[], totals.counts[index] as f64);
+        }
+    }
+}
+
 struct ConnectionSample {
     name: String,
     channels: u64,
@@ -455,6 +625,8 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
             f.sample(&[], connections.iter().map(value).sum::<u64>() as f64);
         }
     }
+
+    channel_metrics(&mut out, broker, per_object);
 
     // Global counters (sums over live objects, see the module comment).
     let amqp = [("protocol", "amqp091")];
