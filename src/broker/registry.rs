@@ -73,6 +73,63 @@ pub struct ChannelStats {
     /// Whether the channel is in confirm mode / transactional.
     pub confirm_mode: AtomicBool,
     pub transactional: AtomicBool,
+    /// Since when management reads saw no activity (`idle_since`).
+    pub idle: IdleMark,
+}
+
+/// Idleness as management reads see it, for RabbitMQ's `idle_since`: the
+/// object's activity is a count that only grows (messages in and out);
+/// when a read sees the same count as the read before, the object has been
+/// idle since that earlier read saw it change (at the latest). Kept off
+/// the hot path: only reads touch it.
+#[derive(Debug, Default)]
+pub struct IdleMark(parking_lot::Mutex<Option<(u64, u64)>>);
+
+impl IdleMark {
+    /// Records `activity` at `now_ms` (ms since the Unix epoch); returns
+    /// since when it has not changed, or None when it changed since the
+    /// last read (or this is the first).
+    pub fn observe(&self, activity: u64, now_ms: u64) -> Option<u64> {
+        let mut mark = self.0.lock();
+        match *mark {
+            Some((seen, since)) if seen == activity => Some(since),
+            _ => {
+                *mark = Some((activity, now_ms));
+                None
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A time as RabbitMQ's management API writes `idle_since`:
+/// `2026-11-28T16:44:21.557+00:00` (UTC).
+pub fn format_timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 /// The message counters of `ChannelStats` that Prometheus sums, in the
@@ -300,6 +357,34 @@ impl ConnectionInfo {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps_as_rabbitmq() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000+00:00");
+        // 2026-11-28 16:44:21.557 UTC
+        assert_eq!(
+            format_timestamp(1_795_884_261_557),
+            "2026-11-28T16:44:21.557+00:00"
+        );
+        assert_eq!(
+            format_timestamp(951_782_400_000),
+            "2000-02-29T00:00:00.000+00:00"
+        );
+    }
+
+    #[test]
+    fn idle_after_two_reads_without_activity() {
+        let mark = IdleMark::default();
+        assert_eq!(mark.observe(5, 1000), None);
+        assert_eq!(mark.observe(5, 2000), Some(1000));
+        assert_eq!(mark.observe(6, 3000), None);
+        assert_eq!(mark.observe(6, 9000), Some(3000));
     }
 }
 

@@ -12,6 +12,9 @@
 //! the channels that have consumers, completed with the lowest free
 //! numbers up to the connection's channel count (clients number channels
 //! from 1).
+//!
+//! `idle_since` shows once two reads saw the same counters: the channel
+//! has been idle since the earlier of them (or before).
 
 use super::auth::Caller;
 use super::connections::{find, visible};
@@ -19,7 +22,7 @@ use super::consumers::{channel_name, consumer_json, consumers, Found};
 use super::error::{ApiError, ApiResult};
 use super::rates::{channel_counts, CHANNEL_COUNTERS};
 use super::{list, put_count, put_rate, Ctx};
-use crate::broker::registry::{ChannelStats, ConnectionInfo};
+use crate::broker::registry::{format_timestamp, now_ms, ChannelStats, ConnectionInfo};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -131,6 +134,12 @@ fn channel_json(
     obj.insert("acks_uncommitted".into(), json!(0));
     obj.insert("pending_raft_commands".into(), json!(0));
     obj.insert("message_stats".into(), message_stats(ctx, c, number));
+    if let Some(stats) = &stats {
+        let activity = stats.counts().iter().fold(0u64, |a, n| a.wrapping_add(*n));
+        if let Some(since) = stats.idle.observe(activity, now_ms()) {
+            obj.insert("idle_since".into(), json!(format_timestamp(since)));
+        }
+    }
     obj.insert("reductions".into(), json!(0));
     obj.insert("reductions_details".into(), json!({"rate": 0.0}));
     obj.insert("garbage_collection".into(), json!({}));

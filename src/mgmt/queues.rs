@@ -14,6 +14,7 @@ use super::{
     string_field, Ctx,
 };
 use crate::broker::queue::{Queue, QueuedMessage};
+use crate::broker::registry::{format_timestamp, now_ms};
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::protocol::BasicProperties;
 use axum::body::Bytes;
@@ -39,6 +40,16 @@ pub fn routes() -> Router<Ctx> {
         .route("/queues/{vhost}/{name}/browse", post(browse))
         .route("/queues/{vhost}/{name}/contents", delete(purge))
 }
+
+/// RabbitMQ's names of the queue's delivery counters, in the order of
+/// `QueueCounters::kinds`.
+const QUEUE_DELIVERY_KINDS: [&str; 5] = [
+    "deliver",
+    "deliver_no_ack",
+    "get",
+    "get_no_ack",
+    "get_empty",
+];
 
 pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     let (ready, ready_bytes, consumers) = q.snapshot();
@@ -117,7 +128,16 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
         c.redelivered.load(Ordering::Relaxed),
         r.redeliver,
     );
+    // The kinds of delivery; their rates are sampled when read (see
+    // `QueueCounters::kinds_with_rates`), at most once per sampler interval.
+    let kinds = c.kinds_with_rates(ctx.rates.interval);
+    for (key, (count, rate)) in QUEUE_DELIVERY_KINDS.iter().zip(kinds) {
+        put_rate(&mut stats, key, count, rate);
+    }
     obj.insert("message_stats".into(), Value::Object(stats));
+    if let Some(since) = c.idle.observe(c.activity(), now_ms()) {
+        obj.insert("idle_since".into(), json!(format_timestamp(since)));
+    }
     obj.insert(
         "backing_queue_status".into(),
         json!({"mode": "default", "version": 2, "len": ready, "avg_ingress_rate": 0.0, "avg_egress_rate": 0.0}),

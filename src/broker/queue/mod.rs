@@ -68,13 +68,101 @@ struct QueueState {
     may_expire: bool,
 }
 
-/// Counters read by management and metrics without taking the lock.
+/// Counters read by management and metrics without taking the lock
+/// (relaxed atomics). `delivered` is the sum of the four delivery kinds
+/// (RabbitMQ's `deliver_get`), kept as one counter for the rate sampler.
 #[derive(Default)]
 pub struct QueueCounters {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
     pub acked: AtomicU64,
     pub redelivered: AtomicU64,
+    /// To consumers in manual-ack mode (RabbitMQ's `deliver`).
+    pub deliver: AtomicU64,
+    /// To consumers in auto-ack mode (`deliver_no_ack`).
+    pub deliver_no_ack: AtomicU64,
+    /// basic.get in manual-ack mode (`get`).
+    pub get: AtomicU64,
+    /// basic.get in auto-ack mode (`get_no_ack`).
+    pub get_no_ack: AtomicU64,
+    /// basic.get on an empty queue (`get_empty`).
+    pub get_empty: AtomicU64,
+    /// The last two read-time samples of `kinds()`, oldest first, for
+    /// their rates (taken by management reads, never on the hot path).
+    kind_samples: Mutex<[Option<KindSample>; 2]>,
+    /// Since when management reads saw no activity (`idle_since`).
+    pub idle: crate::broker::registry::IdleMark,
+}
+
+/// When the delivery kinds were sampled, and their counts.
+type KindSample = (Instant, [u64; 5]);
+
+impl QueueCounters {
+    /// Counts one delivery of the given kind.
+    fn delivery(&self, get: bool, no_ack: bool) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let kind = match (get, no_ack) {
+            (false, false) => &self.deliver,
+            (false, true) => &self.deliver_no_ack,
+            (true, false) => &self.get,
+            (true, true) => &self.get_no_ack,
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Everything the queue did: messages in, out and acked, empty gets.
+    pub fn activity(&self) -> u64 {
+        [
+            &self.published,
+            &self.delivered,
+            &self.acked,
+            &self.get_empty,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .fold(0u64, u64::wrapping_add)
+    }
+
+    /// `deliver`, `deliver_no_ack`, `get`, `get_no_ack`, `get_empty`.
+    pub fn kinds(&self) -> [u64; 5] {
+        [
+            &self.deliver,
+            &self.deliver_no_ack,
+            &self.get,
+            &self.get_no_ack,
+            &self.get_empty,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// The counts of `kinds()` and their per-second rates between the
+    /// last two samples. A read samples again when the newest sample is at
+    /// least `interval` old, so the rate covers the last `interval` or,
+    /// when reads are rarer, the time between the last two reads.
+    pub fn kinds_with_rates(&self, interval: Duration) -> [(u64, f64); 5] {
+        let now = Instant::now();
+        let counts = self.kinds();
+        let mut samples = self.kind_samples.lock();
+        let due = samples[1].is_none_or(|(at, _)| now.duration_since(at) >= interval);
+        if due {
+            samples[0] = samples[1].take();
+            samples[1] = Some((now, counts));
+        }
+        let mut rates = [0.0; 5];
+        if let [Some((t0, a)), Some((t1, b))] = *samples {
+            let secs = t1.duration_since(t0).as_secs_f64();
+            if secs > 0.0 {
+                for (rate, (a, b)) in rates.iter_mut().zip(a.iter().zip(b.iter())) {
+                    *rate = b.saturating_sub(*a) as f64 / secs;
+                }
+            }
+        }
+        let mut out = [(0, 0.0); 5];
+        for (slot, (count, rate)) in out.iter_mut().zip(counts.into_iter().zip(rates)) {
+            *slot = (count, rate);
+        }
+        out
+    }
 }
 
 /// Messages leaving the queue for its dead-letter exchange.
@@ -207,7 +295,7 @@ impl Queue {
 
     /// A stream reader handed a message to a consumer.
     pub(crate) fn stream_delivered(&self, no_ack: bool) {
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        self.counters.delivery(false, no_ack);
         if !no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
         }
@@ -422,7 +510,7 @@ impl Queue {
                     Some(index) => {
                         let consumer = st.consumers[index].clone();
                         st.next_consumer = index + 1;
-                        self.record_delivery(&queued, consumer.no_ack);
+                        self.record_delivery(&queued, false, consumer.no_ack);
                         consumer.sink.deliver(&consumer, self, queued);
                     }
                     None => st.ready.push_back(queued),
@@ -512,13 +600,14 @@ impl Queue {
             };
             let consumer = st.consumers[index].clone();
             st.next_consumer = index + 1;
-            self.record_delivery(&queued, consumer.no_ack);
+            self.record_delivery(&queued, false, consumer.no_ack);
             consumer.sink.deliver(&consumer, self, queued);
         }
     }
 
-    fn record_delivery(&self, queued: &QueuedMessage, no_ack: bool) {
-        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    /// Counts a delivery to a consumer, or to basic.get when `get`.
+    fn record_delivery(&self, queued: &QueuedMessage, get: bool, no_ack: bool) {
+        self.counters.delivery(get, no_ack);
         if queued.redelivered {
             self.counters.redelivered.fetch_add(1, Ordering::Relaxed);
         }
@@ -540,10 +629,14 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = Instant::now();
             self.expire_head(&mut st, &mut dead);
-            st.ready.pop_front().map(|queued| {
-                self.record_delivery(&queued, no_ack);
+            let got = st.ready.pop_front().map(|queued| {
+                self.record_delivery(&queued, true, no_ack);
                 (queued, st.ready.len())
-            })
+            });
+            if got.is_none() {
+                self.counters.get_empty.fetch_add(1, Ordering::Relaxed);
+            }
+            got
         };
         self.dead_letter(dead);
         got
