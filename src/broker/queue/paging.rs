@@ -262,8 +262,6 @@ pub struct PageFile {
     write_end: u64,
     flushed: u64,
     pending: Vec<u8>,
-    /// Read buffer, reused (fresh large buffers cost page faults).
-    scratch: Vec<u8>,
 }
 
 impl Default for PageFile {
@@ -281,7 +279,6 @@ impl PageFile {
             write_end: 0,
             flushed: 0,
             pending: Vec::new(),
-            scratch: Vec::new(),
         }
     }
 
@@ -454,14 +451,16 @@ impl PageFile {
                 end += 1;
             }
             let run = &entries[start..end];
-            let mut buf = std::mem::take(&mut self.scratch);
-            match self.read_run(run, &mut buf) {
-                Ok(()) => {
+            // One buffer per run; the messages' properties and bodies are
+            // slices of it (no copy per message), so it lives as long as
+            // the last of them.
+            match self.read_run(run) {
+                Ok(buf) => {
                     let mut at = 0usize;
                     for e in run {
-                        let record = &buf[at..at + e.len as usize];
+                        let record = buf.slice(at..at + e.len as usize);
                         at += e.len as usize;
-                        let decoded = decode(e.seq, record);
+                        let decoded = decode(e.seq, &record);
                         if decoded.is_none() {
                             tracing::error!(
                                 seq = e.seq,
@@ -476,10 +475,6 @@ impl PageFile {
                     out.extend(run.iter().map(|_| None));
                 }
             }
-            if buf.capacity() > 2 * READ_BATCH_BYTES as usize {
-                buf = Vec::new();
-            }
-            self.scratch = buf;
             start = end;
         }
         for e in entries {
@@ -488,11 +483,12 @@ impl PageFile {
         out
     }
 
-    fn read_run(&self, run: &[Entry], buf: &mut Vec<u8>) -> io::Result<()> {
+    fn read_run(&self, run: &[Entry]) -> io::Result<Bytes> {
         let first = run[0];
         let total: u64 = run.iter().map(|e| e.len as u64).sum();
-        buf.resize(total as usize, 0);
-        self.read_exact(first.segment(), first.offset(), buf)
+        let mut buf = vec![0u8; total as usize];
+        self.read_exact(first.segment(), first.offset(), &mut buf)?;
+        Ok(Bytes::from(buf))
     }
 
     /// A copy of a paged message, read without releasing its entry
@@ -500,7 +496,7 @@ impl PageFile {
     pub fn peek(&self, entry: &Entry) -> Option<QueuedMessage> {
         let mut buf = vec![0u8; entry.len as usize];
         match self.read_exact(entry.segment(), entry.offset(), &mut buf) {
-            Ok(()) => decode(entry.seq, &buf),
+            Ok(()) => decode(entry.seq, &Bytes::from(buf)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read queue page file");
                 None
@@ -567,7 +563,9 @@ fn remove(path: &Path) {
     }
 }
 
-fn decode(seq: u64, record: &[u8]) -> Option<QueuedMessage> {
+/// A message from its page record; its properties and body are slices of
+/// `record`'s buffer.
+fn decode(seq: u64, record: &Bytes) -> Option<QueuedMessage> {
     let mut at = 0usize;
     let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
         let end = at.checked_add(n)?;
@@ -589,15 +587,20 @@ fn decode(seq: u64, record: &[u8]) -> Option<QueuedMessage> {
     let n = take(&mut at, 2)?;
     let routing_key = take(&mut at, u16::from_le_bytes([n[0], n[1]]) as usize)?;
     let n = take(&mut at, 4)?;
-    let raw_properties = take(&mut at, u32::from_le_bytes(n.try_into().ok()?) as usize)?;
-    let body = record.get(at..)?;
+    let properties_len = u32::from_le_bytes(n.try_into().ok()?) as usize;
+    let properties_at = at;
+    let raw_properties = take(&mut at, properties_len)?;
+    if at > record.len() {
+        return None;
+    }
+    let body = record.slice(at..);
     let (_, properties) = amq_protocol::protocol::basic::parse_properties(raw_properties).ok()?;
     let mut message = Message::new(
         std::str::from_utf8(exchange).ok()?.to_string(),
         std::str::from_utf8(routing_key).ok()?.to_string(),
         properties,
-        Bytes::copy_from_slice(raw_properties),
-        Bytes::copy_from_slice(body),
+        record.slice(properties_at..properties_at + properties_len),
+        body,
     );
     if flags & FLAG_STORED != 0 {
         message.store_id = Some(store_id);
