@@ -734,7 +734,7 @@ impl Channel {
             stream::consume_options(&queue.resource(), &m.arguments)?;
         }
         let consumer = Arc::new(Consumer {
-            tag: tag.clone(),
+            tag: Arc::from(tag.as_str()),
             no_ack: m.no_ack,
             exclusive: m.exclusive,
             priority,
@@ -796,7 +796,7 @@ impl Channel {
             )));
         }
         let template = Arc::new(Consumer {
-            tag: tag.clone(),
+            tag: Arc::from(tag.as_str()),
             no_ack: false,
             exclusive: false,
             priority: 0,
@@ -844,7 +844,7 @@ impl Channel {
             QueueOptions::default(),
         ));
         let consumer = Arc::new(Consumer {
-            tag: tag.clone(),
+            tag: Arc::from(tag.as_str()),
             no_ack: true,
             exclusive: true,
             priority: 0,
@@ -897,7 +897,6 @@ impl Channel {
         let Some(queue) = self.consumers.remove(tag) else {
             return;
         };
-        self.delivery.forget_consumer_tag(tag);
         if let Some((_, auto_delete)) = queue.remove_consumer(tag, self.delivery.channel_key()) {
             if auto_delete {
                 ctx.vhost.remove_queue(&queue);

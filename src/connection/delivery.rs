@@ -34,7 +34,6 @@ pub struct ChannelDelivery {
     global_prefetch: AtomicU32,
     cancel_notify: bool,
     closed: AtomicBool,
-    consumer_tags: Mutex<Vec<Arc<str>>>,
     /// This channel's message counters (management's channel stats).
     pub stats: Arc<ChannelStats>,
 }
@@ -58,7 +57,6 @@ impl ChannelDelivery {
             global_prefetch: AtomicU32::new(0),
             cancel_notify,
             closed: AtomicBool::new(false),
-            consumer_tags: Mutex::new(Vec::new()),
             stats,
         }
     }
@@ -70,21 +68,6 @@ impl ChannelDelivery {
     /// Stops all further deliveries (the channel is closing).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-    }
-
-    /// Interned consumer tag, so deliveries share one allocation.
-    fn tag_arc(&self, tag: &str) -> Arc<str> {
-        let mut tags = self.consumer_tags.lock();
-        if let Some(t) = tags.iter().find(|t| &***t == tag) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(tag);
-        tags.push(t.clone());
-        t
-    }
-
-    pub fn forget_consumer_tag(&self, tag: &str) {
-        self.consumer_tags.lock().retain(|t| &**t != tag);
     }
 
     /// basic.get-ok: assigns a tag and tracks the message unless no-ack.
@@ -197,7 +180,7 @@ impl DeliverySink for ChannelDelivery {
     }
 
     fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, message: QueuedMessage) {
-        let consumer_tag = self.tag_arc(&consumer.tag);
+        let consumer_tag = consumer.tag.clone();
         let mut tags = self.tags.lock();
         let delivery_tag = tags.next;
         tags.next += 1;
@@ -240,7 +223,6 @@ impl DeliverySink for ChannelDelivery {
                 })),
             );
         }
-        self.forget_consumer_tag(consumer_tag);
     }
 
     fn wake_when_writable(&self, queue: Weak<Queue>) {

@@ -87,7 +87,7 @@ pub(crate) fn consumer_json(ctx: &Ctx, f: &Found) -> Value {
     let c = ctx.broker.registry.get(conn);
     let consumer = &f.consumer;
     json!({
-        "consumer_tag": consumer.tag,
+        "consumer_tag": &*consumer.tag,
         "queue": {"name": f.queue, "vhost": f.vhost},
         "channel_details": channel_details(ctx, c.as_deref(), number),
         "ack_required": !consumer.no_ack,

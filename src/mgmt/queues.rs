@@ -81,11 +81,11 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     } else {
         Vec::new()
     };
-    let exclusive_tag = list.iter().find(|c| c.exclusive).map(|c| c.tag.clone());
+    let exclusive_tag = list.iter().find(|c| c.exclusive).map(|c| c.tag.to_string());
     let active_tag = list
         .first()
         .filter(|_| q.args.single_active_consumer)
-        .map(|c| c.tag.clone());
+        .map(|c| c.tag.to_string());
     obj.insert("exclusive_consumer_tag".into(), json!(exclusive_tag));
     obj.insert("single_active_consumer_tag".into(), json!(active_tag));
     let r = ctx.rates.queue(q);

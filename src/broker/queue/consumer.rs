@@ -34,7 +34,7 @@ pub trait DeliverySink: Send + Sync {
 }
 
 pub struct Consumer {
-    pub tag: String,
+    pub tag: Arc<str>,
     pub no_ack: bool,
     pub exclusive: bool,
     pub priority: i32,

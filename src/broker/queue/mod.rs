@@ -709,7 +709,7 @@ impl Queue {
             let pos = st
                 .consumers
                 .iter()
-                .position(|c| c.tag == tag && c.on_channel(channel))?;
+                .position(|c| &*c.tag == tag && c.on_channel(channel))?;
             let consumer = st.consumers.remove(pos);
             st.last_used = Instant::now();
             let auto_delete =

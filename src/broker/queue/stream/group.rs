@@ -249,7 +249,7 @@ impl Group {
             st.members
                 .iter()
                 .find(|m| m.id == id)
-                .map(|m| m.template.tag.clone())
+                .map(|m| m.template.tag.to_string())
         };
         GroupInfo {
             super_stream: self.super_stream.clone(),
@@ -258,7 +258,7 @@ impl Group {
                 .members
                 .iter()
                 .map(|m| MemberInfo {
-                    consumer_tag: m.template.tag.clone(),
+                    consumer_tag: m.template.tag.to_string(),
                     channel: m.template.sink.channel_key(),
                     partitions: m.partitions(),
                 })
@@ -480,7 +480,7 @@ mod tests {
                 Arc::new(Member {
                     id: i as u64,
                     template: Arc::new(Consumer {
-                        tag: format!("m{i}"),
+                        tag: format!("m{i}").into(),
                         no_ack: false,
                         exclusive: false,
                         priority: 0,

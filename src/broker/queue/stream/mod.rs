@@ -161,7 +161,7 @@ impl Stream {
 
     /// Stops the reader of consumer `tag` on `channel`.
     pub fn remove_consumer(&self, tag: &str, channel: (u64, u16)) -> Option<Arc<Consumer>> {
-        self.remove_reader_where(|c| c.tag == tag && c.on_channel(channel))
+        self.remove_reader_where(|c| &*c.tag == tag && c.on_channel(channel))
     }
 
     /// Stops the reader serving exactly this consumer.
