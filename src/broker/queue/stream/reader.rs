@@ -99,12 +99,12 @@ pub async fn run(
         }
         if pending.is_empty() {
             let end = *committed.borrow_and_update();
-            let chunk = if next < end {
-                stream.log.chunk_from(next)
+            let chunks = if next < end {
+                stream.log.chunks_from(next, READ_AHEAD_BYTES)
             } else {
-                None
+                Vec::new()
             };
-            let Some(chunk) = chunk else {
+            let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
                 tokio::select! {
                     changed = committed.changed() => if changed.is_err() { return },
                     _ = reader.wake.notified() => {}
@@ -112,20 +112,23 @@ pub async fn run(
                 continue;
             };
             // Retention may have removed what we were about to read.
-            next = next.max(chunk.first);
-            if filter.as_ref().is_some_and(|f| !f.chunk_may_match(&chunk)) {
-                next = chunk.end();
-                continue;
-            }
-            match stream.log.read(&chunk) {
+            next = next.max(first.first);
+            let after = last.end();
+            let wanted =
+                |chunk: &ChunkInfo| filter.as_ref().is_none_or(|f| f.chunk_may_match(chunk));
+            match stream.log.read_many(&chunks, wanted) {
                 Ok(messages) => {
-                    pending = messages.into_iter().filter(|m| m.offset >= next).collect()
+                    pending = messages.into_iter().filter(|m| m.offset >= next).collect();
+                    if pending.is_empty() {
+                        next = after;
+                        continue;
+                    }
                 }
                 Err(e) => {
                     if !stream.log.is_deleted() {
-                        tracing::warn!(queue = %queue.name, offset = chunk.first, "cannot read a stream chunk, skipped: {e}");
+                        tracing::warn!(queue = %queue.name, offset = first.first, "cannot read stream chunks, skipped: {e}");
                     }
-                    next = chunk.end();
+                    next = after;
                     continue;
                 }
             }
@@ -150,6 +153,11 @@ pub async fn run(
         tokio::task::yield_now().await;
     }
 }
+
+/// Most bytes of adjacent chunks read at once: a group commit of a few
+/// transient messages makes a small chunk, and one read per chunk would
+/// cost more than the messages.
+const READ_AHEAD_BYTES: u64 = 1 << 20;
 
 fn deliver(
     queue: &Arc<Queue>,
