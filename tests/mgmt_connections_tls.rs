@@ -5,7 +5,10 @@
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+mod pki;
+
+use pki::make_pki;
+use rcgen::DnType;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -21,41 +24,14 @@ struct Setup {
 
 async fn start() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "stats test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("server key");
-    let mut server_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("server params");
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("client key");
-    let mut client_params =
-        CertificateParams::new(vec!["client".to_string()]).expect("client params");
-    client_params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Example");
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "alice");
-    let client_cert = client_params
-        .signed_by(&client_key, &issuer)
-        .expect("client cert");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write PEM");
-        path
-    };
+    let pki = make_pki(
+        dir.path(),
+        "stats test CA",
+        &[
+            (DnType::OrganizationName, "Example"),
+            (DnType::CommonName, "alice"),
+        ],
+    );
 
     let mut config = broker::Config::default();
     config.amqp.bind = "127.0.0.1".into();
@@ -66,9 +42,9 @@ async fn start() -> Setup {
     config.tls.enabled = true;
     config.tls.bind = "127.0.0.1".into();
     config.tls.port = 0;
-    config.tls.cert_file = write("server.pem", &server_cert.pem());
-    config.tls.key_file = write("server.key", &server_key.serialize_pem());
-    config.tls.ca_file = Some(write("ca.pem", &ca_cert.pem()));
+    config.tls.cert_file = pki.cert_file;
+    config.tls.key_file = pki.key_file;
+    config.tls.ca_file = Some(pki.ca_file);
     config.tls.verify_peer = true;
     let server = broker::Server::bind(config).await.expect("bind");
     let amqp_port = server.local_addr().port();
@@ -88,9 +64,9 @@ async fn start() -> Setup {
         amqp_port,
         tls_port,
         api: format!("http://{addr}/api"),
-        ca_pem: ca_cert.pem(),
-        client_cert_pem: client_cert.pem(),
-        client_key_pem: client_key.serialize_pem(),
+        ca_pem: pki.ca_pem,
+        client_cert_pem: pki.client_cert_pem,
+        client_key_pem: pki.client_key_pem,
         _dir: dir,
     }
 }

@@ -10,67 +10,13 @@ use lapin::options::{
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, DefaultConnectionBuilder};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use std::path::PathBuf;
+mod pki;
+
+use pki::{make_pki, Pki};
+use rcgen::DnType;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A test CA and the PEM files it signed.
-struct Pki {
-    ca_pem: String,
-    client_cert_pem: String,
-    client_key_pem: String,
-    ca_file: PathBuf,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-fn make_pki(dir: &std::path::Path) -> Pki {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "broker test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().expect("server key");
-    let mut server_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("server params");
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-
-    let client_key = KeyPair::generate().expect("client key");
-    let mut client_params =
-        CertificateParams::new(vec!["client".to_string()]).expect("client params");
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "client");
-    let client_cert = client_params
-        .signed_by(&client_key, &issuer)
-        .expect("client cert");
-
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write PEM");
-        path
-    };
-    Pki {
-        ca_pem: ca_cert.pem(),
-        client_cert_pem: client_cert.pem(),
-        client_key_pem: client_key.serialize_pem(),
-        ca_file: write("ca.pem", &ca_cert.pem()),
-        cert_file: write("server.pem", &server_cert.pem()),
-        key_file: write("server.key", &server_key.serialize_pem()),
-    }
-}
 
 struct TlsBroker {
     plain_port: u16,
@@ -81,7 +27,11 @@ struct TlsBroker {
 
 async fn start(adjust: impl FnOnce(&mut broker::Config)) -> TlsBroker {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = make_pki(dir.path());
+    let pki = make_pki(
+        dir.path(),
+        "broker test CA",
+        &[(DnType::CommonName, "client")],
+    );
     let mut config = broker::Config::default();
     config.amqp.bind = "127.0.0.1".into();
     config.amqp.port = 0;
