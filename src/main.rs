@@ -4,6 +4,12 @@ use broker::{Config, Server};
 use clap::Parser;
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc's malloc: the hot paths allocate and free many
+/// small objects across threads (frames, messages, deliveries), where glibc
+/// spent ~18 % of the broker's CPU in a stream benchmark profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An AMQP 0-9-1 message broker compatible with RabbitMQ clients. Without
 /// a subcommand it runs the broker.
 #[derive(Parser)]
