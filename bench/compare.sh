@@ -100,8 +100,8 @@ start_ours() { # [cpu list]
     [ -n "${1:-}" ] && pin=(taskset -c "$1")
     BROKER__AMQP__PORT=$OURS_PORT BROKER__AMQP__BIND=127.0.0.1 \
         BROKER__STORAGE__DATA_DIR=$dir \
-        BROKER__MGMT__PORT=5677 BROKER__MGMT__BIND=127.0.0.1 \
-        BROKER__METRICS__PORT=5678 BROKER__METRICS__BIND=127.0.0.1 \
+        BROKER__MANAGEMENT__PORT=5677 BROKER__MANAGEMENT__BIND=127.0.0.1 \
+        BROKER__PROMETHEUS__PORT=5678 BROKER__PROMETHEUS__BIND=127.0.0.1 \
         RUST_LOG=warn "${pin[@]}" "$OURS_BIN" >>"$WORK/ours.log" 2>&1 &
     OURS_PID=$!
     wait_port $OURS_PORT 20 || { log "our broker did not start"; tail -5 "$WORK/ours.log" >&2; return 1; }

@@ -1,6 +1,7 @@
 //! A published message: routed once, shared (`Arc`) by every queue it reaches.
 
 use crate::protocol::{encode, BasicProperties};
+use crate::store::stream_log::EntrySource;
 use bytes::Bytes;
 
 #[derive(Clone, Debug)]
@@ -47,5 +48,21 @@ impl Message {
 
     pub fn body_size(&self) -> usize {
         self.body.len()
+    }
+}
+
+/// A stream append shares the message with the log writer.
+impl EntrySource for Message {
+    fn exchange(&self) -> &str {
+        &self.exchange
+    }
+    fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+    fn raw_properties(&self) -> &[u8] {
+        &self.raw_properties
+    }
+    fn body(&self) -> &[u8] {
+        &self.body
     }
 }

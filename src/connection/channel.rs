@@ -429,8 +429,6 @@ impl Channel {
         } = message;
         let publish_seq = self.current_publish.take();
         self.count(&self.delivery.stats.publish, 1);
-        let exchange_name = publish.exchange.as_str();
-        let routing_key = publish.routing_key.as_str();
         // CC and BCC add routing keys; BCC is removed before delivery.
         let mut extra_keys: Vec<String> = Vec::new();
         if let Some(headers) = properties.headers() {
@@ -450,14 +448,16 @@ impl Channel {
                 raw_properties = crate::protocol::encode::properties(&properties);
             }
         }
+        // The names move into the message (no copies); routing borrows them.
         let message = Message::new(
-            exchange_name.to_string(),
-            routing_key.to_string(),
+            String::from(publish.exchange),
+            String::from(publish.routing_key),
             properties,
             raw_properties,
             body,
         );
-        let mut keys: Vec<&str> = vec![routing_key];
+        let exchange_name = message.exchange.as_str();
+        let mut keys: Vec<&str> = vec![message.routing_key.as_str()];
         keys.extend(extra_keys.iter().map(String::as_str));
         let queues: Vec<Arc<Queue>> = if exchange_name.is_empty() {
             let queues = ctx.vhost.route_by_name("", &keys, None);

@@ -505,7 +505,8 @@ fn writer(mut state: WriterState, rx: mpsc::Receiver<Op>, synced: watch::Sender<
                 }
                 Op::Delivered { payload } => record::frame(&mut buf, &payload),
                 Op::Stream { seq, log, entry } => {
-                    stream_bytes += entry.body.len() + entry.raw_properties.len();
+                    stream_bytes +=
+                        entry.message.body().len() + entry.message.raw_properties().len();
                     match streams.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &log)) {
                         Some((_, entries)) => entries.push(entry),
                         None => streams.push((log, vec![entry])),

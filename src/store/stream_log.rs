@@ -42,13 +42,19 @@ pub struct Retention {
     pub max_segment_bytes: u64,
 }
 
+/// What the log stores of a message (the broker's `Message` provides it,
+/// so an append shares the published message instead of copying its parts).
+pub trait EntrySource: Send + Sync {
+    fn exchange(&self) -> &str;
+    fn routing_key(&self) -> &str;
+    fn raw_properties(&self) -> &[u8];
+    fn body(&self) -> &[u8];
+}
+
 /// A message waiting for the writer; its offset is given at commit.
 pub struct StreamEntry {
     pub filter_value: Option<String>,
-    pub exchange: String,
-    pub routing_key: String,
-    pub raw_properties: Bytes,
-    pub body: Bytes,
+    pub message: Arc<dyn EntrySource>,
     /// A persistent message (delivery mode 2): its chunk is fsynced before
     /// it counts as committed. Transient ones are only written, as
     /// RabbitMQ's streams write every message.
@@ -373,43 +379,61 @@ impl StreamLog {
         let mut flags = 0;
         let size: usize = entries
             .iter()
-            .map(|e| 64 + e.raw_properties.len() + e.body.len() + e.routing_key.len())
+            .map(|e| {
+                let m = &e.message;
+                64 + m.raw_properties().len() + m.body().len() + m.routing_key().len()
+            })
             .sum();
-        let mut payload = BytesMut::with_capacity(48 + size);
-        payload.put_u8(CHUNK);
-        payload.put_u64(first);
-        payload.put_u32(entries.len() as u32);
-        payload.put_i64(timestamp_ms);
-        let bloom_at = payload.len();
-        payload.put_u64(0);
-        payload.put_u64(0);
-        payload.put_u8(0);
-        let mut entry = BytesMut::new();
+        // One pass into the framed record: the frame header and each
+        // entry's length are filled in once known.
+        let mut framed = BytesMut::with_capacity(record::HEADER + 48 + size);
+        framed.put_bytes(0, record::HEADER);
+        framed.put_u8(CHUNK);
+        framed.put_u64(first);
+        framed.put_u32(entries.len() as u32);
+        framed.put_i64(timestamp_ms);
+        let bloom_at = framed.len();
+        framed.put_u64(0);
+        framed.put_u64(0);
+        framed.put_u8(0);
+        let mut offset_field = BytesMut::with_capacity(32);
         for (i, e) in entries.iter().enumerate() {
+            let entry_at = framed.len();
+            framed.put_u32(0);
             match e.filter_value.as_deref().filter(|v| !v.is_empty()) {
                 Some(v) => {
                     bloom.insert(v.as_bytes());
                     flags |= HAS_FILTERED;
-                    record::put_str(&mut entry, v);
+                    record::put_str(&mut framed, v);
                 }
                 None => {
                     flags |= HAS_UNFILTERED;
-                    entry.put_u8(0);
+                    framed.put_u8(0);
                 }
             }
-            record::put_str(&mut entry, &e.exchange);
-            record::put_str(&mut entry, &e.routing_key);
-            let props = with_offset_header(&e.raw_properties, first + i as u64);
-            record::put_blob(&mut entry, &props);
-            record::put_blob(&mut entry, &e.body);
-            record::put_blob(&mut payload, &entry);
-            entry.clear();
+            let m = &e.message;
+            record::put_str(&mut framed, m.exchange());
+            record::put_str(&mut framed, m.routing_key());
+            offset_field.clear();
+            long_header_field(
+                &mut offset_field,
+                "x-stream-offset",
+                (first + i as u64) as i64,
+            );
+            let props_at = framed.len();
+            framed.put_u32(0);
+            put_with_header_fields(&mut framed, m.raw_properties(), &offset_field);
+            patch_len(&mut framed, props_at);
+            record::put_blob(&mut framed, m.body());
+            patch_len(&mut framed, entry_at);
         }
-        payload[bloom_at..bloom_at + 8].copy_from_slice(&bloom.0[0].to_be_bytes());
-        payload[bloom_at + 8..bloom_at + 16].copy_from_slice(&bloom.0[1].to_be_bytes());
-        payload[bloom_at + 16] = flags;
-        let mut framed = BytesMut::with_capacity(payload.len() + record::HEADER);
-        record::frame(&mut framed, &payload);
+        framed[bloom_at..bloom_at + 8].copy_from_slice(&bloom.0[0].to_be_bytes());
+        framed[bloom_at + 8..bloom_at + 16].copy_from_slice(&bloom.0[1].to_be_bytes());
+        framed[bloom_at + 16] = flags;
+        let payload_len = (framed.len() - record::HEADER) as u32;
+        let crc = crc32c::crc32c(&framed[record::HEADER..]);
+        framed[..4].copy_from_slice(&payload_len.to_be_bytes());
+        framed[4..8].copy_from_slice(&crc.to_be_bytes());
 
         let mut tail = self.tail.lock();
         tail.file.write_all(&framed)?;
@@ -553,6 +577,12 @@ pub fn long_header_field(out: &mut BytesMut, key: &str, value: i64) {
     out.put_i64(value);
 }
 
+/// Writes the length of what follows the `u32` placeholder at `at`.
+fn patch_len(buf: &mut BytesMut, at: usize) {
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
 /// `raw` with an `x-stream-offset` long header added.
 pub fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
     let mut field = BytesMut::with_capacity(32);
@@ -564,50 +594,59 @@ pub fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
 /// encoded header table entries `field` appended to its headers, spliced in
 /// without decoding.
 pub fn with_header_fields(raw: &[u8], field: &[u8]) -> Bytes {
-    if field.is_empty() {
-        return Bytes::copy_from_slice(raw);
+    let mut out = BytesMut::with_capacity(raw.len() + field.len() + 4);
+    put_with_header_fields(&mut out, raw, field);
+    out.freeze()
+}
+
+/// Appends `raw` with `field` spliced into its headers to `out` (`raw`
+/// unchanged when it cannot be parsed that far).
+fn put_with_header_fields(out: &mut BytesMut, raw: &[u8], field: &[u8]) {
+    let start = out.len();
+    if field.is_empty() || splice_header_fields(out, raw, field).is_none() {
+        out.truncate(start);
+        out.put_slice(raw);
     }
-    let spliced = (|| {
-        if raw.len() < 2 {
+}
+
+fn splice_header_fields(out: &mut BytesMut, raw: &[u8], field: &[u8]) -> Option<()> {
+    if raw.len() < 2 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    if flags & 1 != 0 {
+        return None; // a continuation flag word: not sent by 0-9-1 clients
+    }
+    let mut pos = 2;
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            pos += 1 + *raw.get(pos)? as usize;
+        }
+    }
+    if flags & (1 << 13) != 0 {
+        let len_bytes = raw.get(pos..pos + 4)?;
+        let len =
+            u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let end = pos + 4 + len;
+        if end > raw.len() {
             return None;
         }
-        let flags = u16::from_be_bytes([raw[0], raw[1]]);
-        if flags & 1 != 0 {
-            return None; // a continuation flag word: not sent by 0-9-1 clients
+        out.put_slice(&raw[..pos]);
+        out.put_u32((len + field.len()) as u32);
+        out.put_slice(&raw[pos + 4..end]);
+        out.put_slice(field);
+        out.put_slice(&raw[end..]);
+    } else {
+        if pos > raw.len() {
+            return None;
         }
-        let mut pos = 2;
-        for bit in [15, 14] {
-            if flags & (1 << bit) != 0 {
-                pos += 1 + *raw.get(pos)? as usize;
-            }
-        }
-        let mut out = BytesMut::with_capacity(raw.len() + field.len() + 4);
-        if flags & (1 << 13) != 0 {
-            let len_bytes = raw.get(pos..pos + 4)?;
-            let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]])
-                as usize;
-            let end = pos + 4 + len;
-            if end > raw.len() {
-                return None;
-            }
-            out.put_slice(&raw[..pos]);
-            out.put_u32((len + field.len()) as u32);
-            out.put_slice(&raw[pos + 4..end]);
-            out.put_slice(field);
-            out.put_slice(&raw[end..]);
-        } else {
-            if pos > raw.len() {
-                return None;
-            }
-            out.put_u16(flags | (1 << 13));
-            out.put_slice(&raw[2..pos]);
-            out.put_u32(field.len() as u32);
-            out.put_slice(field);
-            out.put_slice(&raw[pos..]);
-        }
-        Some(out.freeze())
-    })();
-    spliced.unwrap_or_else(|| Bytes::copy_from_slice(raw))
+        out.put_u16(flags | (1 << 13));
+        out.put_slice(&raw[2..pos]);
+        out.put_u32(field.len() as u32);
+        out.put_slice(field);
+        out.put_slice(&raw[pos..]);
+    }
+    Some(())
 }
 
 #[cfg(test)]
@@ -615,13 +654,29 @@ mod tests {
     use super::*;
     use crate::protocol::{encode, AMQPValue, BasicProperties, FieldTable, ShortString};
 
+    /// A message published to the default exchange with routing key "s"
+    /// and no properties.
+    struct Body(Vec<u8>);
+
+    impl EntrySource for Body {
+        fn exchange(&self) -> &str {
+            ""
+        }
+        fn routing_key(&self) -> &str {
+            "s"
+        }
+        fn raw_properties(&self) -> &[u8] {
+            &[0, 0]
+        }
+        fn body(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
     fn entry(body: &str, filter: Option<&str>) -> StreamEntry {
         StreamEntry {
             filter_value: filter.map(str::to_string),
-            exchange: String::new(),
-            routing_key: "s".into(),
-            raw_properties: Bytes::from_static(&[0, 0]),
-            body: Bytes::copy_from_slice(body.as_bytes()),
+            message: Arc::new(Body(body.as_bytes().to_vec())),
             persistent: true,
         }
     }

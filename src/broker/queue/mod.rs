@@ -284,7 +284,7 @@ impl Queue {
     /// Appends a message to this stream queue (every stream message is
     /// stored, persistent or not). Returns the log sequence a confirm waits
     /// for; `None` for a classic or deleted queue.
-    pub fn append_to_stream(&self, message: &Message) -> Option<u64> {
+    pub fn append_to_stream(&self, message: &Arc<Message>) -> Option<u64> {
         let stream = self.stream.as_ref()?;
         if self.is_deleted() {
             return None;

@@ -73,7 +73,7 @@ impl Stream {
     }
 
     /// Appends a message; returns the log sequence a confirm waits for.
-    pub fn append(&self, message: &Message) -> u64 {
+    pub fn append(&self, message: &Arc<Message>) -> u64 {
         let filter_value = message
             .properties
             .headers()
@@ -84,10 +84,7 @@ impl Stream {
             self.log.clone(),
             StreamEntry {
                 filter_value,
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-                raw_properties: message.raw_properties.clone(),
-                body: message.body.clone(),
+                message: message.clone(),
                 persistent: message.is_persistent(),
             },
         )
