@@ -25,16 +25,20 @@ use std::sync::{Arc, Weak};
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
+type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 pub struct VHost {
     pub name: String,
     /// Handed to queues so they can dead-letter and expire themselves.
     self_ref: Weak<VHost>,
     /// Where durable definitions and persistent messages go.
     store: Option<Arc<Store>>,
-    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
-    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Looked up by name on every publish: foldhash (seeded per process,
+    /// several times faster than SipHash on short names).
+    exchanges: RwLock<NameMap<Arc<Exchange>>>,
+    queues: RwLock<NameMap<Arc<Queue>>>,
     /// Direct reply-to consumers by their full reply address.
-    reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
+    reply_queues: RwLock<NameMap<Arc<Queue>>>,
     /// Consumer groups on this vhost's partitioned streams.
     pub groups: ConsumerGroups,
     /// Message stats of the default exchange (it has no `Exchange`).
@@ -122,9 +126,9 @@ impl VHost {
             name: name.to_string(),
             self_ref,
             store,
-            exchanges: RwLock::new(HashMap::new()),
-            queues: RwLock::new(HashMap::new()),
-            reply_queues: RwLock::new(HashMap::new()),
+            exchanges: RwLock::new(NameMap::default()),
+            queues: RwLock::new(NameMap::default()),
+            reply_queues: RwLock::new(NameMap::default()),
             groups: ConsumerGroups::default(),
             default_exchange_stats: Default::default(),
             policies: RwLock::new(Vec::new()),
