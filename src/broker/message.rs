@@ -3,6 +3,7 @@
 use crate::protocol::{encode, BasicProperties};
 use crate::store::stream_log::EntrySource;
 use bytes::Bytes;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -10,7 +11,11 @@ pub struct Message {
     /// that reached a queue through exchange-to-exchange bindings).
     pub exchange: String,
     pub routing_key: String,
-    pub properties: BasicProperties,
+    /// Behind a pointer: a message is moved several times between decoding
+    /// and its `Arc`, and a pointer moves cheaper than a few hundred bytes.
+    /// Shared (`Arc`) so that messages that need no parsed properties (stream
+    /// reads) share one default instead of allocating.
+    pub properties: Arc<BasicProperties>,
     /// Encoded form of `properties`, sent unchanged on delivery.
     pub raw_properties: Bytes,
     pub body: Bytes,
@@ -22,14 +27,14 @@ impl Message {
     pub fn new(
         exchange: String,
         routing_key: String,
-        properties: BasicProperties,
+        properties: impl Into<Arc<BasicProperties>>,
         raw_properties: Bytes,
         body: Bytes,
     ) -> Self {
         Message {
             exchange,
             routing_key,
-            properties,
+            properties: properties.into(),
             raw_properties,
             body,
             store_id: None,
@@ -39,7 +44,7 @@ impl Message {
     /// Replaces the properties and re-encodes them.
     pub fn set_properties(&mut self, properties: BasicProperties) {
         self.raw_properties = encode::properties(&properties);
-        self.properties = properties;
+        self.properties = Arc::new(properties);
     }
 
     pub fn is_persistent(&self) -> bool {

@@ -289,7 +289,7 @@ impl Channel {
         ctx: &mut ConnContext,
         class_id: u16,
         body_size: u64,
-        properties: BasicProperties,
+        properties: Arc<BasicProperties>,
         raw_properties: Bytes,
     ) -> Result<(), AmqpError> {
         let Some(pending) = self.publishing.take() else {
@@ -403,12 +403,10 @@ impl Channel {
                     "fast reply consumer does not exist",
                 ));
             };
-            let properties = message
-                .properties
-                .clone()
-                .with_reply_to(short(address.as_str()));
+            let properties =
+                BasicProperties::clone(&message.properties).with_reply_to(short(address.as_str()));
             message.raw_properties = crate::protocol::encode::properties(&properties);
-            message.properties = properties;
+            message.properties = Arc::new(properties);
         }
         match &mut self.tx {
             Some(tx) => tx.publishes.push(message),
@@ -444,7 +442,7 @@ impl Channel {
                         kept.insert(k.clone(), v.clone());
                     }
                 }
-                properties = properties.clone().with_headers(kept);
+                properties = Arc::new(BasicProperties::clone(&properties).with_headers(kept));
                 raw_properties = crate::protocol::encode::properties(&properties);
             }
         }

@@ -476,7 +476,7 @@ impl Connection {
                     return Err(expected_open(0, 0));
                 };
                 let result =
-                    channel.handle_header(ctx, class_id, body_size, *properties, raw_properties);
+                    channel.handle_header(ctx, class_id, body_size, properties, raw_properties);
                 self.after_channel_result(channel_id, result)
             }
             Frame::Body { payload, .. } => {

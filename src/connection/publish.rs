@@ -9,6 +9,7 @@
 use crate::protocol::{AmqpError, BasicProperties};
 use amq_protocol::protocol::basic::Publish;
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 
 pub struct PendingPublish(Box<State>);
 
@@ -17,7 +18,7 @@ pub struct PendingPublish(Box<State>);
 struct State {
     publish: Publish,
     body_size: Option<u64>,
-    properties: BasicProperties,
+    properties: Arc<BasicProperties>,
     raw_properties: Bytes,
     /// The body when it came in one frame (the usual case): no Vec then.
     first: Option<Bytes>,
@@ -29,7 +30,7 @@ struct State {
 /// A message whose frames have all arrived.
 pub struct Assembled {
     pub publish: Publish,
-    pub properties: BasicProperties,
+    pub properties: Arc<BasicProperties>,
     pub raw_properties: Bytes,
     pub body: Bytes,
 }
@@ -47,7 +48,7 @@ impl PendingPublish {
         PendingPublish(Box::new(State {
             publish,
             body_size: None,
-            properties: BasicProperties::default(),
+            properties: crate::protocol::no_properties(),
             raw_properties: Bytes::new(),
             first: None,
             rest: Vec::new(),
@@ -63,7 +64,7 @@ impl PendingPublish {
         mut self,
         class_id: u16,
         body_size: u64,
-        properties: BasicProperties,
+        properties: Arc<BasicProperties>,
         raw_properties: Bytes,
     ) -> Result<Progress, AmqpError> {
         if class_id != 60 {
@@ -161,20 +162,20 @@ mod tests {
     #[test]
     fn an_empty_body_completes_with_the_header() {
         let props = BasicProperties::default().with_priority(1);
-        let message = complete(publish().header(60, 0, props.clone(), Bytes::new()));
+        let message = complete(publish().header(60, 0, Arc::new(props.clone()), Bytes::new()));
         assert!(message.body.is_empty());
-        assert_eq!(message.properties, props);
+        assert_eq!(*message.properties, props);
         assert_eq!(message.publish.routing_key.as_str(), "k");
     }
 
     #[test]
     fn bodies_in_one_or_several_frames() {
-        let pending = incomplete(publish().header(60, 3, BasicProperties::default(), Bytes::new()));
+        let pending = incomplete(publish().header(60, 3, Arc::default(), Bytes::new()));
         assert!(!pending.expects_header());
         let message = complete(pending.body(Bytes::from_static(b"abc")));
         assert_eq!(&message.body[..], b"abc");
 
-        let pending = incomplete(publish().header(60, 6, BasicProperties::default(), Bytes::new()));
+        let pending = incomplete(publish().header(60, 6, Arc::default(), Bytes::new()));
         let pending = incomplete(pending.body(Bytes::from_static(b"ab")));
         let pending = incomplete(pending.body(Bytes::new()));
         let pending = incomplete(pending.body(Bytes::from_static(b"cd")));
@@ -184,11 +185,11 @@ mod tests {
 
     #[test]
     fn errors_keep_their_texts() {
-        let Err(e) = publish().header(50, 0, BasicProperties::default(), Bytes::new()) else {
+        let Err(e) = publish().header(50, 0, Arc::default(), Bytes::new()) else {
             panic!("accepted class 50")
         };
         assert!(e.text.ends_with("got one for class 50 instead"), "{e}");
-        let pending = incomplete(publish().header(60, 2, BasicProperties::default(), Bytes::new()));
+        let pending = incomplete(publish().header(60, 2, Arc::default(), Bytes::new()));
         let Err(e) = pending.body(Bytes::from_static(b"abc")) else {
             panic!("accepted too much")
         };

@@ -10,6 +10,7 @@ use amq_protocol::protocol::{parse_class, AMQPClass, BasicProperties};
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::ShortString;
 use bytes::{Buf, Bytes, BytesMut};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub enum Frame {
@@ -21,7 +22,7 @@ pub enum Frame {
         channel: u16,
         class_id: u16,
         body_size: u64,
-        properties: Box<BasicProperties>,
+        properties: Arc<BasicProperties>,
         /// The encoded property flags and list as received: re-sent unchanged
         /// on delivery so that properties are not encoded again per consumer.
         raw_properties: Bytes,
@@ -247,7 +248,7 @@ impl Cursor<'_> {
 
 /// A content header decoded by hand, with the same result as
 /// amq-protocol's `parse_content_header`; `None` sends it the general way.
-fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, Box<BasicProperties>)> {
+fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, Arc<BasicProperties>)> {
     let mut c = Cursor {
         buf: payload,
         pos: 0,
@@ -257,7 +258,7 @@ fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, Box<BasicProperties>)
     let body_size = c.u64()?;
     let flags = c.u16()?;
     if flags == 0 && c.pos == payload.len() {
-        return Some((class_id, body_size, Box::default()));
+        return Some((class_id, body_size, super::no_properties()));
     }
     let mut props = BasicProperties::default();
     let bit = |n: u16| flags & (1 << (15 - n)) != 0;
@@ -308,7 +309,7 @@ fn decode_header_fast(payload: &[u8]) -> Option<(u16, u64, Box<BasicProperties>)
     if c.pos != payload.len() {
         return None;
     }
-    Some((class_id, body_size, Box::new(props)))
+    Some((class_id, body_size, Arc::new(props)))
 }
 
 /// class-id (2) + weight (2) + body-size (8), then the properties.
@@ -316,7 +317,7 @@ const HEADER_FIXED: usize = 12;
 
 /// A content header's class id, body size and properties; a successful
 /// decode means the payload holds at least `HEADER_FIXED` bytes.
-fn decode_header(payload: &[u8]) -> Result<(u16, u64, Box<BasicProperties>), AmqpError> {
+fn decode_header(payload: &[u8]) -> Result<(u16, u64, Arc<BasicProperties>), AmqpError> {
     if payload.len() >= HEADER_FIXED
         && !super::decode_guard::properties_depth_ok(&payload[HEADER_FIXED..])
     {
@@ -329,7 +330,7 @@ fn decode_header(payload: &[u8]) -> Result<(u16, u64, Box<BasicProperties>), Amq
         Ok((&[], header)) => Ok((
             header.class_id,
             header.body_size,
-            Box::new(header.properties),
+            Arc::new(header.properties),
         )),
         _ => Err(AmqpError::frame_error(format!(
             "cannot decode {}",
@@ -508,7 +509,7 @@ mod tests {
             let payload = header_payload(props, 1000 + i as u64);
             let (class_id, body_size, fast) = decode_header_fast(&payload).expect("well formed");
             assert_eq!(
-                Some((class_id, body_size, *fast.clone())),
+                Some((class_id, body_size, (*fast).clone())),
                 via_parse_content_header(&payload)
             );
             assert_eq!(&*fast, props);
@@ -528,7 +529,7 @@ mod tests {
             if let Some((class_id, body_size, fast)) = decode_header_fast(&payload) {
                 accepted += 1;
                 assert_eq!(
-                    Some((class_id, body_size, *fast)),
+                    Some((class_id, body_size, (*fast).clone())),
                     via_parse_content_header(&payload),
                     "{payload:?}"
                 );

@@ -15,6 +15,14 @@ pub use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, Sho
 pub use decode::{Frame, FrameDecoder};
 pub use error::{AmqpError, ErrorScope};
 
+/// Empty basic properties, shared: a header without properties and a
+/// message nobody reads the parsed properties of need no allocation.
+pub fn no_properties() -> std::sync::Arc<BasicProperties> {
+    static EMPTY: std::sync::LazyLock<std::sync::Arc<BasicProperties>> =
+        std::sync::LazyLock::new(Default::default);
+    EMPTY.clone()
+}
+
 /// The protocol header a 0-9-1 client sends, and the one we answer with when
 /// it sends anything else.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";

@@ -963,7 +963,8 @@ fn with_delivery_count(message: &Message, count: u32) -> Message {
         "x-delivery-count".into(),
         AMQPValue::LongLongInt(count as i64),
     );
-    let properties = message.properties.clone().with_headers(headers);
+    let properties =
+        crate::protocol::BasicProperties::clone(&message.properties).with_headers(headers);
     let raw = crate::protocol::encode::properties(&properties);
     Message::new(
         message.exchange.clone(),

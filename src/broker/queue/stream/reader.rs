@@ -4,7 +4,6 @@
 use super::Filter;
 use crate::broker::message::Message;
 use crate::broker::queue::{Consumer, Credit, Queue, QueuedMessage};
-use crate::protocol::BasicProperties;
 use crate::store::stream_log::{with_header_fields, ChunkInfo, StoredMessage};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -173,7 +172,7 @@ fn deliver(
         routing_key: stored.routing_key,
         // Deliveries send the raw properties; nothing reads parsed ones of
         // a stream message.
-        properties: BasicProperties::default(),
+        properties: crate::protocol::no_properties(),
         raw_properties: stored.raw_properties,
         body: stored.body,
         store_id: None,
