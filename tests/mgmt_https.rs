@@ -4,58 +4,19 @@
 //! unreadable certificate files stopping the start, and the `broker user`
 //! CLI reaching a running broker over HTTPS.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+mod pki;
+
+use pki::{make_pki, Pki};
+use rcgen::DnType;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsConnector;
-
-struct Pki {
-    ca_file: PathBuf,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    client_cert_file: PathBuf,
-    client_key_file: PathBuf,
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "management test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let signed = |names: Vec<String>| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(names.clone()).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, &names[0]);
-        let cert = params.signed_by(&key, &issuer).expect("cert");
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = signed(vec!["localhost".into(), "127.0.0.1".into()]);
-    let (client_cert, client_key) = signed(vec!["client".into()]);
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write PEM");
-        path
-    };
-    Pki {
-        ca_file: write("ca.pem", &ca_cert.pem()),
-        cert_file: write("server.pem", &server_cert),
-        key_file: write("server.key", &server_key),
-        client_cert_file: write("client.pem", &client_cert),
-        client_key_file: write("client.key", &client_key),
-    }
-}
 
 /// A broker whose management API speaks HTTPS; returns its address.
 async fn start(dir: &Path, pki: &Pki, verify_peer: bool) -> SocketAddr {
@@ -95,11 +56,10 @@ fn client_config(pki: &Pki, trust: bool, with_client_cert: bool) -> Arc<rustls::
     .unwrap()
     .with_root_certificates(roots);
     let mut config = if with_client_cert {
-        let certs = CertificateDer::pem_file_iter(&pki.client_cert_file)
-            .unwrap()
+        let certs = CertificateDer::pem_slice_iter(pki.client_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
-        let key = PrivateKeyDer::from_pem_file(&pki.client_key_file).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(pki.client_key_pem.as_bytes()).unwrap();
         builder.with_client_auth_cert(certs, key).unwrap()
     } else {
         builder.with_no_client_auth()
@@ -148,7 +108,11 @@ fn answered(result: &std::io::Result<(u16, Value)>) -> bool {
 #[tokio::test]
 async fn the_management_api_answers_over_https() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = make_pki(
+        dir.path(),
+        "management test CA",
+        &[(DnType::CommonName, "client")],
+    );
     let addr = start(dir.path(), &pki, false).await;
     let client = client_config(&pki, true, false);
     let (status, body) = overview(&client, addr).await.expect("overview over HTTPS");
@@ -184,7 +148,11 @@ async fn the_management_api_answers_over_https() {
 #[tokio::test]
 async fn client_certificates_are_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = make_pki(
+        dir.path(),
+        "management test CA",
+        &[(DnType::CommonName, "client")],
+    );
     let addr = start(dir.path(), &pki, true).await;
     assert!(
         !answered(&overview(&client_config(&pki, true, false), addr).await),
@@ -225,7 +193,11 @@ async fn unreadable_certificate_files_stop_the_start() {
 #[tokio::test]
 async fn the_user_cli_reaches_a_running_broker_over_https() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = make_pki(
+        dir.path(),
+        "management test CA",
+        &[(DnType::CommonName, "client")],
+    );
     let data = dir.path().join("data");
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
