@@ -347,7 +347,7 @@ impl StreamLog {
             self.chunks_read.fetch_add(1, Ordering::Relaxed);
             let at = (chunk.pos - first.pos) as usize;
             let (payload, _) = record::read(&data, at).ok_or_else(corrupt)?;
-            out.extend(parse_chunk(payload).ok_or_else(corrupt)?);
+            parse_chunk(payload, &mut out).ok_or_else(corrupt)?;
         }
         Ok(out)
     }
@@ -547,10 +547,12 @@ fn parse_header(payload: &Bytes) -> Option<Header> {
     Some((first, count, timestamp, bloom, flags))
 }
 
-fn parse_chunk(payload: Bytes) -> Option<Vec<StoredMessage>> {
+/// Appends a chunk's messages to `out` (`None`, with `out` partly filled,
+/// for a corrupt chunk).
+fn parse_chunk(payload: Bytes, out: &mut Vec<StoredMessage>) -> Option<()> {
     let (first, count, ..) = parse_header(&payload)?;
     let mut r = Reader(payload.slice(1 + 8 + 4 + 8 + 16 + 1..));
-    let mut out = Vec::with_capacity(count as usize);
+    out.reserve(count as usize);
     for i in 0..count as u64 {
         let mut e = Reader(r.blob()?);
         let filter_len = e.u8()? as usize;
@@ -567,7 +569,7 @@ fn parse_chunk(payload: Bytes) -> Option<Vec<StoredMessage>> {
             body: e.blob()?,
         });
     }
-    Some(out)
+    Some(())
 }
 
 /// One encoded header table entry: `key` with a long (`l`) value.

@@ -7,7 +7,6 @@ use crate::broker::queue::{Consumer, Credit, Queue, QueuedMessage};
 use crate::store::stream_log::{with_header_fields, ChunkInfo, StoredMessage};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -76,7 +75,7 @@ pub async fn run(
     };
     let mut committed = stream.log.committed();
     // The chunk being delivered, from `next` on.
-    let mut pending: VecDeque<StoredMessage> = VecDeque::new();
+    let mut pending = Vec::<StoredMessage>::new().into_iter();
     loop {
         if reader.stopped() || queue.is_deleted() {
             return;
@@ -96,7 +95,7 @@ pub async fn run(
                 continue;
             }
         }
-        if pending.is_empty() {
+        if pending.len() == 0 {
             let end = *committed.borrow_and_update();
             let chunks = if next < end {
                 stream.log.chunks_from(next, READ_AHEAD_BYTES)
@@ -117,8 +116,12 @@ pub async fn run(
                 |chunk: &ChunkInfo| filter.as_ref().is_none_or(|f| f.chunk_may_match(chunk));
             match stream.log.read_many(&chunks, wanted) {
                 Ok(messages) => {
-                    pending = messages.into_iter().filter(|m| m.offset >= next).collect();
-                    if pending.is_empty() {
+                    // Offsets ascend: skip what comes before `next`.
+                    pending = messages.into_iter();
+                    while pending.as_slice().first().is_some_and(|m| m.offset < next) {
+                        pending.next();
+                    }
+                    if pending.len() == 0 {
                         next = after;
                         continue;
                     }
@@ -132,7 +135,7 @@ pub async fn run(
                 }
             }
         }
-        while let Some(stored) = pending.pop_front() {
+        for stored in pending.by_ref() {
             next = stored.offset + 1;
             if filter.as_ref().is_some_and(|f| !f.matches(&stored)) {
                 continue;
