@@ -8,23 +8,31 @@
 //! segment is deleted once it and every older segment hold no live message,
 //! so acks never outlive the messages they refer to.
 
+use super::inbox::Inbox;
 use super::record::{self, Reader};
 use super::stream_log::{StreamEntry, StreamLog};
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// A new segment is started once the current one reaches this size.
 const SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
 /// Most bytes written per group commit.
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// A batch of stream entries that needed no fsync, found already waiting,
+/// with fewer ops than this makes the writer pause before the next one
+/// (see `writer`).
+const COALESCE_BELOW: usize = 256;
+/// How long such a pause lasts (the kernel's timer slack adds ~50 µs).
+const COALESCE_PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
+/// A take returning faster than this means work was already waiting.
+const BUSY_TAKE: std::time::Duration = std::time::Duration::from_micros(5);
 
 enum Op {
     Publish {
@@ -263,9 +271,8 @@ fn parse_publish(payload: Bytes) -> Option<Publish> {
 }
 
 pub struct MessageLog {
-    /// Sequence numbers are taken under the same lock as the send, so the
-    /// writer sees them in order and "synced up to N" is meaningful.
-    sender: Mutex<(u64, mpsc::Sender<Op>)>,
+    /// Operations for the writer thread, in sequence order.
+    inbox: Arc<Inbox<Op>>,
     next_id: AtomicU64,
     synced: watch::Receiver<u64>,
 }
@@ -283,15 +290,16 @@ impl MessageLog {
                 "message log recovered"
             );
         }
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::new(1));
+        let writer_inbox = inbox.clone();
         let (synced_tx, synced_rx) = watch::channel(0u64);
         std::thread::Builder::new()
             .name("message-log".into())
-            .spawn(move || writer(state, rx, synced_tx))
+            .spawn(move || writer(state, &writer_inbox, synced_tx))
             .context("cannot start the message log writer")?;
         Ok((
             MessageLog {
-                sender: Mutex::new((1, tx)),
+                inbox,
                 next_id: AtomicU64::new(next_id),
                 synced: synced_rx,
             },
@@ -300,13 +308,15 @@ impl MessageLog {
     }
 
     fn send(&self, make: impl FnOnce(u64) -> Op) -> u64 {
-        let mut sender = self.sender.lock();
-        let seq = sender.0;
-        sender.0 += 1;
-        if sender.1.send(make(seq)).is_err() {
-            tracing::error!("message log writer is gone; message not stored");
+        match self.inbox.push(make) {
+            Some(seq) => seq,
+            None => {
+                // The writer stopped on an I/O error: nothing is confirmed
+                // from then on (u64::MAX is never synced).
+                tracing::error!("message log writer is gone; message not stored");
+                u64::MAX
+            }
         }
-        seq
     }
 
     /// Appends a persistent message held by `queues` (durable queues of
@@ -382,6 +392,13 @@ impl MessageLog {
         let seq = self.send(|seq| Op::Sync { seq });
         let mut synced = self.synced.clone();
         let _ = synced.wait_for(|s| *s >= seq).await;
+    }
+}
+
+impl Drop for MessageLog {
+    /// The writer stores what it was given, then ends.
+    fn drop(&mut self) {
+        self.inbox.close();
     }
 }
 
@@ -478,71 +495,93 @@ impl WriterState {
     }
 }
 
-fn writer(mut state: WriterState, rx: mpsc::Receiver<Op>, synced: watch::Sender<u64>) {
-    let mut buf = BytesMut::with_capacity(1 << 20);
-    // Stream entries of this batch, one list per stream (few streams: a
-    // linear search is fine).
-    let mut streams: Vec<(Arc<StreamLog>, Vec<StreamEntry>)> = Vec::new();
-    let mut stream_bytes = 0;
-    while let Ok(first) = rx.recv() {
-        let mut max_seq = 0;
-        let mut op = Some(first);
-        while let Some(current) = op.take() {
-            match current {
-                Op::Publish {
-                    id,
-                    queues,
-                    seq,
-                    payload,
-                } => {
-                    record::frame(&mut buf, &payload);
-                    state.apply_publish(id, queues);
-                    max_seq = max_seq.max(seq);
-                }
-                Op::Remove { id, payload } => {
-                    record::frame(&mut buf, &payload);
-                    state.apply_remove(id);
-                }
-                Op::Delivered { payload } => record::frame(&mut buf, &payload),
-                Op::Stream { seq, log, entry } => {
-                    stream_bytes +=
-                        entry.message.body().len() + entry.message.raw_properties().len();
-                    match streams.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &log)) {
-                        Some((_, entries)) => entries.push(entry),
-                        None => streams.push((log, vec![entry])),
-                    }
-                    max_seq = max_seq.max(seq);
-                }
-                Op::Sync { seq } => max_seq = max_seq.max(seq),
+/// What the writer gathers between two group commits.
+#[derive(Default)]
+struct Batch {
+    /// Framed message log records.
+    buf: BytesMut,
+    /// Stream entries, one list per stream (few streams: a linear search
+    /// is fine).
+    streams: Vec<(Arc<StreamLog>, Vec<StreamEntry>)>,
+    stream_bytes: usize,
+    /// Some stream entry is persistent: its chunk is fsynced.
+    stream_syncs: bool,
+    ops: usize,
+    max_seq: u64,
+}
+
+impl Batch {
+    fn add(&mut self, op: Op, state: &mut WriterState) {
+        self.ops += 1;
+        match op {
+            Op::Publish {
+                id,
+                queues,
+                seq,
+                payload,
+            } => {
+                record::frame(&mut self.buf, &payload);
+                state.apply_publish(id, queues);
+                self.max_seq = self.max_seq.max(seq);
             }
-            if buf.len() + stream_bytes < BATCH_BYTES {
-                op = rx.try_recv().ok();
+            Op::Remove { id, payload } => {
+                record::frame(&mut self.buf, &payload);
+                state.apply_remove(id);
             }
+            Op::Delivered { payload } => record::frame(&mut self.buf, &payload),
+            Op::Stream { seq, log, entry } => {
+                self.stream_syncs |= entry.persistent;
+                self.stream_bytes +=
+                    entry.message.body().len() + entry.message.raw_properties().len();
+                match self.streams.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &log)) {
+                    Some((_, entries)) => entries.push(entry),
+                    None => self.streams.push((log, vec![entry])),
+                }
+                self.max_seq = self.max_seq.max(seq);
+            }
+            Op::Sync { seq } => self.max_seq = self.max_seq.max(seq),
         }
+    }
+
+    fn is_full(&self) -> bool {
+        self.buf.len() + self.stream_bytes >= BATCH_BYTES
+    }
+
+    /// Writes and syncs the batch, then publishes the synced sequence.
+    /// Returns whether it was a small batch of transient stream entries
+    /// only (see `writer`); an I/O error stops the writer.
+    fn commit(
+        &mut self,
+        state: &mut WriterState,
+        synced: &watch::Sender<u64>,
+    ) -> anyhow::Result<bool> {
+        let small_transient = self.buf.is_empty()
+            && !self.streams.is_empty()
+            && !self.stream_syncs
+            && self.ops < COALESCE_BELOW;
         // Each batch that writes syncs, so a batch without writes (only a
         // Sync, or only stream entries) has nothing of its own to sync.
-        if !buf.is_empty() {
-            if let Err(e) = state.file.write_all(&buf) {
-                // Without the write, nothing may be confirmed: stop here.
-                tracing::error!("message log write failed, no further confirms: {e}");
-                return;
-            }
-            state.size += buf.len() as u64;
-            buf.clear();
-            if let Err(e) = state.file.sync_data() {
-                tracing::error!("message log fdatasync failed, no further confirms: {e}");
-                return;
-            }
+        if !self.buf.is_empty() {
+            // Without the write, nothing may be confirmed: stop here.
+            state
+                .file
+                .write_all(&self.buf)
+                .context("message log write failed, no further confirms")?;
+            state.size += self.buf.len() as u64;
+            self.buf.clear();
+            state
+                .file
+                .sync_data()
+                .context("message log fdatasync failed, no further confirms")?;
         }
-        stream_bytes = 0;
-        for (log, entries) in streams.drain(..) {
+        for (log, entries) in self.streams.drain(..) {
             if let Err(e) = log.commit(entries) {
                 if !log.is_deleted() {
-                    tracing::error!("stream write failed, no further confirms: {e}");
-                    return;
+                    return Err(e).context("stream write failed, no further confirms");
                 }
             }
         }
+        let max_seq = std::mem::take(&mut self.max_seq);
         if max_seq > 0 {
             synced.send_if_modified(|s| {
                 let changed = max_seq > *s;
@@ -550,13 +589,60 @@ fn writer(mut state: WriterState, rx: mpsc::Receiver<Op>, synced: watch::Sender<
                 changed
             });
         }
+        self.stream_bytes = 0;
+        self.stream_syncs = false;
+        self.ops = 0;
         if state.size >= SEGMENT_SIZE {
-            if let Err(e) = state.rotate() {
-                tracing::error!("message log rotation failed: {e}");
+            state.rotate().context("message log rotation failed")?;
+        }
+        state.reclaim();
+        Ok(small_transient)
+    }
+}
+
+fn writer(mut state: WriterState, inbox: &Inbox<Op>, synced: watch::Sender<u64>) {
+    let mut batch = Batch {
+        buf: BytesMut::with_capacity(1 << 20),
+        ..Batch::default()
+    };
+    let mut ops = Vec::new();
+    // Without an fsync to wait for (transient stream entries), the writer
+    // is faster than any one publisher and would write a chunk of a few
+    // messages per syscall (1M x 100 B: ~240k writes and watch wake-ups).
+    // So when the last batch was such a small one and more work was
+    // already waiting, it pauses briefly to gather a real chunk. It only
+    // pauses under load: a lone message is written at once.
+    let mut coalesce = false;
+    loop {
+        let waiting_since = std::time::Instant::now();
+        if !inbox.take(&mut ops, true) {
+            break;
+        }
+        if coalesce && waiting_since.elapsed() < BUSY_TAKE {
+            std::thread::sleep(COALESCE_PAUSE);
+            inbox.take(&mut ops, false);
+        }
+        let mut result = Ok(false);
+        for op in ops.drain(..) {
+            batch.add(op, &mut state);
+            if batch.is_full() {
+                result = batch.commit(&mut state, &synced);
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        if result.is_ok() && batch.ops > 0 {
+            result = batch.commit(&mut state, &synced);
+        }
+        match result {
+            Ok(small_transient) => coalesce = small_transient,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                inbox.close();
                 return;
             }
         }
-        state.reclaim();
     }
 }
 

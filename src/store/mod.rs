@@ -2,6 +2,7 @@
 //! segment files with group commit). See README "Storage".
 
 pub mod catalog;
+mod inbox;
 pub mod message_log;
 mod record;
 pub mod stream_log;
