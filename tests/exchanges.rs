@@ -252,6 +252,60 @@ async fn alternate_exchange_takes_unroutable_messages() {
 }
 
 #[tokio::test]
+async fn routing_cycles_end_and_deliver_one_copy() {
+    let broker = TestBroker::start().await;
+    let (_c, ch) = broker.channel().await;
+    // Exchange-to-exchange bindings in a ring: a -> b -> a.
+    declare(&ch, "ring-a", ExchangeKind::Fanout).await;
+    declare(&ch, "ring-b", ExchangeKind::Fanout).await;
+    for (destination, source) in [("ring-b", "ring-a"), ("ring-a", "ring-b")] {
+        ch.exchange_bind(
+            destination.into(),
+            source.into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let ring = bound_queue(&ch, "ring-b", "").await;
+    publish(&ch, "ring-a", "k", b"once").await;
+    assert_eq!(count(&ch, &ring).await, 1);
+
+    // Alternate exchanges that name each other, the second with an
+    // exchange-to-exchange binding back to the first: nothing loops, and
+    // a queue on the second alternate's e2e target gets one copy.
+    for (name, alternate) in [("ae-x", "ae-y"), ("ae-y", "ae-x")] {
+        ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            Default::default(),
+            table(&[("alternate-exchange", long_str(alternate))]),
+        )
+        .await
+        .unwrap();
+    }
+    declare(&ch, "ae-sink", ExchangeKind::Fanout).await;
+    for (destination, source, key) in [("ae-x", "ae-y", "k"), ("ae-sink", "ae-y", "k")] {
+        ch.exchange_bind(
+            destination.into(),
+            source.into(),
+            key.into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let sink = bound_queue(&ch, "ae-sink", "").await;
+    publish(&ch, "ae-x", "k", b"via the alternate").await;
+    publish(&ch, "ae-x", "unroutable", b"nowhere").await;
+    assert_eq!(count(&ch, &sink).await, 1);
+    broker.assert_healthy().await;
+}
+
+#[tokio::test]
 async fn cc_and_bcc_add_routing_keys_and_bcc_is_removed() {
     let broker = TestBroker::start().await;
     let (_c, ch) = broker.channel().await;

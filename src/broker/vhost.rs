@@ -4,7 +4,7 @@
 use super::arguments;
 use super::exchange::{
     validate_consistent_hash_weight, validate_headers_binding, Binding, Destination, Exchange,
-    ExchangeKind, Routed,
+    ExchangeKind, Routed, RoutedQueues,
 };
 use super::message::Message;
 use super::names;
@@ -1080,21 +1080,28 @@ impl VHost {
         exchange: &Exchange,
         keys: &[&str],
         headers: Option<&FieldTable>,
-    ) -> Vec<Arc<Queue>> {
+    ) -> RoutedQueues {
         let mut routed = Routed::default();
-        let mut visited: Vec<String> = vec![exchange.name.clone()];
+        // Exchanges routed through besides `exchange` (only exchange-to-
+        // exchange bindings and alternate exchanges add any, so the usual
+        // publish allocates nothing here).
+        let mut visited: Vec<String> = Vec::new();
         self.route_through(exchange, keys, headers, &mut routed, &mut visited);
         let mut current_ae_source = exchange.alternate_exchange();
         while routed.queues.is_empty() {
             let Some(ae_name) = current_ae_source.take() else {
                 break;
             };
-            if visited.contains(&ae_name) {
+            if ae_name == exchange.name || visited.contains(&ae_name) {
                 break;
             }
             let Some(ae) = self.exchange(&ae_name) else {
                 break;
             };
+            // The alternate's own bindings must not lead back here.
+            if !visited.contains(&exchange.name) {
+                visited.push(exchange.name.clone());
+            }
             visited.push(ae_name);
             self.route_through(&ae, keys, headers, &mut routed, &mut visited);
             current_ae_source = ae.alternate_exchange();
@@ -1119,7 +1126,7 @@ impl VHost {
             exchange.route(key, headers, routed);
         }
         while let Some(next) = routed.exchanges.pop() {
-            if visited.contains(&next) {
+            if next == exchange.name || visited.contains(&next) {
                 continue;
             }
             visited.push(next.clone());
@@ -1138,10 +1145,10 @@ impl VHost {
         exchange: &str,
         keys: &[&str],
         headers: Option<&FieldTable>,
-    ) -> Vec<Arc<Queue>> {
+    ) -> RoutedQueues {
         if exchange.is_empty() {
             // One copy per queue, even when CC names it again later on.
-            let mut found: Vec<Arc<Queue>> = Vec::with_capacity(keys.len());
+            let mut found = RoutedQueues::new();
             for queue in keys.iter().filter_map(|k| self.route_default(k)) {
                 if !found.iter().any(|q| Arc::ptr_eq(q, &queue)) {
                     found.push(queue);
@@ -1151,7 +1158,7 @@ impl VHost {
         }
         match self.exchange(exchange) {
             Some(x) => self.route(&x, keys, headers),
-            None => Vec::new(),
+            None => RoutedQueues::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use super::delivery::{ChannelDelivery, Unacked};
 use super::publish::{Assembled, PendingPublish, Progress};
 use super::ConnContext;
 use crate::broker::arguments;
+use crate::broker::exchange::RoutedQueues;
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::stream::group::{self, Member as GroupMember};
@@ -455,10 +456,19 @@ impl Channel {
             body,
         );
         let exchange_name = message.exchange.as_str();
-        let mut keys: Vec<&str> = vec![message.routing_key.as_str()];
-        keys.extend(extra_keys.iter().map(String::as_str));
-        let queues: Vec<Arc<Queue>> = if exchange_name.is_empty() {
-            let queues = ctx.vhost.route_by_name("", &keys, None);
+        // Only CC/BCC need a list of keys; the usual publish borrows its one.
+        let routing_key = message.routing_key.as_str();
+        let with_extra: Vec<&str>;
+        let keys: &[&str] = if extra_keys.is_empty() {
+            std::slice::from_ref(&routing_key)
+        } else {
+            with_extra = std::iter::once(routing_key)
+                .chain(extra_keys.iter().map(String::as_str))
+                .collect();
+            &with_extra
+        };
+        let queues: RoutedQueues = if exchange_name.is_empty() {
+            let queues = ctx.vhost.route_by_name("", keys, None);
             let stats = &ctx.vhost.default_exchange_stats;
             stats.published_in();
             stats.routed_out(queues.len());
@@ -480,7 +490,7 @@ impl Channel {
             }
             let queues = ctx
                 .vhost
-                .route(&exchange, &keys, message.properties.headers().as_ref());
+                .route(&exchange, keys, message.properties.headers().as_ref());
             exchange.stats.routed_out(queues.len());
             queues
         };

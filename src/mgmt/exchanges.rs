@@ -9,7 +9,7 @@ use super::{
     arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
     string_field, Ctx,
 };
-use crate::broker::exchange::Exchange;
+use crate::broker::exchange::{Exchange, RoutedQueues};
 use crate::broker::message::Message;
 use crate::broker::vhost::{ExchangeDeclare, VHost};
 use crate::protocol::{encode, AMQPValue, AmqpError, BasicProperties, ShortString};
@@ -359,7 +359,7 @@ fn route(
     exchange: Option<&Exchange>,
     key: &str,
     properties: &BasicProperties,
-) -> Vec<Arc<crate::broker::queue::Queue>> {
+) -> RoutedQueues {
     let Some(x) = exchange else {
         return vhost.route_default(key).into_iter().collect();
     };

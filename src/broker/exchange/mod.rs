@@ -104,10 +104,14 @@ impl Binding {
     }
 }
 
+/// The queues a message was routed to: almost always one or two, kept
+/// inline (no allocation per published message).
+pub type RoutedQueues = smallvec::SmallVec<[Arc<Queue>; 2]>;
+
 /// What routing one message through one exchange found.
 #[derive(Default)]
 pub struct Routed {
-    pub queues: Vec<Arc<Queue>>,
+    pub queues: RoutedQueues,
     pub exchanges: Vec<String>,
 }
 
