@@ -9,7 +9,7 @@ use crate::broker::registry::ChannelStats;
 use amq_protocol::protocol::basic::{AMQPMethod, Cancel};
 use amq_protocol::protocol::AMQPClass;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -22,7 +22,69 @@ pub struct Unacked {
 #[derive(Default)]
 struct Tags {
     next: u64,
-    unacked: BTreeMap<u64, Unacked>,
+    unacked: UnackedList,
+}
+
+/// Unacked deliveries in tag order. Tags only grow, so a delivery is
+/// pushed at the back and acks (usually of the oldest) take from the
+/// front; tags used by no-ack deliveries leave no holes to store. Cheaper
+/// per message than a map (no node allocation or rebalancing).
+struct UnackedList<T = Unacked>(VecDeque<(u64, T)>);
+
+impl<T> Default for UnackedList<T> {
+    fn default() -> Self {
+        UnackedList(VecDeque::new())
+    }
+}
+
+/// A list this much larger than its contents gives memory back.
+const SHRINK_ABOVE: usize = 4096;
+
+impl<T> UnackedList<T> {
+    fn push(&mut self, tag: u64, entry: T) {
+        debug_assert!(self.0.back().is_none_or(|(last, _)| *last < tag));
+        self.0.push_back((tag, entry));
+    }
+
+    fn position(&self, tag: u64) -> Option<usize> {
+        match self.0.front() {
+            Some((first, _)) if *first == tag => Some(0),
+            _ => self.0.binary_search_by_key(&tag, |(t, _)| *t).ok(),
+        }
+    }
+
+    fn contains(&self, tag: u64) -> bool {
+        self.position(tag).is_some()
+    }
+
+    fn remove(&mut self, tag: u64) -> Option<T> {
+        let entry = self.0.remove(self.position(tag)?).map(|(_, e)| e);
+        self.shrink();
+        entry
+    }
+
+    /// Every entry with a tag up to `tag`.
+    fn take_through(&mut self, tag: u64) -> Vec<T> {
+        let end = self.0.partition_point(|(t, _)| *t <= tag);
+        let taken = self.0.drain(..end).map(|(_, e)| e).collect();
+        self.shrink();
+        taken
+    }
+
+    fn take_all(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// After a burst, a list far larger than what it holds shrinks.
+    fn shrink(&mut self) {
+        let capacity = self.0.capacity();
+        if capacity > SHRINK_ABOVE && self.0.len() < capacity / 8 {
+            self.0.shrink_to(capacity / 4);
+        }
+    }
 }
 
 pub struct ChannelDelivery {
@@ -51,7 +113,7 @@ impl ChannelDelivery {
             output,
             tags: Mutex::new(Tags {
                 next: 1,
-                unacked: BTreeMap::new(),
+                unacked: UnackedList::default(),
             }),
             unacked_count: AtomicU32::new(0),
             global_prefetch: AtomicU32::new(0),
@@ -84,7 +146,7 @@ impl ChannelDelivery {
         let (redelivered, body) = (message.redelivered, message.message.clone());
         self.count_delivery(no_ack, redelivered, &self.stats.get, &self.stats.get_no_ack);
         if !no_ack {
-            tags.unacked.insert(
+            tags.unacked.push(
                 delivery_tag,
                 Unacked {
                     queue: queue.clone(),
@@ -122,19 +184,15 @@ impl ChannelDelivery {
     pub fn take(&self, delivery_tag: u64, multiple: bool) -> Result<Vec<Unacked>, u64> {
         let mut tags = self.tags.lock();
         let taken: Vec<Unacked> = if multiple {
-            if delivery_tag != 0 && !tags.unacked.contains_key(&delivery_tag) {
+            if delivery_tag == 0 {
+                tags.unacked.take_all()
+            } else if tags.unacked.contains(delivery_tag) {
+                tags.unacked.take_through(delivery_tag)
+            } else {
                 return Err(delivery_tag);
             }
-            let rest = if delivery_tag == 0 {
-                BTreeMap::new()
-            } else {
-                tags.unacked.split_off(&(delivery_tag + 1))
-            };
-            std::mem::replace(&mut tags.unacked, rest)
-                .into_values()
-                .collect()
         } else {
-            match tags.unacked.remove(&delivery_tag) {
+            match tags.unacked.remove(delivery_tag) {
                 Some(entry) => vec![entry],
                 None => return Err(delivery_tag),
             }
@@ -146,9 +204,7 @@ impl ChannelDelivery {
 
     /// Takes every unacked entry (recover, channel close).
     pub fn take_all(&self) -> Vec<Unacked> {
-        let taken: Vec<Unacked> = std::mem::take(&mut self.tags.lock().unacked)
-            .into_values()
-            .collect();
+        let taken = self.tags.lock().unacked.take_all();
         self.release_credit(&taken);
         taken
     }
@@ -194,7 +250,7 @@ impl DeliverySink for ChannelDelivery {
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
             self.unacked_count.fetch_add(1, Ordering::Relaxed);
-            tags.unacked.insert(
+            tags.unacked.push(
                 delivery_tag,
                 Unacked {
                     queue: queue.clone(),
@@ -231,5 +287,41 @@ impl DeliverySink for ChannelDelivery {
 
     fn channel_key(&self) -> (u64, u16) {
         self.key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnackedList;
+
+    #[test]
+    fn unacked_list_takes_by_tag_with_gaps() {
+        let mut list = UnackedList::default();
+        // Tags 2, 4 and 6 went to a no-ack consumer: never stored.
+        for tag in [1, 3, 5, 7, 8, 9] {
+            list.push(tag, tag * 10);
+        }
+        assert!(!list.contains(2));
+        assert_eq!(list.remove(2), None);
+        assert_eq!(list.remove(5), Some(50));
+        assert_eq!(list.remove(5), None);
+        assert!(list.contains(1) && list.contains(9));
+        // multiple=true through 7 takes 1, 3 and 7; 8 and 9 stay.
+        assert_eq!(list.take_through(7), vec![10, 30, 70]);
+        assert_eq!(list.remove(1), None);
+        assert_eq!(list.take_all(), vec![80, 90]);
+        assert!(list.take_all().is_empty());
+    }
+
+    #[test]
+    fn unacked_list_gives_memory_back_after_a_burst() {
+        let mut list = UnackedList::default();
+        for tag in 1..=100_000u64 {
+            list.push(tag, ());
+        }
+        let burst = list.0.capacity();
+        list.take_through(99_990);
+        assert_eq!(list.0.len(), 10);
+        assert!(list.0.capacity() < burst / 2, "{}", list.0.capacity());
     }
 }
