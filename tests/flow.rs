@@ -165,3 +165,103 @@ async fn a_flooding_publisher_does_not_starve_a_polite_one() {
     assert!(ready(&setup, "flood").await <= 1000);
     broker.assert_healthy().await;
 }
+
+/// A client that publishes without reading what it is sent (here: every
+/// message comes back as basic.return) is not read either once its
+/// connection's write side is full, so the broker does not buffer the
+/// returns without bound. When it reads again, everything comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_not_read_either() {
+    use broker::protocol::decode::{Frame, FrameDecoder};
+    use broker::protocol::{encode, AMQPClass};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = TestBroker::start().await;
+    // Mandatory publishes of 64 KiB that no queue takes: each one is
+    // returned with its body.
+    const BODY: usize = 64 * 1024;
+    const COUNT: u64 = 4096; // 256 MiB in all
+    let mut one = bytes::BytesMut::new();
+    encode::method(
+        &mut one,
+        1,
+        &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
+            amq_protocol::protocol::basic::Publish {
+                exchange: "".into(),
+                routing_key: "nobody-here".into(),
+                mandatory: true,
+                immediate: false,
+            },
+        )),
+    );
+    let props = encode::properties(&Default::default());
+    encode::content(&mut one, 1, &props, &[b'r'; BODY], 131_072);
+
+    let mut client = RawClient::open(broker.port).await;
+    client.open_channel(1).await;
+    let (mut read_half, mut write_half) = client.stream.into_split();
+    let written = Arc::new(AtomicU64::new(0));
+    let writing = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for _ in 0..COUNT {
+                write_half.write_all(&one).await.expect("write");
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            write_half
+        }
+    });
+
+    // The writes stall: nothing has read the returns.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = written.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        assert!(
+            now < COUNT,
+            "all {COUNT} publishes were taken without reading a byte"
+        );
+        last = now;
+    }
+    eprintln!(
+        "writes stalled after {last} publishes ({} MiB)",
+        last * BODY as u64 >> 20
+    );
+    assert!(
+        last * (BODY as u64) < 96 << 20,
+        "{last} publishes of 64 KiB read before the broker stopped reading"
+    );
+    broker.assert_healthy().await;
+
+    // Reading again: every publish comes back as a return, none lost.
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+    let mut returns = 0u64;
+    while returns < COUNT {
+        match decoder.decode(&mut buf).expect("valid frames") {
+            Some(Frame::Method { method, .. }) => {
+                if matches!(
+                    *method,
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Return(_))
+                ) {
+                    returns += 1;
+                }
+            }
+            Some(_) => {}
+            None => {
+                let n = tokio::time::timeout(Duration::from_secs(10), read_half.read_buf(&mut buf))
+                    .await
+                    .expect("returns keep coming")
+                    .expect("read");
+                assert!(n > 0, "closed after {returns} returns");
+            }
+        }
+    }
+    let _ = writing.await.expect("all publishes written");
+    broker.assert_healthy().await;
+}

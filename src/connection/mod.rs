@@ -322,13 +322,18 @@ impl Connection {
             };
             let buffered = reader.buf.len();
             let info = self.info.clone();
+            // While the client does not read what it is sent, its socket is
+            // not read either (output.rs, back-pressure).
+            let output = self.ctx.output.clone();
+            let saturated = output.is_saturated();
             tokio::select! {
                 _ = log_synced, if waiting_for_log => {}
+                _ = output.drained(), if saturated => {}
                 reason = info.close_requested() => {
                     let error = AmqpError::connection(crate::protocol::error::code::CONNECTION_FORCED, reason);
                     return self.close_with(error, reader).await;
                 }
-                read = reader.fill() => match read {
+                read = reader.fill(), if !saturated => match read {
                     Ok(()) => {
                         let received = reader.buf.len().saturating_sub(buffered);
                         self.info.recv_bytes.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);

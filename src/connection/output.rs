@@ -10,7 +10,10 @@
 //! Back-pressure: encoded bytes not yet written are counted in
 //! `pending_bytes`; past `HIGH_WATER` consumers on this connection get no
 //! more messages until the writer drains below `LOW_WATER` and wakes the
-//! queues that held back.
+//! queues that held back, and the connection stops reading its socket
+//! (see `drained`): a client that sends without reading what it is sent
+//! (returned messages, confirms) meets TCP back-pressure instead of
+//! growing this buffer without bound.
 
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
@@ -76,6 +79,8 @@ pub struct Output {
     pending: Mutex<Pending>,
     /// Wakes the writer when `pending.buf` stops being empty.
     notify: Notify,
+    /// Notified when the writer drains below `LOW_WATER`, or stops.
+    drained: Notify,
     pending_bytes: AtomicUsize,
     wakeups: Mutex<Vec<Weak<Queue>>>,
     frame_max: AtomicU32,
@@ -94,6 +99,7 @@ impl Output {
                 dead: false,
             }),
             notify: Notify::new(),
+            drained: Notify::new(),
             pending_bytes: AtomicUsize::new(0),
             wakeups: Mutex::new(Vec::new()),
             frame_max: AtomicU32::new(frame_max),
@@ -142,6 +148,19 @@ impl Output {
 
     pub fn is_saturated(&self) -> bool {
         self.pending_bytes.load(Ordering::Relaxed) >= HIGH_WATER
+    }
+
+    /// Resolves once what waits to be written is below `LOW_WATER`, or the
+    /// writer has stopped.
+    pub async fn drained(&self) {
+        loop {
+            // Registered before the check: a drain in between still wakes.
+            let notified = self.drained.notified();
+            if self.pending_bytes.load(Ordering::Relaxed) < LOW_WATER || self.pending.lock().dead {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Called by a queue, with its lock held, when this connection's
@@ -297,8 +316,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(output: Arc<Output>, mut writer: W) {
             last_write = Instant::now();
             let drained = written - uncounted;
             let before = output.pending_bytes.fetch_sub(drained, Ordering::Relaxed);
-            if before - drained < LOW_WATER && !output.wakeups.lock().is_empty() {
-                output.wake_queues();
+            if before - drained < LOW_WATER {
+                if before >= LOW_WATER {
+                    output.drained.notify_waiters();
+                }
+                if !output.wakeups.lock().is_empty() {
+                    output.wake_queues();
+                }
             }
         }
         if closing {
@@ -310,6 +334,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(output: Arc<Output>, mut writer: W) {
         pending.dead = true;
         pending.buf = BytesMut::new();
     }
+    output.drained.notify_waiters();
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
 }
