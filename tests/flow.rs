@@ -230,7 +230,7 @@ async fn a_client_that_does_not_read_is_not_read_either() {
     }
     eprintln!(
         "writes stalled after {last} publishes ({} MiB)",
-        last * BODY as u64 >> 20
+        (last * BODY as u64) >> 20
     );
     assert!(
         last * (BODY as u64) < 96 << 20,
@@ -239,7 +239,7 @@ async fn a_client_that_does_not_read_is_not_read_either() {
     broker.assert_healthy().await;
 
     // Reading again: every publish comes back as a return, none lost.
-    let mut decoder = FrameDecoder::new(1 << 20);
+    let decoder = FrameDecoder::new(1 << 20);
     let mut buf = bytes::BytesMut::with_capacity(1 << 20);
     let mut returns = 0u64;
     while returns < COUNT {
