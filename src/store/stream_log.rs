@@ -403,7 +403,11 @@ impl StreamLog {
         framed.put_u64(0);
         framed.put_u64(0);
         framed.put_u8(0);
+        // The offset header is the same for every message but its value:
+        // encoded once, the value patched per message.
         let mut offset_field = BytesMut::with_capacity(32);
+        long_header_field(&mut offset_field, "x-stream-offset", 0);
+        let value_at = offset_field.len() - 8;
         for (i, e) in entries.iter().enumerate() {
             let entry_at = framed.len();
             framed.put_u32(0);
@@ -421,12 +425,7 @@ impl StreamLog {
             let m = &e.message;
             record::put_str(&mut framed, m.exchange());
             record::put_str(&mut framed, m.routing_key());
-            offset_field.clear();
-            long_header_field(
-                &mut offset_field,
-                "x-stream-offset",
-                (first + i as u64) as i64,
-            );
+            offset_field[value_at..].copy_from_slice(&(first + i as u64).to_be_bytes());
             let props_at = framed.len();
             framed.put_u32(0);
             put_with_header_fields(&mut framed, m.raw_properties(), &offset_field);
@@ -591,13 +590,6 @@ fn patch_len(buf: &mut BytesMut, at: usize) {
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// `raw` with an `x-stream-offset` long header added.
-pub fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
-    let mut field = BytesMut::with_capacity(32);
-    long_header_field(&mut field, "x-stream-offset", offset as i64);
-    with_header_fields(raw, &field)
-}
-
 /// `raw` (encoded basic properties: flags, then fields in order) with the
 /// encoded header table entries `field` appended to its headers, spliced in
 /// without decoding.
@@ -687,6 +679,13 @@ mod tests {
             message: Arc::new(Body(body.as_bytes().to_vec())),
             persistent: true,
         }
+    }
+
+    /// `raw` with an `x-stream-offset` long header added.
+    fn with_offset_header(raw: &[u8], offset: u64) -> Bytes {
+        let mut field = BytesMut::with_capacity(32);
+        long_header_field(&mut field, "x-stream-offset", offset as i64);
+        with_header_fields(raw, &field)
     }
 
     fn offset_header(raw: &Bytes) -> Option<AMQPValue> {
@@ -811,6 +810,13 @@ mod tests {
         let offsets: Vec<u64> = messages.iter().map(|m| m.offset).collect();
         assert_eq!(offsets, vec![0, 1, 4, 5, 8, 9, 12, 13, 16, 17]);
         assert_eq!(&messages[2].body[..], b"m2");
+        // Each message carries its own offset as a header, as written.
+        for m in &messages {
+            assert_eq!(
+                offset_header(&m.raw_properties),
+                Some(AMQPValue::LongLongInt(m.offset as i64))
+            );
+        }
         assert_eq!(log.chunks_read.load(Ordering::Relaxed) - before, 5);
     }
 }
