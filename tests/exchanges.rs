@@ -39,6 +39,19 @@ async fn bound_queue(ch: &Channel, exchange: &str, key: &str) -> String {
     q.name().to_string()
 }
 
+/// Binds exchange `destination` to `source` with `key`.
+async fn bind_exchange(ch: &Channel, destination: &str, source: &str, key: &str) {
+    ch.exchange_bind(
+        destination.into(),
+        source.into(),
+        key.into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
 async fn count(ch: &Channel, queue: &str) -> u32 {
     ch.queue_declare(
         queue.into(),
@@ -199,15 +212,7 @@ async fn exchange_to_exchange_keeps_original_exchange_and_key() {
     let (_c, ch) = broker.channel().await;
     declare(&ch, "src", ExchangeKind::Topic).await;
     declare(&ch, "dst", ExchangeKind::Fanout).await;
-    ch.exchange_bind(
-        "dst".into(),
-        "src".into(),
-        "k.*".into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    bind_exchange(&ch, "dst", "src", "k.*").await;
     let q = bound_queue(&ch, "dst", "").await;
     publish(&ch, "src", "k.1", b"via e2e").await;
     publish(&ch, "src", "other", b"not routed").await;
@@ -258,17 +263,8 @@ async fn routing_cycles_end_and_deliver_one_copy() {
     // Exchange-to-exchange bindings in a ring: a -> b -> a.
     declare(&ch, "ring-a", ExchangeKind::Fanout).await;
     declare(&ch, "ring-b", ExchangeKind::Fanout).await;
-    for (destination, source) in [("ring-b", "ring-a"), ("ring-a", "ring-b")] {
-        ch.exchange_bind(
-            destination.into(),
-            source.into(),
-            "".into(),
-            Default::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
+    bind_exchange(&ch, "ring-b", "ring-a", "").await;
+    bind_exchange(&ch, "ring-a", "ring-b", "").await;
     let ring = bound_queue(&ch, "ring-b", "").await;
     publish(&ch, "ring-a", "k", b"once").await;
     assert_eq!(count(&ch, &ring).await, 1);
@@ -287,17 +283,8 @@ async fn routing_cycles_end_and_deliver_one_copy() {
         .unwrap();
     }
     declare(&ch, "ae-sink", ExchangeKind::Fanout).await;
-    for (destination, source, key) in [("ae-x", "ae-y", "k"), ("ae-sink", "ae-y", "k")] {
-        ch.exchange_bind(
-            destination.into(),
-            source.into(),
-            key.into(),
-            Default::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
+    bind_exchange(&ch, "ae-x", "ae-y", "k").await;
+    bind_exchange(&ch, "ae-sink", "ae-y", "k").await;
     let sink = bound_queue(&ch, "ae-sink", "").await;
     publish(&ch, "ae-x", "k", b"via the alternate").await;
     publish(&ch, "ae-x", "unroutable", b"nowhere").await;

@@ -8,6 +8,31 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use std::time::Duration;
 
+/// Appends one basic.publish to the default exchange with its header and
+/// body frames (no properties) to `out`, as a client would write it.
+fn encode_publish(out: &mut bytes::BytesMut, routing_key: &str, mandatory: bool, body: &[u8]) {
+    use broker::protocol::{encode, AMQPClass};
+    encode::method(
+        out,
+        1,
+        &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
+            amq_protocol::protocol::basic::Publish {
+                exchange: "".into(),
+                routing_key: routing_key.into(),
+                mandatory,
+                immediate: false,
+            },
+        )),
+    );
+    encode::content(
+        out,
+        1,
+        &encode::properties(&Default::default()),
+        body,
+        131_072,
+    );
+}
+
 /// A no-ack consumer slower than its publisher fills its connection's write
 /// side; the queue then holds back and is woken when the writer drains.
 /// Runs on two worker threads, the setting in which waking once re-entered
@@ -80,7 +105,6 @@ async fn saturated_autoack_consumer_drains_everything() {
 /// pace), and its queue stays within its `x-max-length`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_publisher_does_not_starve_a_polite_one() {
-    use broker::protocol::{encode, AMQPClass};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -96,21 +120,8 @@ async fn a_flooding_publisher_does_not_starve_a_polite_one() {
 
     // 500 publishes of 1 KiB, encoded once, written again and again.
     let mut batch = bytes::BytesMut::new();
-    let props = encode::properties(&Default::default());
     for _ in 0..500 {
-        encode::method(
-            &mut batch,
-            1,
-            &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
-                amq_protocol::protocol::basic::Publish {
-                    exchange: "".into(),
-                    routing_key: "flood".into(),
-                    mandatory: false,
-                    immediate: false,
-                },
-            )),
-        );
-        encode::content(&mut batch, 1, &props, &[b'f'; 1024], 131_072);
+        encode_publish(&mut batch, "flood", false, &[b'f'; 1024]);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flooded = Arc::new(AtomicU64::new(0));
@@ -173,7 +184,7 @@ async fn a_flooding_publisher_does_not_starve_a_polite_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_not_read_either() {
     use broker::protocol::decode::{Frame, FrameDecoder};
-    use broker::protocol::{encode, AMQPClass};
+    use broker::protocol::AMQPClass;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,20 +195,7 @@ async fn a_client_that_does_not_read_is_not_read_either() {
     const BODY: usize = 64 * 1024;
     const COUNT: u64 = 4096; // 256 MiB in all
     let mut one = bytes::BytesMut::new();
-    encode::method(
-        &mut one,
-        1,
-        &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
-            amq_protocol::protocol::basic::Publish {
-                exchange: "".into(),
-                routing_key: "nobody-here".into(),
-                mandatory: true,
-                immediate: false,
-            },
-        )),
-    );
-    let props = encode::properties(&Default::default());
-    encode::content(&mut one, 1, &props, &[b'r'; BODY], 131_072);
+    encode_publish(&mut one, "nobody-here", true, &[b'r'; BODY]);
 
     let mut client = RawClient::open(broker.port).await;
     client.open_channel(1).await;
