@@ -450,3 +450,14 @@ impl BrokerProcess {
         assert!(status.success(), "broker exited with {status}");
     }
 }
+
+impl Drop for BrokerProcess {
+    /// A test that ends (or fails) with the broker still running does not
+    /// leave it behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
