@@ -53,22 +53,19 @@ impl<T> UnackedList<T> {
         }
     }
 
-    fn contains(&self, tag: u64) -> bool {
-        self.position(tag).is_some()
-    }
-
     fn remove(&mut self, tag: u64) -> Option<T> {
         let entry = self.0.remove(self.position(tag)?).map(|(_, e)| e);
         self.shrink();
         entry
     }
 
-    /// Every entry with a tag up to `tag`.
-    fn take_through(&mut self, tag: u64) -> Vec<T> {
-        let end = self.0.partition_point(|(t, _)| *t <= tag);
+    /// Every entry up to and including the one tagged `tag`; `None` when
+    /// no entry has that tag.
+    fn take_through(&mut self, tag: u64) -> Option<Vec<T>> {
+        let end = self.position(tag)? + 1;
         let taken = self.0.drain(..end).map(|(_, e)| e).collect();
         self.shrink();
-        taken
+        Some(taken)
     }
 
     fn take_all(&mut self) -> Vec<T> {
@@ -186,10 +183,10 @@ impl ChannelDelivery {
         let taken: Vec<Unacked> = if multiple {
             if delivery_tag == 0 {
                 tags.unacked.take_all()
-            } else if tags.unacked.contains(delivery_tag) {
-                tags.unacked.take_through(delivery_tag)
             } else {
-                return Err(delivery_tag);
+                tags.unacked
+                    .take_through(delivery_tag)
+                    .ok_or(delivery_tag)?
             }
         } else {
             match tags.unacked.remove(delivery_tag) {
@@ -301,13 +298,14 @@ mod tests {
         for tag in [1, 3, 5, 7, 8, 9] {
             list.push(tag, tag * 10);
         }
-        assert!(!list.contains(2));
+        assert!(list.position(2).is_none());
+        assert_eq!(list.take_through(2), None);
         assert_eq!(list.remove(2), None);
         assert_eq!(list.remove(5), Some(50));
         assert_eq!(list.remove(5), None);
-        assert!(list.contains(1) && list.contains(9));
+        assert!(list.position(1).is_some() && list.position(9).is_some());
         // multiple=true through 7 takes 1, 3 and 7; 8 and 9 stay.
-        assert_eq!(list.take_through(7), vec![10, 30, 70]);
+        assert_eq!(list.take_through(7), Some(vec![10, 30, 70]));
         assert_eq!(list.remove(1), None);
         assert_eq!(list.take_all(), vec![80, 90]);
         assert!(list.take_all().is_empty());
@@ -320,7 +318,7 @@ mod tests {
             list.push(tag, ());
         }
         let burst = list.0.capacity();
-        list.take_through(99_990);
+        assert!(list.take_through(99_990).is_some());
         assert_eq!(list.0.len(), 10);
         assert!(list.0.capacity() < burst / 2, "{}", list.0.capacity());
     }
