@@ -530,6 +530,14 @@ impl Channel {
         }
     }
 
+    /// The publish being completed failed its checks and closes the
+    /// channel: it is not confirmed (see `Confirms::withdraw`).
+    pub fn withdraw_failed_publish(&mut self) {
+        if let Some(seq) = self.current_publish.take() {
+            self.confirms.withdraw(seq);
+        }
+    }
+
     /// Whether some confirm waits for the message log.
     pub fn waiting_for_log(&self) -> bool {
         self.confirm && self.confirms.waiting_for_log()

@@ -39,6 +39,15 @@ impl Confirms {
         self.nacks.push_back(publish);
     }
 
+    /// The last publish ended in a channel error: it gets neither ack nor
+    /// nack (as in RabbitMQ, only the channel.close), so the acks due for
+    /// the publishes before it must not cover it.
+    pub fn withdraw(&mut self, publish: u64) {
+        if publish == self.published && publish > self.confirmed {
+            self.published -= 1;
+        }
+    }
+
     /// How many publishes have been acked or nacked so far.
     pub fn confirmed(&self) -> u64 {
         self.confirmed
@@ -141,5 +150,22 @@ mod tests {
                 multiple: true
             }]
         );
+    }
+
+    #[test]
+    fn a_withdrawn_publish_is_not_covered_by_the_acks_before_it() {
+        let mut c = Confirms::default();
+        c.next();
+        c.next();
+        let failed = c.next();
+        c.withdraw(failed);
+        assert_eq!(
+            c.flush(0),
+            vec![Confirm::Ack {
+                tag: 2,
+                multiple: true
+            }]
+        );
+        assert_eq!(c.outstanding(), 0);
     }
 }

@@ -59,6 +59,8 @@ struct Connection {
     /// This connection's slot under the connection limits; given back as
     /// soon as the client has closed.
     admitted: Option<limits::Admitted>,
+    /// The client sent connection.close and got close-ok.
+    closed_by_client: bool,
 }
 
 enum Next {
@@ -254,11 +256,42 @@ async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
         publisher: false,
         info: info.clone(),
         admitted: Some(negotiated.admitted),
+        closed_by_client: false,
     };
     conn.run(&mut reader, &mut shutdown).await;
     conn.cleanup();
     broker.registry.remove(id);
     tracing::info!(%peer, id, "connection closed");
+    if conn.closed_by_client {
+        linger(&mut reader, &mut shutdown).await;
+    }
+    conn.ctx.output.send(Outbound::Close);
+}
+
+/// How long a closed connection's socket is kept open for the client to
+/// read its close-ok and hang up: RabbitMQ's CLOSING_TIMEOUT.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After close-ok to the client's connection.close, the socket stays open
+/// and whatever the client still sends is read and dropped, until it closes
+/// its end (or the time limit, or shutdown). Closing at once would make a
+/// client that is still writing (pipelined channel frames) get a reset
+/// before it has read close-ok.
+async fn linger(reader: &mut Reader, shutdown: &mut watch::Receiver<bool>) {
+    reader.idle_timeout = None;
+    let deadline = tokio::time::Instant::now() + CLOSING_TIMEOUT;
+    let until_eof = async {
+        loop {
+            reader.buf.clear();
+            if reader.fill().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout_at(deadline, until_eof) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
 }
 
 /// AMQP 0-9-1, and the older 0-9 header that RabbitMQ treats the same.
@@ -439,6 +472,8 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_secs(2), wait_for_close_ok).await;
     }
 
+    /// Releases the channels and exclusive queues; the socket is closed by
+    /// the caller (after `linger`, when the client started the close).
     fn cleanup(&mut self) {
         for (_, mut channel) in self.channels.drain() {
             channel.close(&mut self.ctx);
@@ -446,7 +481,6 @@ impl Connection {
         for queue in std::mem::take(&mut self.ctx.exclusive_queues) {
             self.ctx.vhost.remove_queue(&queue);
         }
-        self.ctx.output.send(Outbound::Close);
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<Next, AmqpError> {
@@ -514,6 +548,7 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, code = close.reply_code, text = %close.reply_text, "client closed connection");
                 // The client may reconnect as soon as it has the close-ok.
                 self.admitted = None;
+                self.closed_by_client = true;
                 self.ctx.output.method(
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
@@ -546,14 +581,16 @@ impl Connection {
             return Err(AmqpError::command_invalid("unimplemented method").on(class_id, method_id));
         }
         if self.closing.contains(&channel_id) {
-            // After we closed a channel, only its close-ok (or a crossing
-            // close) matters; everything else is dropped.
+            // After we closed a channel, only its close-ok ends the close
+            // handshake. A crossing channel.close (the client closed too,
+            // before it read ours) gets its close-ok, but the channel stays
+            // closing until the client's close-ok for ours arrives, as in
+            // RabbitMQ; everything else is dropped.
             match method {
                 AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(_)) => {
                     self.closing.remove(&channel_id);
                 }
                 AMQPClass::Channel(channel_methods::AMQPMethod::Close(_)) => {
-                    self.closing.remove(&channel_id);
                     self.send_channel_close_ok(channel_id);
                 }
                 _ => {}
@@ -636,6 +673,7 @@ impl Connection {
                 tracing::warn!(peer = %self.peer, channel = channel_id, %error, "closing channel");
                 if let Some(mut channel) = self.channels.remove(&channel_id) {
                     self.info.channel_closed(channel_id);
+                    channel.withdraw_failed_publish();
                     channel.flush_confirms(&self.ctx, self.synced_now());
                     channel.close(&mut self.ctx);
                 }

@@ -235,6 +235,36 @@ pub fn long_str(s: &str) -> lapin::types::AMQPValue {
     lapin::types::AMQPValue::LongString(s.into())
 }
 
+/// The frames of one basic.publish (method, header, body).
+pub fn encode_publish(
+    channel: u16,
+    exchange: &str,
+    routing_key: &str,
+    properties: &broker::protocol::BasicProperties,
+    body: &[u8],
+) -> BytesMut {
+    use amq_protocol::protocol::basic;
+    let mut out = BytesMut::new();
+    encode::method(
+        &mut out,
+        channel,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    );
+    encode::content(
+        &mut out,
+        channel,
+        &encode::properties(properties),
+        body,
+        131_072,
+    );
+    out
+}
+
 /// A byte-level AMQP client, for inputs a client library would never send.
 pub struct RawClient {
     pub stream: TcpStream,
@@ -320,6 +350,25 @@ impl RawClient {
         let mut out = BytesMut::new();
         encode::method(&mut out, channel, &method);
         self.send_raw(&out).await;
+    }
+
+    /// basic.publish with its header and body, as one write.
+    pub async fn publish(
+        &mut self,
+        channel: u16,
+        exchange: &str,
+        routing_key: &str,
+        properties: &broker::protocol::BasicProperties,
+        body: &[u8],
+    ) {
+        self.send_raw(&encode_publish(
+            channel,
+            exchange,
+            routing_key,
+            properties,
+            body,
+        ))
+        .await;
     }
 
     /// Next frame within 5 s; `None` when the server closed the socket.
