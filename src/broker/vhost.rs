@@ -11,7 +11,7 @@ use super::names;
 use super::policy::{self, Policy, PolicyRecord};
 use super::queue::stream::group::ConsumerGroups;
 use super::queue::stream::{partitions, Stream};
-use super::queue::{Queue, QueueArguments, QueueOptions};
+use super::queue::{quorum, Queue, QueueArguments, QueueOptions, QueueType};
 use crate::protocol::{AmqpError, FieldTable};
 use crate::store::catalog::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::stream_log::{Retention, StreamLog};
@@ -402,10 +402,23 @@ impl VHost {
         if args.stream.is_some() {
             check_stream_properties(&req, &self.queue_resource(req.name))?;
         }
+        if args.queue_type == QueueType::Quorum {
+            quorum::check_declare(
+                &quorum::DeclareProperties {
+                    name: req.name,
+                    durable: req.durable,
+                    exclusive: req.exclusive,
+                    auto_delete: req.auto_delete,
+                },
+                &self.queue_resource(req.name),
+            )?;
+        }
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(req.name) {
             existing.check_access(conn)?;
-            if req.exclusive && !existing.is_exclusive() {
+            // The exclusive flag must match either way, even on the owning
+            // connection (RabbitMQ's strict exclusive-access check).
+            if req.exclusive != existing.is_exclusive() {
                 return Err(existing.locked_error());
             }
             let resource = existing.resource();
