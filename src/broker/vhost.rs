@@ -857,8 +857,28 @@ impl VHost {
     }
 
     pub fn restore_queue(&self, r: &QueueRecord) {
-        let args = match QueueArguments::parse(&r.arguments, &self.queue_resource(&r.name)) {
+        let resource = self.queue_resource(&r.name);
+        let args = match QueueArguments::parse(&r.arguments, &resource) {
             Ok(args) => args,
+            // Stored before quorum queues had their own rules (they were
+            // served as classic ones): kept, as a classic queue, rather
+            // than left unrestored with its messages.
+            Err(e) if quorum::is_quorum(&r.arguments) => {
+                tracing::warn!(queue = %r.name, error = %e, "stored quorum queue has arguments quorum queues refuse; serving it as a classic queue");
+                let mut classic = FieldTable::default();
+                for (key, value) in r.arguments.inner() {
+                    if key.as_str() != "x-queue-type" {
+                        classic.insert(key.clone(), value.clone());
+                    }
+                }
+                match QueueArguments::parse(&classic, &resource) {
+                    Ok(args) => args,
+                    Err(e) => {
+                        tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
+                        return;
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
                 return;
@@ -1212,4 +1232,39 @@ fn check_stream_properties(req: &QueueDeclare, resource: &str) -> Result<(), Amq
 
 fn policy_key(vhost: &str, name: &str) -> Vec<u8> {
     [vhost.as_bytes(), &[0], name.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::AMQPValue;
+
+    fn record(name: &str, pairs: &[(&str, AMQPValue)]) -> QueueRecord {
+        let mut arguments = FieldTable::default();
+        for (k, v) in pairs {
+            arguments.insert((*k).into(), v.clone());
+        }
+        QueueRecord {
+            vhost: "/".into(),
+            name: name.into(),
+            auto_delete: false,
+            arguments,
+        }
+    }
+
+    #[test]
+    fn a_stored_quorum_queue_with_arguments_quorum_refuses_is_restored_as_classic() {
+        let vhost = VHost::new("/", None);
+        let quorum = AMQPValue::LongString("quorum".into());
+        vhost.restore_queue(&record("qq", &[("x-queue-type", quorum.clone())]));
+        vhost.restore_queue(&record(
+            "old",
+            &[
+                ("x-queue-type", quorum),
+                ("x-max-priority", AMQPValue::LongInt(5)),
+            ],
+        ));
+        assert_eq!(vhost.queue("qq").map(|q| q.type_name()), Some("quorum"));
+        assert_eq!(vhost.queue("old").map(|q| q.type_name()), Some("classic"));
+    }
 }

@@ -13,7 +13,7 @@ use super::{
     arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
     string_field, Ctx,
 };
-use crate::broker::queue::{Queue, QueuedMessage};
+use crate::broker::queue::{Queue, QueueType, QueuedMessage};
 use crate::broker::registry::{format_timestamp, now_ms};
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::protocol::BasicProperties;
@@ -60,6 +60,12 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("name".into(), json!(q.name));
     obj.insert("vhost".into(), json!(q.vhost));
     obj.insert("type".into(), json!(q.type_name()));
+    if q.queue_type() == QueueType::Quorum {
+        // One node: it leads, and is the only member (nothing replicated).
+        obj.insert("leader".into(), json!(ctx.node));
+        obj.insert("members".into(), json!([ctx.node]));
+        obj.insert("online".into(), json!([ctx.node]));
+    }
     obj.insert("durable".into(), json!(q.options.durable));
     obj.insert("auto_delete".into(), json!(q.options.auto_delete));
     obj.insert("exclusive".into(), json!(q.is_exclusive()));

@@ -16,8 +16,29 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// `x-queue-type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+    Stream,
+}
+
+impl QueueType {
+    /// The name management and `x-queue-type` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct QueueArguments {
+    pub queue_type: QueueType,
     pub message_ttl: Option<u64>,
     pub expires: Option<u64>,
     pub max_length: Option<u64>,
@@ -71,22 +92,24 @@ impl QueueArguments {
                 .ok_or_else(|| invalid(arg, format!("{{unacceptable_type,{}}}", type_name(value))))
         };
 
-        let is_stream = args
-            .inner()
-            .get("x-queue-type")
-            .and_then(as_string)
-            .as_deref()
-            == Some("stream");
-        if is_stream {
+        let declared_type = args.inner().get("x-queue-type").and_then(as_string);
+        if declared_type.as_deref() == Some("stream") {
             return Ok(QueueArguments {
+                queue_type: QueueType::Stream,
                 stream: Some(super::stream::arguments::parse(args, resource)?),
                 ..QueueArguments::default()
             });
         }
         let mut parsed = QueueArguments::default();
+        if declared_type.as_deref() == Some("quorum") {
+            parsed.queue_type = QueueType::Quorum;
+            parsed.delivery_limit = super::quorum::parse_arguments(args, resource)?;
+        }
         for (key, value) in args.inner() {
             let key = key.as_str();
             match key {
+                // Parsed by the quorum type above (where -1 means no limit).
+                "x-delivery-limit" if parsed.queue_type == QueueType::Quorum => {}
                 "x-message-ttl" => parsed.message_ttl = Some(ttl(key, value, true)?),
                 "x-expires" => parsed.expires = Some(ttl(key, value, false)?),
                 "x-max-length" => parsed.max_length = Some(non_negative(key, value)?),
@@ -132,8 +155,6 @@ impl QueueArguments {
                     }
                 },
                 "x-queue-type" => match string(key, value)?.as_str() {
-                    // Quorum queues are served by the classic implementation
-                    // here (single node: there is nothing to replicate).
                     "classic" | "quorum" => {}
                     other => {
                         return Err(invalid(
@@ -189,7 +210,14 @@ impl QueueArguments {
         out.expires = min(self.expires, p.u64("expires"));
         out.max_length = min(self.max_length, p.u64("max-length"));
         out.max_length_bytes = min(self.max_length_bytes, p.u64("max-length-bytes"));
-        out.delivery_limit = min(self.delivery_limit, p.u64("delivery-limit"));
+        out.delivery_limit = if self.queue_type == QueueType::Quorum
+            && !declared.inner().contains_key("x-delivery-limit")
+        {
+            // The policy's limit replaces the type's default of 20.
+            p.u64("delivery-limit").or(self.delivery_limit)
+        } else {
+            min(self.delivery_limit, p.u64("delivery-limit"))
+        };
         if out.dead_letter_exchange.is_none() {
             out.dead_letter_exchange = p.string("dead-letter-exchange");
         }

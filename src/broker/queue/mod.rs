@@ -12,10 +12,11 @@ mod arguments;
 mod consumer;
 pub mod dead_letter;
 pub mod paging;
+pub mod quorum;
 mod ready;
 pub mod stream;
 
-pub use arguments::{Overflow, QueueArguments};
+pub use arguments::{Overflow, QueueArguments, QueueType};
 pub use consumer::{Consumer, Credit, DeliverySink};
 pub use dead_letter::Reason;
 
@@ -272,12 +273,16 @@ impl Queue {
         self.stream.as_ref()
     }
 
-    /// `classic` or `stream` (quorum queues are served as classic ones).
+    /// `classic`, `quorum` or `stream`.
     pub fn type_name(&self) -> &'static str {
+        self.queue_type().name()
+    }
+
+    pub fn queue_type(&self) -> QueueType {
         if self.stream.is_some() {
-            "stream"
+            QueueType::Stream
         } else {
-            "classic"
+            self.args.queue_type
         }
     }
 
@@ -781,11 +786,19 @@ impl Queue {
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
+            let effective = self.effective.load();
+            // Quorum queues count every return (x-delivery-count on each
+            // redelivery), with or without a limit.
+            let counted =
+                effective.delivery_limit.is_some() || self.args.queue_type == QueueType::Quorum;
             for mut queued in messages {
                 queued.redelivered = true;
-                if let Some(limit) = self.effective.load().delivery_limit {
+                if counted {
                     queued.delivery_count += 1;
-                    if queued.delivery_count as u64 > limit {
+                    if effective
+                        .delivery_limit
+                        .is_some_and(|limit| queued.delivery_count as u64 > limit)
+                    {
                         dead.push((queued.message, Reason::DeliveryLimit));
                         continue;
                     }
