@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suites (unit, integration with lapin, examples)
-# and the Python client suites (pika, Celery) against the release binary.
+# Runs every test: the Rust suites (unit, integration with lapin, examples),
+# the Python client suites (pika, Celery) and the Go client's own
+# integration suite (amqp091-go) against the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,5 @@ if [ ! -x "$venv/bin/pytest" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 BROKER_BIN="$PWD/target/release/broker" "$venv/bin/pytest" tests/python -q -rf
+
+BROKER_BIN="$PWD/target/release/broker" bash tests/amqp091-go.sh
