@@ -237,6 +237,57 @@ async fn consistent_hash_spreads_by_weight_and_keeps_keys_together() {
     );
 }
 
+#[tokio::test]
+async fn consistent_hash_weights_are_bounded() {
+    let broker = TestBroker::start().await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "hash".into(),
+        ExchangeKind::Custom("x-consistent-hash".into()),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare("h".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    // 4294967295 would put 4.3 billion points on the ring.
+    for weight in ["4294967295", "1001", "0"] {
+        let ch = conn.create_channel().await.unwrap();
+        let err = ch
+            .queue_bind(
+                "h".into(),
+                "hash".into(),
+                weight.into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await;
+        assert_eq!(
+            broker.error_of(err).await,
+            (
+                406,
+                format!("PRECONDITION_FAILED - The binding key (weight) must be from 1 to 1000: <<\"{weight}\">>")
+            )
+        );
+    }
+    // The largest weight is taken, and routes.
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_bind(
+        "h".into(),
+        "hash".into(),
+        "1000".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    publish(&ch, "hash", "k", b"x").await;
+    assert_eq!(count(&ch, "h").await, 1);
+}
+
 fn keyed(key: &str) -> BasicProperties {
     BasicProperties::default().with_headers(table(&[("x-deduplication-header", long_str(key))]))
 }
