@@ -179,22 +179,28 @@ fn non_loopback_address() -> Option<std::net::IpAddr> {
 #[tokio::test]
 async fn channels_open_close_and_channel_max_is_enforced() {
     let broker = TestBroker::start_with(|c| c.amqp.channel_max = 3).await;
-    let mut raw = RawClient::open(broker.port).await;
-    for id in [1, 2, 7] {
-        raw.open_channel(id).await;
+    // channel-max is the highest channel number allowed: 1..=3 open, 4 and
+    // 65000 are refused with 530 (a connection error).
+    for refused in [4, 65000] {
+        let mut raw = RawClient::open(broker.port).await;
+        for id in [1, 2, 3] {
+            raw.open_channel(id).await;
+        }
+        raw.send_method(
+            refused,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
+        let (code, text, class, method) = raw.expect_connection_close().await;
+        assert_eq!(code, 530);
+        assert_eq!(
+            text,
+            format!(
+                "NOT_ALLOWED - channel number {refused} is above the negotiated channel_max (3)"
+            )
+        );
+        assert_eq!((class, method), (20, 10));
     }
-    raw.send_method(
-        4,
-        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-    )
-    .await;
-    let (code, text, class, method) = raw.expect_connection_close().await;
-    assert_eq!(code, 530);
-    assert_eq!(
-        text,
-        "NOT_ALLOWED - number of channels opened (3) has reached the negotiated channel_max (3)"
-    );
-    assert_eq!((class, method), (20, 10));
     broker.assert_healthy().await;
 }
 
@@ -233,9 +239,14 @@ async fn client_close_gets_close_ok() {
         raw.expect_method().await,
         AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
     ));
+    // The broker waits for the client to hang up (it may still be
+    // writing; tests/protocol_races.rs), then closes its side.
+    tokio::io::AsyncWriteExt::shutdown(&mut raw.stream)
+        .await
+        .unwrap();
     assert!(
         raw.read_frame().await.is_none(),
-        "socket should close after close-ok"
+        "socket should close after close-ok and the client's hang-up"
     );
 }
 

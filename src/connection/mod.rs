@@ -602,6 +602,14 @@ impl Connection {
                 if self.channels.contains_key(&channel_id) {
                     return Err(AmqpError::channel_error("second 'channel.open' seen").on(20, 10));
                 }
+                // channel-max is the highest channel number allowed.
+                if self.channel_max != 0 && channel_id > self.channel_max {
+                    return Err(AmqpError::not_allowed(format!(
+                        "channel number {channel_id} is above the negotiated channel_max ({})",
+                        self.channel_max
+                    ))
+                    .on(20, 10));
+                }
                 let open = self.channels.len() + self.closing.len();
                 if self.channel_max != 0 && open >= self.channel_max as usize {
                     return Err(AmqpError::not_allowed(format!(
