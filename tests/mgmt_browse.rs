@@ -258,18 +258,31 @@ async fn browse_errors() {
         let (status, _) = api.put(path, body).await;
         assert!(status.is_success(), "{path}");
     }
-    for user in ["reader", "stranger"] {
-        let (status, body) = api
-            .call_as(
-                (user, "pw"),
-                Method::POST,
-                "/queues/%2F/q/browse",
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{user}: {body}");
-        assert_eq!(body["error"], "not_authorized");
-    }
+    // No read permission on the queue: refused as AMQP refuses it.
+    let (status, body) = api
+        .call_as(
+            ("reader", "pw"),
+            Method::POST,
+            "/queues/%2F/q/browse",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "access_refused", "reason": "access to queue 'q' in vhost '/' refused for user 'reader'"})
+    );
+    // No permission entry for the vhost at all.
+    let (status, body) = api
+        .call_as(
+            ("stranger", "pw"),
+            Method::POST,
+            "/queues/%2F/q/browse",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "not_authorized");
     let (status, _) = api
         .call_as(
             ("reader", "pw"),

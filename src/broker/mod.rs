@@ -1,5 +1,6 @@
 //! The broker's logic: vhosts, exchanges, queues, consumers. No sockets.
 
+pub mod access;
 pub mod alarms;
 pub mod arguments;
 pub mod dedup;

@@ -1,12 +1,11 @@
 //! One AMQP channel: its state machine and the handling of every
 //! channel-level method (exchange, queue, basic, confirm, tx).
 
-mod access;
-
 use super::confirms::{Confirm, Confirms};
 use super::delivery::{ChannelDelivery, Unacked};
 use super::publish::{Assembled, PendingPublish, Progress};
 use super::ConnContext;
+use crate::broker::access::{Access, Kind, Perm};
 use crate::broker::arguments;
 use crate::broker::exchange::RoutedQueues;
 use crate::broker::message::Message;
@@ -17,7 +16,6 @@ use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PRE
 use crate::protocol::error::code;
 use crate::protocol::text::short;
 use crate::protocol::{AMQPClass, AMQPValue, AmqpError, BasicProperties, FieldTable};
-use access::{Access, Kind, Perm};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx};
 use bytes::Bytes;
 use std::collections::HashMap;

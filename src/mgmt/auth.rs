@@ -3,15 +3,19 @@
 //! - `administrator`: everything, including users, permissions, definitions;
 //! - `monitoring`: reads everything (all vhosts, all connections), changes nothing;
 //! - `management` / `policymaker`: reads and changes objects in the vhosts
-//!   it has permissions for.
+//!   it has permissions for; `policymaker` also changes policies there.
 //!
 //! A user without any of these tags cannot use the API at all. Changes in
-//! a vhost need a permission entry for it, whatever the tags (RabbitMQ
-//! checks the configure/write/read patterns too; this broker does not
-//! check patterns anywhere yet).
+//! a vhost need a permission entry for it, whatever the tags. Then every
+//! operation on a queue or exchange is checked as AMQP checks it (the
+//! configure / write / read patterns, see `broker::access`), because
+//! RabbitMQ's management performs it as the caller: tags, administrator
+//! included, do not bypass the patterns. A pattern refusal is a 403
+//! (`access_refused`); a missing tag or permission entry stays a 401.
 
 use super::error::{ApiError, ApiResult};
 use super::Ctx;
+use crate::broker::access::Access;
 use crate::broker::vhost::VHost;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
@@ -80,6 +84,7 @@ impl Caller {
 
     /// The vhost, if it exists and the caller may change things in it:
     /// not a monitoring-only user, and with a permission entry for it.
+    /// What it may change there is then checked with `access`.
     pub fn writable_vhost(&self, ctx: &Ctx, name: &str) -> ApiResult<Arc<VHost>> {
         let vhost = ctx.broker.vhost(name).ok_or_else(ApiError::not_found)?;
         if !self.is_admin() && !self.has("management") && !self.has("policymaker") {
@@ -87,12 +92,51 @@ impl Caller {
                 "Not authorised: monitoring users are read-only",
             ));
         }
-        if !self.has_permission(ctx, name) {
+        self.require_permission(ctx, name)?;
+        Ok(vhost)
+    }
+
+    /// The vhost, if it exists and the caller has a permission entry for
+    /// it, whatever its tags (reading messages is an AMQP operation: a
+    /// vhost that is merely visible is not enough).
+    pub fn vhost_with_access(&self, ctx: &Ctx, name: &str) -> ApiResult<Arc<VHost>> {
+        let vhost = ctx.broker.vhost(name).ok_or_else(ApiError::not_found)?;
+        self.require_permission(ctx, name)?;
+        Ok(vhost)
+    }
+
+    /// The vhost, if it exists and the caller may change its policies:
+    /// an administrator, or a policymaker with a permission entry for it
+    /// (RabbitMQ's `is_authorized_policies`).
+    pub fn policy_vhost(&self, ctx: &Ctx, name: &str) -> ApiResult<Arc<VHost>> {
+        if !self.is_admin() && !self.has("policymaker") {
             return Err(ApiError::not_authorized(
-                "User not authorised to access virtual host",
+                "Not policymaker or administrator user",
             ));
         }
+        let vhost = ctx.broker.vhost(name).ok_or_else(ApiError::not_found)?;
+        if !self.is_admin() {
+            self.require_permission(ctx, name)?;
+        }
         Ok(vhost)
+    }
+
+    fn require_permission(&self, ctx: &Ctx, vhost: &str) -> ApiResult<()> {
+        if self.has_permission(ctx, vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorized(
+                "User not authorised to access virtual host",
+            ))
+        }
+    }
+
+    /// The caller's configure / write / read patterns in `vhost`, to check
+    /// an operation the API performs as the caller. A refused check is an
+    /// AMQP ACCESS_REFUSED, which the `?` operator turns into a 403
+    /// `access to queue 'q' in vhost 'v' refused for user 'u'`.
+    pub fn access(&self, ctx: &Ctx, vhost: &VHost) -> Access {
+        Access::load(&ctx.broker, &self.name, &vhost.name)
     }
 }
 
@@ -147,9 +191,10 @@ fn check(ctx: &Ctx, req: &Request) -> ApiResult<Caller> {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         if !peer.is_some_and(|ip| ip.is_loopback()) {
-            return Err(ApiError::not_authorized(
-                "User can only log in via localhost",
-            ));
+            // Answered exactly as a wrong password, so that the caller
+            // learns nothing about the password it tried.
+            tracing::warn!(user = %caller.name, ?peer, "HTTP login refused: user can only log in via localhost");
+            return Err(ApiError::not_authorized("Login failed"));
         }
     }
     if !caller

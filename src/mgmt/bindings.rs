@@ -9,12 +9,17 @@
 //! plus `~` and a short hash of its arguments when it has any (RabbitMQ
 //! hashes the Erlang term, so the hash differs from RabbitMQ's, but it is
 //! stable and unique in the same way).
+//!
+//! Creating or deleting a binding is checked as queue.bind / exchange.bind
+//! (see `auth.rs`): write on the destination, then read on the source
+//! (`amq.default` for the default exchange).
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::exchanges::exchange_name;
 use super::values::table_to_json;
 use super::{arguments_field, json_body, list, no_content, percent_encode, string_field, Ctx};
+use crate::broker::access::{Access, Kind, Perm};
 use crate::broker::exchange::Destination;
 use crate::broker::vhost::VHost;
 use crate::protocol::FieldTable;
@@ -233,6 +238,24 @@ async fn list_between_exchange(
     list_between(&ctx, &caller, p, false, &query).await
 }
 
+/// The checks of a bind or unbind, in AMQP's order. The default exchange
+/// is checked as `amq.default`, whichever way the path names it.
+fn check_bind(
+    mut access: Access,
+    source: &str,
+    destination: &str,
+    to_queue: bool,
+) -> ApiResult<()> {
+    let kind = if to_queue {
+        Kind::Queue
+    } else {
+        Kind::Exchange
+    };
+    access.check(Perm::Write, kind, destination)?;
+    access.check(Perm::Read, Kind::Exchange, source)?;
+    Ok(())
+}
+
 /// POST `{"routing_key": "k", "arguments": {}}` → 201 with the new
 /// binding's properties key in `Location`.
 async fn create(
@@ -248,6 +271,7 @@ async fn create(
     let arguments = arguments_field(&body)?;
     let source = exchange_name(&source);
     check_ends(&vhost, source, &destination, to_queue)?;
+    check_bind(caller.access(ctx, &vhost), source, &destination, to_queue)?;
     if to_queue {
         let owner = vhost
             .queue(&destination)
@@ -343,6 +367,7 @@ async fn delete_one(
     let vhost = caller.writable_vhost(ctx, &vhost)?;
     let source = exchange_name(&source);
     let row = find(&vhost, source, &destination, to_queue, &props)?;
+    check_bind(caller.access(ctx, &vhost), source, &destination, to_queue)?;
     if to_queue {
         let owner = vhost
             .queue(&destination)

@@ -1,6 +1,11 @@
 //! `/api/exchanges[/{vhost}[/{name}]]` (GET, PUT, DELETE) and
 //! `/api/exchanges/{vhost}/{name}/publish`. The default exchange is listed
 //! with name `""` and addressed as `amq.default` in paths.
+//!
+//! Each operation is checked as its AMQP method (see `auth.rs`): declare
+//! and delete need configure on the exchange (a declare with an
+//! alternate exchange also read on it and write on the alternate one),
+//! publish needs write on it (`amq.default` for the default exchange).
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -9,6 +14,7 @@ use super::{
     arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
     string_field, Ctx,
 };
+use crate::broker::access::{Kind, Perm};
 use crate::broker::exchange::{Exchange, RoutedQueues};
 use crate::broker::message::Message;
 use crate::broker::vhost::{ExchangeDeclare, VHost};
@@ -158,6 +164,9 @@ async fn declare(
         .ok_or_else(|| ApiError::bad_request("[{key_missing,type}]"))?;
     let arguments = arguments_field(&body)?;
     let name = exchange_name(&name);
+    caller
+        .access(&ctx, &vhost)
+        .check_exchange_declare(name, &arguments)?;
     let existed = vhost.exchange(name).is_some();
     vhost.declare_exchange(ExchangeDeclare {
         name,
@@ -183,6 +192,9 @@ async fn delete(
     if !name.is_empty() && vhost.exchange(name).is_none() {
         return Err(ApiError::not_found());
     }
+    caller
+        .access(&ctx, &vhost)
+        .check(Perm::Configure, Kind::Exchange, name)?;
     vhost.delete_exchange(name, flag(&query, "if-unused"))?;
     Ok(no_content())
 }
@@ -210,7 +222,10 @@ pub(crate) fn properties_from_json(map: &Map<String, Value>) -> ApiResult<BasicP
             "content_type" => props.with_content_type(short(key, v)?),
             "content_encoding" => props.with_content_encoding(short(key, v)?),
             "headers" => match v {
-                Value::Object(h) => props.with_headers(table_from_json(h)),
+                Value::Object(h) => props.with_headers(
+                    table_from_json(h)
+                        .map_err(|e| ApiError::bad_request(format!("headers: {e}")))?,
+                ),
                 _ => return Err(ApiError::bad_request("headers must be an object")),
             },
             "delivery_mode" => props.with_delivery_mode(octet(key, v)?),
@@ -277,6 +292,10 @@ async fn publish(
         }
     };
     let name = exchange_name(&name);
+    // Write permission first, then the exchange, as basic.publish does.
+    caller
+        .access(&ctx, &vhost)
+        .check(Perm::Write, Kind::Exchange, name)?;
     let exchange = check_exchange(&vhost, name)?;
     let raw = encode::properties(&properties);
     let message = Message::new(

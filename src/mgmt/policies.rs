@@ -2,7 +2,8 @@
 //! PUT takes `{"pattern", "definition", "priority", "apply-to"}` and answers
 //! 201 (new) or 204 (replaced); an invalid definition is a 400 with
 //! RabbitMQ's validation text. Changing policies needs the administrator
-//! or policymaker tag.
+//! tag, or the policymaker tag and a permission entry for the vhost (as
+//! RabbitMQ's `is_authorized_policies`).
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -36,16 +37,6 @@ pub(crate) fn policy_json(policy: &Policy) -> Value {
         "definition": r.definition,
         "priority": r.priority,
     })
-}
-
-fn may_change(caller: &Caller) -> ApiResult<()> {
-    if caller.is_admin() || caller.tags.iter().any(|t| t == "policymaker") {
-        Ok(())
-    } else {
-        Err(ApiError::not_authorized(
-            "Not policymaker or administrator user",
-        ))
-    }
 }
 
 /// A policy record from a PUT body or a definitions entry.
@@ -152,8 +143,7 @@ async fn put_policy(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    may_change(&caller)?;
-    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    let vhost = caller.policy_vhost(&ctx, &vhost)?;
     let body = json_body(&body)?;
     let record = policy_from_json(&vhost.name, &name, &body)?;
     match vhost.put_policy(record) {
@@ -168,8 +158,7 @@ async fn delete_policy(
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    may_change(&caller)?;
-    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    let vhost = caller.policy_vhost(&ctx, &vhost)?;
     if vhost.delete_policy(&name) {
         Ok(no_content())
     } else {

@@ -5,6 +5,11 @@
 //!
 //! Not known to the broker, so shown as 0: unacknowledged and persistent
 //! message bytes, memory.
+//!
+//! Each operation is checked as its AMQP method (see `auth.rs`): declare
+//! and delete need configure on the queue (a declare with a dead-letter
+//! exchange also read on the queue and write on that exchange), get,
+//! browse and purge need read on it.
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
@@ -13,6 +18,7 @@ use super::{
     arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
     string_field, Ctx,
 };
+use crate::broker::access::{Kind, Perm};
 use crate::broker::queue::{Queue, QueueType, QueuedMessage};
 use crate::broker::registry::{format_timestamp, now_ms};
 use crate::broker::vhost::{QueueDeclare, VHost};
@@ -228,6 +234,9 @@ async fn declare(
     let vhost = caller.writable_vhost(&ctx, &vhost)?;
     let body = json_body(&body)?;
     let arguments = arguments_field(&body)?;
+    caller
+        .access(&ctx, &vhost)
+        .check_queue_declare(&name, &arguments)?;
     let existed = vhost.queue(&name).is_some();
     vhost.declare_queue(
         QueueDeclare {
@@ -252,6 +261,9 @@ async fn delete_queue(
 ) -> ApiResult<Response> {
     let vhost = caller.writable_vhost(&ctx, &vhost)?;
     let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    caller
+        .access(&ctx, &vhost)
+        .check(Perm::Configure, Kind::Queue, &q.name)?;
     // Management may delete another connection's exclusive queue, as in
     // RabbitMQ: act as its owner.
     let owner = q.options.exclusive_owner.unwrap_or(0);
@@ -271,6 +283,9 @@ async fn purge(
 ) -> ApiResult<Response> {
     let vhost = caller.writable_vhost(&ctx, &vhost)?;
     let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    caller
+        .access(&ctx, &vhost)
+        .check(Perm::Read, Kind::Queue, &q.name)?;
     q.purge();
     Ok(no_content())
 }
@@ -364,6 +379,9 @@ async fn get_messages(
         None => return Err(ApiError::bad_request("[{key_missing,ackmode}]")),
     };
     let (base64_only, truncate) = output_options(&body)?;
+    caller
+        .access(&ctx, &vhost)
+        .check(Perm::Read, Kind::Queue, &q.name)?;
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..count {
@@ -414,7 +432,8 @@ fn output_options(body: &Map<String, Value>) -> ApiResult<(bool, Option<usize>)>
 /// → the ready messages at positions K..K+N from the head, shaped as
 /// `/get` answers them (`message_count`: ready messages behind each one).
 /// Nothing is removed, requeued, reordered or flagged redelivered; paged
-/// out messages are read from disk and stay there. Needs read permission.
+/// out messages are read from disk and stay there. Needs read permission
+/// on the queue, as basic.get (tags alone, even monitoring, are not enough).
 /// Stream queues answer 400: read them with a consumer and
 /// `x-stream-offset` instead.
 async fn browse(
@@ -423,9 +442,11 @@ async fn browse(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let vhost = caller.readable_vhost(&ctx, &vhost)?;
+    let vhost = caller.vhost_with_access(&ctx, &vhost)?;
     let q: Arc<Queue> = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    check_read_permission(&ctx, &caller, &vhost.name, &q)?;
+    caller
+        .access(&ctx, &vhost)
+        .check(Perm::Read, Kind::Queue, &q.name)?;
     let body = json_body(&body)?;
     let count = count_field(&body, "count", 1)?;
     let offset = count_field(&body, "offset", 0)?;
@@ -450,23 +471,4 @@ async fn browse(
         })
         .collect();
     Ok(Json(Value::Array(out)))
-}
-
-/// Message contents are for users with read permission on the queue, as
-/// for basic.get: a permission entry for the vhost whose `read` pattern
-/// matches the queue name (tags alone, even monitoring, are not enough).
-fn check_read_permission(ctx: &Ctx, caller: &Caller, vhost: &str, q: &Queue) -> ApiResult<()> {
-    let users = ctx.broker.users.read();
-    let allowed = users.permission(&caller.name, vhost).is_some_and(|p| {
-        !p.read.is_empty() && regex::Regex::new(&p.read).is_ok_and(|re| re.is_match(&q.name))
-    });
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::not_authorized(format!(
-            "access to {} refused for user '{}'",
-            q.resource(),
-            caller.name
-        )))
-    }
 }

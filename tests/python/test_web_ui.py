@@ -5,7 +5,8 @@ the release binary.
 The test logs in, declares a queue through the UI's form, publishes
 messages through the UI, and sees the queue's count in the list and the
 overview's queue-depth chart change; and on a queue's page browses and
-gets messages. On failure the browser's screen is
+gets messages; and a user without read permission on the queue sees the
+API's refusal when it tries to get them. On failure the browser's screen is
 saved to ``target/ui-failure.png``.
 
 Without Chromium the test is skipped locally but fails when ``CI=true``,
@@ -208,15 +209,15 @@ def api(broker: UiBroker, method: str, path: str, body=None):
         return e.code, None
 
 
-def log_in(driver, url):
+def log_in(driver, url, user="guest", password="guest"):
     from selenium.webdriver.common.by import By
 
     driver.get(url)
     wait_for(driver, lambda d: d.find_element(By.ID, "login-username").is_displayed(), what="login form")
-    driver.find_element(By.ID, "login-username").send_keys("guest")
-    driver.find_element(By.ID, "login-password").send_keys("guest")
+    driver.find_element(By.ID, "login-username").send_keys(user)
+    driver.find_element(By.ID, "login-password").send_keys(password)
     driver.find_element(By.ID, "login-submit").click()
-    wait_for(driver, lambda d: d.find_element(By.ID, "whoami").text.startswith("guest"), what="logged in")
+    wait_for(driver, lambda d: d.find_element(By.ID, "whoami").text.startswith(user), what="logged in")
 
 
 def test_browse_and_get_from_the_queue_page(ui_broker, browser):
@@ -257,6 +258,40 @@ def test_browse_and_get_from_the_queue_page(ui_broker, browser):
                  what="the first message got")
         wait_for(driver, lambda d: ready_in_summary(d) == "1", what="1 ready after the get")
         screenshot(driver, "queue-get")
+    except BaseException:
+        save_failure(driver, ui_broker)
+        raise
+
+
+def test_a_refused_get_shows_the_reason(ui_broker, browser):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    queue = f"ui-{uuid.uuid4().hex[:8]}"
+    assert api(ui_broker, "PUT", f"/queues/%2F/{queue}", {"durable": False})[0] == 201
+    status, body = api(ui_broker, "POST", "/exchanges/%2F/amq.default/publish",
+                       {"properties": {}, "routing_key": queue, "payload": "secret",
+                        "payload_encoding": "string"})
+    assert (status, body) == (200, {"routed": True})
+    # A management user who may read only other queues.
+    assert api(ui_broker, "PUT", "/users/viewer", {"password": "pw", "tags": "management"})[0] in (201, 204)
+    assert api(ui_broker, "PUT", "/permissions/%2F/viewer",
+               {"configure": ".*", "write": ".*", "read": "^public$"})[0] in (201, 204)
+    try:
+        log_in(driver, ui_broker.management_url(), "viewer", "pw")
+        driver.get(f"{ui_broker.management_url()}#/queues/%2F/{queue}")
+        wait_for(driver, lambda d: ready_in_summary(d) == "1", what="1 ready in the summary")
+
+        # Get is refused: the flash line shows the API's 403 and its reason.
+        driver.find_element(By.CSS_SELECTOR, "#queue-get button[type=submit]").click()
+        refusal = f"403: access to queue '{queue}' in vhost '/' refused for user 'viewer'"
+        wait_for(driver, lambda d: d.find_element(By.ID, "flash").text == refusal,
+                 what="the refusal in the flash line")
+        screenshot(driver, "queue-get-refused")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#queue-messages .message")
+        assert api(ui_broker, "GET", f"/queues/%2F/{queue}")[1]["messages_ready"] == 1
+        # Still logged in: a refusal is not a failed login.
+        assert driver.find_element(By.ID, "whoami").text.startswith("viewer")
     except BaseException:
         save_failure(driver, ui_broker)
         raise

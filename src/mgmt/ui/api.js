@@ -14,9 +14,13 @@ const Api = (() => {
     return btoa(binary);
   }
 
+  // Shown as "status: reason", e.g. a refused permission reads
+  // "403: access to queue 'q' in vhost '/' refused for user 'u'".
   class ApiError extends Error {
     constructor(status, body) {
-      const reason = body && (body.reason || body.error);
+      let reason = body && (body.reason || body.error);
+      // RabbitMQ sometimes sends a structured reason; show it as JSON.
+      if (reason && typeof reason !== "string") reason = JSON.stringify(reason);
       super(reason ? `${status}: ${reason}` : `HTTP ${status}`);
       this.status = status;
       this.body = body;

@@ -1,13 +1,18 @@
-//! Permission checks for one channel, as RabbitMQ makes them: the user's
-//! configure, write and read regular expressions for the vhost, matched
-//! (unanchored) against the queue or exchange name; `""` grants nothing.
-//! The expressions are compiled when the channel first needs them, and
-//! granted checks are remembered for the channel's life (RabbitMQ's
+//! Permission checks, as RabbitMQ makes them: the user's configure, write
+//! and read regular expressions for the vhost, matched (unanchored)
+//! against the queue or exchange name; `""` grants nothing. Tags do not
+//! bypass them: an administrator without a matching pattern is refused
+//! too. Used by AMQP channels and by the management API, which acts as
+//! its caller (RabbitMQ's management runs each operation as that user).
+//!
+//! The expressions are compiled when first needed, and granted checks are
+//! remembered for the life of the `Access` (a channel's: RabbitMQ's
 //! channels cache them too), so the publish path matches a regex only for
 //! an exchange it has not published to before.
 
+use crate::broker::arguments;
 use crate::broker::Broker;
-use crate::protocol::AmqpError;
+use crate::protocol::{AmqpError, FieldTable};
 use regex::Regex;
 use std::collections::HashSet;
 
@@ -114,5 +119,41 @@ impl Access {
             "access to {what} '{name}' in vhost '{}' refused for user '{}'",
             self.vhost, self.user
         )))
+    }
+
+    /// The checks of a (not passive) queue.declare: configure on the
+    /// queue; with `x-dead-letter-exchange`, also read on the queue and
+    /// write on that exchange.
+    pub fn check_queue_declare(
+        &mut self,
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check(Perm::Configure, Kind::Queue, name)?;
+        if let Some(dlx) =
+            arguments::get(arguments, "x-dead-letter-exchange").and_then(arguments::as_string)
+        {
+            self.check(Perm::Read, Kind::Queue, name)?;
+            self.check(Perm::Write, Kind::Exchange, &dlx)?;
+        }
+        Ok(())
+    }
+
+    /// The checks of a (not passive) exchange.declare: configure on the
+    /// exchange; with `alternate-exchange`, also read on the exchange and
+    /// write on the alternate one.
+    pub fn check_exchange_declare(
+        &mut self,
+        name: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        self.check(Perm::Configure, Kind::Exchange, name)?;
+        if let Some(ae) =
+            arguments::get(arguments, "alternate-exchange").and_then(arguments::as_string)
+        {
+            self.check(Perm::Read, Kind::Exchange, name)?;
+            self.check(Perm::Write, Kind::Exchange, &ae)?;
+        }
+        Ok(())
     }
 }
