@@ -69,6 +69,11 @@ impl Ctx {
     }
 }
 
+/// The largest request body the API reads (RabbitMQ's default
+/// `management.http_max_body_size`, 20 MiB: room for the definitions of a
+/// large deployment); larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+
 /// The `/api` router, authenticated, with a JSON 404 for everything else.
 /// Rates stay 0 unless the sampler of `ctx` is started (as `serve` does).
 pub fn router(ctx: Ctx) -> Router {
@@ -91,6 +96,8 @@ pub fn router(ctx: Ctx) -> Router {
             ctx.clone(),
             auth::authenticate,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_payload_too_large))
         .with_state(ctx);
     Router::new()
         .nest("/api", api)
@@ -142,6 +149,18 @@ async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
+/// The body-limit rejection is plain text; the API answers in JSON.
+async fn json_payload_too_large(response: axum::response::Response) -> axum::response::Response {
+    if response.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    axum::response::IntoResponse::into_response(ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body larger than {MAX_BODY_BYTES} bytes"),
+    ))
+}
+
 // ---- helpers shared by the resource files ----
 
 /// A request body as a JSON object; an empty body is `{}`.
@@ -186,7 +205,8 @@ pub(crate) fn string_field<'a>(
 pub(crate) fn arguments_field(body: &Map<String, Value>) -> ApiResult<crate::protocol::FieldTable> {
     match body.get("arguments") {
         None | Some(Value::Null) => Ok(Default::default()),
-        Some(Value::Object(map)) => Ok(values::table_from_json(map)),
+        Some(Value::Object(map)) => values::table_from_json(map)
+            .map_err(|e| ApiError::bad_request(format!("arguments: {e}"))),
         // RabbitMQ's UI sends `[]` for "no arguments".
         Some(Value::Array(a)) if a.is_empty() => Ok(Default::default()),
         Some(other) => Err(ApiError::bad_request(format!(

@@ -45,10 +45,17 @@ pub fn table_to_json(table: &FieldTable) -> Value {
     )
 }
 
-/// JSON to an AMQP value, as RabbitMQ converts management input: integers
+/// JSON to an AMQP table, as RabbitMQ converts management input: integers
 /// become signed 64-bit (`l`), other numbers doubles, strings long strings.
-pub fn from_json(value: &Value) -> AMQPValue {
-    match value {
+/// The limits of AMQP field tables hold: keys are short strings (at most
+/// 255 bytes) and nesting stops at `MAX_DEPTH`, as for a table that
+/// arrives over AMQP.
+pub fn table_from_json(map: &Map<String, Value>) -> Result<FieldTable, String> {
+    table_at(map, 0)
+}
+
+fn value_at(value: &Value, depth: usize) -> Result<AMQPValue, String> {
+    Ok(match value {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),
         Value::Number(n) => match n.as_i64() {
@@ -57,16 +64,40 @@ pub fn from_json(value: &Value) -> AMQPValue {
         },
         Value::String(s) => AMQPValue::LongString(s.as_str().into()),
         Value::Array(items) => {
-            AMQPValue::FieldArray(items.iter().map(from_json).collect::<Vec<_>>().into())
+            check_depth(depth)?;
+            AMQPValue::FieldArray(
+                items
+                    .iter()
+                    .map(|v| value_at(v, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into(),
+            )
         }
-        Value::Object(map) => AMQPValue::FieldTable(table_from_json(map)),
-    }
+        Value::Object(map) => AMQPValue::FieldTable(table_at(map, depth)?),
+    })
 }
 
-pub fn table_from_json(map: &Map<String, Value>) -> FieldTable {
+fn table_at(map: &Map<String, Value>, depth: usize) -> Result<FieldTable, String> {
+    check_depth(depth)?;
     let mut table = FieldTable::default();
     for (k, v) in map {
-        table.insert(k.as_str().into(), from_json(v));
+        if k.len() > 255 {
+            return Err(format!(
+                "table key of {} bytes: keys are short strings (at most 255 bytes)",
+                k.len()
+            ));
+        }
+        table.insert(k.as_str().into(), value_at(v, depth + 1)?);
     }
-    table
+    Ok(table)
+}
+
+fn check_depth(depth: usize) -> Result<(), String> {
+    if depth >= crate::protocol::decode_guard::MAX_DEPTH {
+        return Err(format!(
+            "tables and arrays nested more than {} deep",
+            crate::protocol::decode_guard::MAX_DEPTH
+        ));
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 //! body frames are sliced out of the read buffer without copying.
 
 pub mod decode;
-mod decode_guard;
+pub mod decode_guard;
 pub mod encode;
 pub mod error;
 pub mod text;
