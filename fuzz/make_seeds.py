@@ -110,6 +110,23 @@ SEEDS = {
         "handshake_plain": b"\x01" + START_OK_PLAIN + TUNE_OK + OPEN + CHANNEL_OPEN + CONNECTION_CLOSE,
         "handshake_amqplain": b"\x01" + START_OK_AMQPLAIN + TUNE_OK + OPEN + CONNECTION_CLOSE,
     },
+    # Bytes map onto a, a, b, *, #, ., ., . (byte % 8); 0xFF separates the
+    # routing key from the binding keys.
+    "topic_matcher": {
+        "words": bytes([0, 5, 2, 5, 0]) + b"\xff" + bytes([0, 5, 3]) + b"\xff" + bytes([4]),
+        "hashes": bytes([0, 5] * 40) + b"\xff" + bytes([4, 5] * 12 + [3]) + b"\xff" + bytes([4, 5, 0, 5, 4]),
+        "empty": b"\xff" + b"\xff" + bytes([4]),
+    },
+    # First byte: the endpoint (fuzz_targets/mgmt_json.rs); the rest: the body.
+    "mgmt_json": {
+        "definitions": b"\x00" + b'{"queues": [{"name": "d", "vhost": "/", "durable": true, "arguments": {"x-max-length": 5}}], '
+        b'"exchanges": [{"name": "dx", "vhost": "/", "type": "topic"}], '
+        b'"bindings": [{"source": "dx", "vhost": "/", "destination": "d", "destination_type": "queue", "routing_key": "#"}]}',
+        "publish": b"\x02" + b'{"properties": {"headers": {"a": [1, {"b": null}]}}, "routing_key": "q", "payload": "x", "payload_encoding": "string"}',
+        "policy": b"\x03" + b'{"pattern": "^q", "definition": {"max-length": 10}, "apply-to": "queues"}',
+        "queue": b"\x04" + b'{"durable": true, "arguments": {"x-queue-type": "quorum"}}',
+        "binding": b"\x06" + b'{"routing_key": "k", "arguments": {"x-match": "all"}}',
+    },
 }
 
 for target, seeds in SEEDS.items():
