@@ -181,6 +181,7 @@ SCENARIOS=(
     "1k-confirm-ack|1 KiB, confirms ($CONFIRM) + manual ack, prefetch 100|--size 1024 --confirm $CONFIRM --prefetch 100||"
     "1k-persistent|1 KiB persistent, confirms ($CONFIRM), durable queue, prefetch 100|--size 1024 --persistent --confirm $CONFIRM --prefetch 100 --queues perf-durable-%d||"
     "fanout10|fanout to 10 queues, 1 KiB, autoack|--scenario fanout --queue-count 10 --size 1024 --autoack||"
+    "topic|topic exchange, binding stock.*.#, key stock.nyse.ibm, 1 KiB, autoack|--exchange perf-topic --exchange-type topic --routing-key stock.nyse.ibm --binding-key stock.*.# --size 1024 --autoack||"
     "latency-1k|latency at 1k msg/s, 1 KiB, autoack|--scenario latency --rate 1000 --size 1024 --autoack||"
     "latency-10k|latency at 10k msg/s, 1 KiB, autoack|--scenario latency --rate 10000 --size 1024 --autoack||"
     "backlog|backlog $BACKLOG_COUNT x 1 KiB (confirms $CONFIRM), then drain (prefetch 1000)|--scenario backlog --count $BACKLOG_COUNT --size 1024 --confirm $CONFIRM --prefetch 1000||"

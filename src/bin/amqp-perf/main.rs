@@ -92,6 +92,10 @@ struct Cli {
     /// Routing key (default: the queue's name); also the binding key.
     #[arg(long, short = 'k')]
     routing_key: Option<String>,
+    /// Binding key, when it differs from the routing key (a topic pattern
+    /// such as `stock.*.#`).
+    #[arg(long)]
+    binding_key: Option<String>,
     /// Message body size in bytes (latency needs at least 8).
     #[arg(long, short = 's', default_value_t = 16)]
     size: usize,
@@ -385,7 +389,10 @@ impl Plan {
         if self.exchange_type == "fanout" {
             return String::new();
         }
-        cli.routing_key.clone().unwrap_or_else(|| queue.to_string())
+        cli.binding_key
+            .clone()
+            .or_else(|| cli.routing_key.clone())
+            .unwrap_or_else(|| queue.to_string())
     }
 
     fn declares_exchange(&self) -> bool {
