@@ -23,6 +23,23 @@ use std::sync::Arc;
 use users::{Permission, User, Users};
 use vhost::VHost;
 
+/// Longest name (queue, exchange, vhost) or routing key: AMQP's short
+/// string. The message log stores them as short strings, so a longer one
+/// would be cut there and a stored message would not find its queue again.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Refuses a name longer than `MAX_NAME_BYTES` (possible only off AMQP:
+/// the HTTP API, names made up internally). The name itself is not quoted.
+pub fn check_name_length(kind: &str, name: &str) -> Result<(), crate::protocol::AmqpError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(crate::protocol::AmqpError::precondition_failed(format!(
+            "{kind} is too long: {} bytes, at most {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Full access, as the default user gets on the default vhost.
 fn full_permission() -> Permission {
     Permission {
@@ -195,7 +212,13 @@ impl Broker {
             match self.vhost(&message.vhost) {
                 Some(v) => v.restore_message(message),
                 None => {
-                    tracing::warn!(vhost = %message.vhost, "stored message for an unknown vhost dropped")
+                    // Its vhost was deleted: record the removal, or it is
+                    // found again at every start and comes back into a
+                    // same-named queue of a vhost created again later.
+                    tracing::warn!(vhost = %message.vhost, "stored message for an unknown vhost dropped");
+                    for (queue, _) in &message.queues {
+                        store.log.remove(message.id, &message.vhost, queue);
+                    }
                 }
             }
         }

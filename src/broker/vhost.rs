@@ -200,6 +200,7 @@ impl VHost {
         if req.name.is_empty() {
             return Err(default_exchange_error());
         }
+        super::check_name_length("exchange name", req.name)?;
         if req.passive {
             return self
                 .exchange(req.name)
@@ -213,7 +214,14 @@ impl VHost {
                     "invalid property 'non-durable' for {resource}"
                 )));
             }
-            Some(partitions::requested_partitions(req.arguments, &resource)?)
+            let n = partitions::requested_partitions(req.arguments, &resource)?;
+            // Refused before anything is made: a partition's name must fit
+            // a short string too.
+            super::check_name_length(
+                "partition name",
+                &partitions::partition_name(req.name, n.saturating_sub(1)),
+            )?;
+            Some(n)
         } else {
             None
         };
@@ -388,6 +396,7 @@ impl VHost {
             let (ready, _, consumers) = q.snapshot();
             (q, ready, consumers)
         };
+        super::check_name_length("queue name", req.name)?;
         if req.passive {
             let queue = self.usable_queue(req.name, conn)?;
             queue.touch();
@@ -468,13 +477,17 @@ impl VHost {
             arguments: req.arguments.clone(),
         };
         let retention = args.stream;
+        // An exclusive queue never outlives its connection (RabbitMQ deletes
+        // durable ones at start): neither it nor its messages are stored,
+        // or it would come back after a crash as a shared queue.
+        let stored = req.durable && !req.exclusive;
         let mut queue = Queue::with_arguments(
             name.clone(),
             self.name.clone(),
             options,
             args,
             self.self_ref.clone(),
-            if req.durable {
+            if stored {
                 self.store.as_ref().map(|s| s.log.clone())
             } else {
                 None
@@ -484,7 +497,7 @@ impl VHost {
             queue = queue.with_stream(self.open_stream(&name, retention)?);
         }
         let queue = Arc::new(queue);
-        if let (true, Some(store)) = (req.durable, &self.store) {
+        if let (true, Some(store)) = (stored, &self.store) {
             store.catalog.put_queue(&QueueRecord {
                 vhost: self.name.clone(),
                 name: name.clone(),
@@ -706,8 +719,9 @@ impl VHost {
             .exchange(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
         let queue = self.usable_queue(queue, conn)?;
+        super::check_name_length("routing key", key)?;
         validate_binding(&source, key, args)?;
-        let durable = source.durable && queue.options.durable;
+        let durable = source.durable && queue.options.durable && !queue.is_exclusive();
         let record = self.binding_record(exchange, &queue.name, true, key, args);
         source.bind(Binding {
             routing_key: key.to_string(),
@@ -766,6 +780,7 @@ impl VHost {
         if self.exchange(destination).is_none() {
             return Err(self.no_exchange(destination));
         }
+        super::check_name_length("routing key", key)?;
         validate_binding(&src, key, args)?;
         src.bind(Binding {
             routing_key: key.to_string(),
@@ -943,6 +958,12 @@ impl VHost {
                         id = recovered.id,
                         "skipping stored message with unreadable properties"
                     );
+                    // Dropped for good, not found again at every start.
+                    if let Some(store) = &self.store {
+                        for (queue, _) in &recovered.queues {
+                            store.log.remove(recovered.id, &self.name, queue);
+                        }
+                    }
                     return;
                 }
             };
@@ -1003,7 +1024,7 @@ impl VHost {
         if message.is_persistent() {
             let durable: Vec<&str> = queues
                 .iter()
-                .filter(|q| q.options.durable && q.stream().is_none())
+                .filter(|q| q.stores_messages())
                 .map(|q| q.name.as_str())
                 .collect();
             if let (false, Some(store)) = (durable.is_empty(), &self.store) {
@@ -1075,17 +1096,28 @@ impl VHost {
             return;
         };
         let vhost = self.self_ref.clone();
+        // A vhost deleted meanwhile still owes the log the removal.
+        let store = self.store.clone();
+        let vhost_name = self.name.clone();
         let wait = std::time::Duration::from_millis(due_ms.saturating_sub(now_ms()));
         runtime.spawn(async move {
             tokio::time::sleep(wait).await;
-            if let Some(vhost) = vhost.upgrade() {
-                vhost.fire_delayed(&exchange, &message, due_ms);
+            match vhost.upgrade() {
+                Some(vhost) => vhost.fire_delayed(&exchange, &message, due_ms),
+                None => {
+                    if let (Some(store), Some(id)) = (store, message.store_id) {
+                        store
+                            .log
+                            .remove(id, &vhost_name, &delayed_holder(due_ms, &exchange));
+                    }
+                }
             }
         });
     }
 
     /// A delayed message is due: route it now through its exchange.
     fn fire_delayed(&self, exchange_name: &str, held: &Message, due_ms: u64) {
+        let mut stream_copy = None;
         if let Some(exchange) = self.exchange(exchange_name) {
             let mut message = held.clone();
             message.store_id = None;
@@ -1094,12 +1126,45 @@ impl VHost {
                 &[&message.routing_key.clone()],
                 message.properties.headers().as_ref(),
             );
-            self.deliver(message, &queues);
+            let to_stream = queues.iter().any(|q| q.stream().is_some());
+            let (_, log_seq, _) = self.deliver(message, &queues);
+            stream_copy = log_seq.filter(|_| to_stream);
         }
-        if let (Some(store), Some(id)) = (&self.store, held.store_id) {
-            store
-                .log
-                .remove(id, &self.name, &delayed_holder(due_ms, exchange_name));
+        if let Some(id) = held.store_id {
+            let holder = delayed_holder(due_ms, exchange_name);
+            match stream_copy {
+                Some(seq) => self.remove_after_sync(seq, id, holder),
+                None => {
+                    if let Some(store) = &self.store {
+                        store.log.remove(id, &self.name, &holder);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records that message `id` left `queue` once the log has synced past
+    /// `seq`. For a message copied into a stream: the writer syncs a
+    /// batch's message-log records before it writes the batch's stream
+    /// chunks, so a removal sent right after the copy could be on disk
+    /// while the copy is not yet, and a crash between loses the message.
+    /// Waiting keeps it at least once (in both places after such a crash).
+    pub(crate) fn remove_after_sync(&self, seq: u64, id: u64, queue: String) {
+        let Some(store) = &self.store else { return };
+        let mut synced = store.log.synced();
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if *synced.borrow() < seq => {
+                let store = store.clone();
+                let vhost = self.name.clone();
+                runtime.spawn(async move {
+                    // An error: the writer stopped, nothing more is written.
+                    if synced.wait_for(|s| *s >= seq).await.is_ok() {
+                        store.log.remove(id, &vhost, &queue);
+                    }
+                });
+            }
+            _ => store.log.remove(id, &self.name, &queue),
         }
     }
 

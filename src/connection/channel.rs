@@ -59,6 +59,10 @@ pub struct Channel {
     /// Sequence number of the publish being completed (confirm mode).
     current_publish: Option<u64>,
     tx: Option<Transaction>,
+    /// Committed transactions whose commit-ok waits for the message log to
+    /// sync past their last append, oldest first (0: waits only for the
+    /// ones before it, so commit-oks keep their order).
+    commits_waiting: std::collections::VecDeque<u64>,
     /// The last queue declared on this channel (for empty queue names).
     last_queue: Option<String>,
     /// The user's permissions in this vhost, loaded on first use.
@@ -84,6 +88,7 @@ impl Channel {
             confirms: Confirms::default(),
             current_publish: None,
             tx: None,
+            commits_waiting: Default::default(),
             last_queue: None,
         }
     }
@@ -253,8 +258,25 @@ impl Channel {
                 ok(C::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})))
             }
             C::Tx(tx::AMQPMethod::Commit(_)) => {
-                self.commit(ctx)?;
-                ok(C::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})))
+                let log_seq = self.commit(ctx)?;
+                // As RabbitMQ: commit-ok only once the transaction's
+                // persistent messages are on disk (sent by `flush_confirms`).
+                let synced = ctx
+                    .broker
+                    .store
+                    .as_ref()
+                    .map_or(u64::MAX, |s| *s.log.synced().borrow());
+                match log_seq {
+                    Some(seq) if seq > synced => {
+                        self.commits_waiting.push_back(seq);
+                        Ok(None)
+                    }
+                    _ if !self.commits_waiting.is_empty() => {
+                        self.commits_waiting.push_back(0);
+                        Ok(None)
+                    }
+                    _ => ok(C::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
+                }
             }
             C::Tx(tx::AMQPMethod::Rollback(_)) => {
                 let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
@@ -409,15 +431,18 @@ impl Channel {
         }
         match &mut self.tx {
             Some(tx) => tx.publishes.push(message),
-            None => self.route(ctx, message),
+            None => {
+                self.route(ctx, message);
+            }
         }
         Ok(())
     }
 
     /// Routes a checked message to its queues (or holds it in a delaying
     /// exchange); returns it to the publisher when mandatory and
-    /// unroutable; marks it confirmable.
-    fn route(&mut self, ctx: &mut ConnContext, message: Assembled) {
+    /// unroutable; marks it confirmable. Returns the log sequence whose
+    /// sync makes it durable, if it was stored.
+    fn route(&mut self, ctx: &mut ConnContext, message: Assembled) -> Option<u64> {
         let Assembled {
             publish,
             mut properties,
@@ -472,19 +497,17 @@ impl Channel {
             stats.routed_out(queues.len());
             queues
         } else {
-            let Some(exchange) = ctx.vhost.exchange(exchange_name) else {
-                return;
-            };
+            let exchange = ctx.vhost.exchange(exchange_name)?;
             exchange.stats.published_in();
             if exchange.is_duplicate(&message) {
                 // A repeat of a recent deduplication key: accepted, not routed.
                 self.confirm_later(publish_seq, false, None);
-                return;
+                return None;
             }
             if let Some(delay) = x_delay(&exchange, &message) {
                 let log_seq = ctx.vhost.delay(&exchange, message, delay);
                 self.confirm_later(publish_seq, false, log_seq);
-                return;
+                return log_seq;
             }
             let queues = ctx
                 .vhost
@@ -510,6 +533,7 @@ impl Channel {
             });
         }
         self.confirm_later(publish_seq, refused, log_seq);
+        log_seq
     }
 
     /// Bumps one of this channel's message counters (management stats).
@@ -536,15 +560,27 @@ impl Channel {
         }
     }
 
-    /// Whether some confirm waits for the message log.
+    /// Whether some confirm or commit-ok waits for the message log.
     pub fn waiting_for_log(&self) -> bool {
-        self.confirm && self.confirms.waiting_for_log()
+        (self.confirm && self.confirms.waiting_for_log()) || !self.commits_waiting.is_empty()
     }
 
     /// Sends the acks and nacks that are due: everything published and
     /// routed, except what still waits for the message log to sync past
-    /// `synced`. Called once per batch of frames read and on each sync.
+    /// `synced`; likewise the commit-oks. Called once per batch of frames
+    /// read and on each sync.
     pub fn flush_confirms(&mut self, ctx: &ConnContext, synced: u64) {
+        while self
+            .commits_waiting
+            .front()
+            .is_some_and(|seq| *seq <= synced)
+        {
+            self.commits_waiting.pop_front();
+            ctx.output.method(
+                self.id,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            );
+        }
         if !self.confirm {
             return;
         }
@@ -1010,11 +1046,16 @@ impl Channel {
         }
     }
 
-    fn commit(&mut self, ctx: &mut ConnContext) -> Result<(), AmqpError> {
+    /// Applies the transaction; returns the log sequence its commit-ok
+    /// waits for (its last append), if it stored anything.
+    fn commit(&mut self, ctx: &mut ConnContext) -> Result<Option<u64>, AmqpError> {
         let tx = self.tx.as_mut().ok_or_else(not_transactional)?;
         let Transaction { publishes, acks } = std::mem::take(tx);
+        let mut log_seq = None;
         for message in publishes {
-            self.route(ctx, message);
+            if let Some(seq) = self.route(ctx, message) {
+                log_seq = log_seq.max(Some(seq));
+            }
         }
         let mut first_error = None;
         for ack in acks {
@@ -1039,7 +1080,7 @@ impl Channel {
             }
         }
         self.after_credit_returned(ctx);
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(log_seq), Err)
     }
 
     /// Closing: stop deliveries, cancel consumers, requeue unacked messages.

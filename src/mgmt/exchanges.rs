@@ -278,6 +278,8 @@ async fn publish(
         _ => return Err(ApiError::bad_request("properties must be an object")),
     };
     let routing_key = string_field(&body, "routing_key")?.unwrap_or_default();
+    // As in basic.publish (a short string); the message log stores it so.
+    crate::broker::check_name_length("routing key", routing_key).map_err(ApiError::from_amqp)?;
     let payload = string_field(&body, "payload")?.unwrap_or_default();
     let payload = match string_field(&body, "payload_encoding")? {
         Some("string") => Bytes::copy_from_slice(payload.as_bytes()),

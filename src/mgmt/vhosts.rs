@@ -38,6 +38,8 @@ pub(crate) fn vhost_from_json(
     if name.is_empty() {
         return Err(ApiError::bad_request("vhost name must not be empty"));
     }
+    // A longer name would be cut in the message log (AMQP short string).
+    crate::broker::check_name_length("vhost name", name).map_err(ApiError::from_amqp)?;
     let mut record = current.unwrap_or_else(|| VhostRecord {
         name: name.to_string(),
         ..Default::default()

@@ -365,6 +365,12 @@ impl Queue {
         (st.ready.len(), st.ready.bytes(), st.consumers.len())
     }
 
+    /// Whether persistent messages in this classic queue go to the message
+    /// log (durable and not exclusive, with a data directory).
+    pub fn stores_messages(&self) -> bool {
+        self.log.is_some() && self.stream.is_none()
+    }
+
     /// Whether this queue keeps `message` in the message log.
     pub fn stores(&self, message: &Message) -> bool {
         self.log.is_some() && message.store_id.is_some()
@@ -780,12 +786,20 @@ impl Queue {
             stream.wake();
             return;
         }
-        if self.is_deleted() {
-            return;
-        }
         let mut dead = DeadLetters::new();
         {
             let mut st = self.state.lock();
+            // Checked under the lock: `mark_deleted` sets the flag before it
+            // drains, so nothing put back here can miss that drain.
+            if self.is_deleted() {
+                drop(st);
+                // Nowhere to go back to: they leave for good, or a queue
+                // declared later under this name finds them after a restart.
+                for m in &messages {
+                    self.forget(&m.message);
+                }
+                return;
+            }
             let effective = self.effective.load();
             // Quorum queues count every return (x-delivery-count on each
             // redelivery), with or without a limit.
@@ -865,9 +879,17 @@ impl Queue {
             });
             // A persistent dead letter is stored for its durable targets
             // before the source's removal record reaches the log, so a
-            // crash in between keeps it (at least once).
-            vhost.deliver(letter, &targets);
-            self.forget(&message);
+            // crash in between keeps it (at least once). A stream's copy is
+            // written after the message log's records of its batch: the
+            // removal waits for the sync that covers the copy.
+            let to_stream = targets.iter().any(|t| t.stream().is_some());
+            let (_, log_seq, _) = vhost.deliver(letter, &targets);
+            match (log_seq.filter(|_| to_stream), message.store_id) {
+                (Some(seq), Some(id)) if self.log.is_some() => {
+                    vhost.remove_after_sync(seq, id, self.name.clone())
+                }
+                _ => self.forget(&message),
+            }
         }
     }
 
