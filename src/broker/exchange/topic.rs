@@ -249,7 +249,9 @@ fn enter<'a>(node: &'a Node, stamp: u32, marks: &mut [u32], set: &mut NodeSet<'a
 mod tests {
     use super::super::test_support::{names, queue};
     use super::*;
+    use crate::broker::queue::Queue;
     use crate::protocol::FieldTable;
+    use std::sync::Arc;
 
     fn router(patterns: &[&str]) -> TopicRouter {
         let mut r = TopicRouter::default();
@@ -375,15 +377,19 @@ mod tests {
         }
     }
 
+    fn binding_to(q: &Arc<Queue>, key: &str) -> Binding {
+        Binding {
+            routing_key: key.into(),
+            arguments: FieldTable::default(),
+            destination: Destination::Queue(q.clone()),
+        }
+    }
+
     #[test]
     fn adjacent_hashes_share_one_node_and_unbind_separately() {
         let q = queue("q");
         let mut r = TopicRouter::default();
-        let bind = |key: &str| Binding {
-            routing_key: key.into(),
-            arguments: FieldTable::default(),
-            destination: Destination::Queue(q.clone()),
-        };
+        let bind = |key: &str| binding_to(&q, key);
         r.add(&bind("a.#"));
         r.add(&bind("a.#.#.#"));
         r.remove(&bind("a.#"));
@@ -398,11 +404,7 @@ mod tests {
     fn unbinding_removes_only_that_pattern() {
         let q = queue("q");
         let mut r = TopicRouter::default();
-        let bind = |key: &str| Binding {
-            routing_key: key.into(),
-            arguments: FieldTable::default(),
-            destination: Destination::Queue(q.clone()),
-        };
+        let bind = |key: &str| binding_to(&q, key);
         r.add(&bind("a.*"));
         r.add(&bind("a.#"));
         r.remove(&bind("a.*"));
