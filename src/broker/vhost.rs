@@ -37,6 +37,11 @@ pub struct VHost {
     /// several times faster than SipHash on short names).
     exchanges: RwLock<NameMap<Arc<Exchange>>>,
     queues: RwLock<NameMap<Arc<Queue>>>,
+    /// Held by whoever adds or removes a queue, across the change of
+    /// `queues` and its catalog write, so that the catalog's fsync happens
+    /// outside the `queues` lock that every publish reads, and two changes
+    /// of one name reach the catalog in the order they happened.
+    queue_definitions: parking_lot::Mutex<()>,
     /// Direct reply-to consumers by their full reply address.
     reply_queues: RwLock<NameMap<Arc<Queue>>>,
     /// Consumer groups on this vhost's partitioned streams.
@@ -128,6 +133,7 @@ impl VHost {
             store,
             exchanges: RwLock::new(NameMap::default()),
             queues: RwLock::new(NameMap::default()),
+            queue_definitions: parking_lot::Mutex::new(()),
             reply_queues: RwLock::new(NameMap::default()),
             groups: ConsumerGroups::default(),
             default_exchange_stats: Default::default(),
@@ -422,7 +428,8 @@ impl VHost {
                 &self.queue_resource(req.name),
             )?;
         }
-        let mut queues = self.queues.write();
+        let _definitions = self.queue_definitions.lock();
+        let queues = self.queues.read();
         if let Some(existing) = queues.get(req.name) {
             existing.check_access(conn)?;
             // The exclusive flag must match either way, even on the owning
@@ -470,6 +477,9 @@ impl VHost {
                 self.name
             )));
         }
+        // Nobody else changes the queues while `_definitions` is held: what
+        // was checked holds without the lock publishers read.
+        drop(queues);
         let options = QueueOptions {
             durable: req.durable,
             auto_delete: req.auto_delete,
@@ -505,8 +515,9 @@ impl VHost {
                 arguments: req.arguments.clone(),
             });
         }
-        queues.insert(name, queue.clone());
-        drop(queues);
+        // Visible only once its record is on disk.
+        self.queues.write().insert(name, queue.clone());
+        drop(_definitions);
         queue.apply_policy(self.policy_for_queue(&queue.name));
         queue.start_expiry_timer();
         Ok((queue, 0, 0))
@@ -543,6 +554,7 @@ impl VHost {
     /// Removes a queue (deleted, auto-deleted or exclusive owner gone):
     /// its bindings go, its consumers are told.
     pub fn remove_queue(&self, queue: &Arc<Queue>) -> usize {
+        let definitions = self.queue_definitions.lock();
         {
             let mut queues = self.queues.write();
             match queues.get(&queue.name) {
@@ -559,6 +571,7 @@ impl VHost {
                 .catalog
                 .delete_bindings_touching(&self.name, &queue.name, true);
         }
+        drop(definitions);
         let (consumers, count) = queue.mark_deleted();
         for consumer in consumers {
             consumer.sink.cancelled(&consumer.tag);

@@ -134,8 +134,20 @@ impl Catalog {
         self.flush();
     }
 
+    /// Waits for the disk. On a worker of tokio's multi-thread runtime the
+    /// worker's other tasks (other connections) move to another thread
+    /// meanwhile, instead of waiting for this fsync behind it.
     fn flush(&self) {
-        if let Err(e) = self.db.flush() {
+        let flush = || self.db.flush();
+        let flushed = match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        };
+        if let Err(e) = flushed {
             tracing::error!("catalog flush failed: {e}");
         }
     }
