@@ -193,6 +193,10 @@ pub struct AmqpConfig {
 #[serde(default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// Size at which the message log starts a new segment (64 MiB).
+    /// Compaction works a segment at a time: smaller segments give disk
+    /// back sooner, at more files and more frequent copying.
+    pub segment_size_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -253,6 +257,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
+            segment_size_bytes: crate::store::message_log::DEFAULT_SEGMENT_SIZE,
         }
     }
 }

@@ -56,7 +56,7 @@ impl Server {
         };
         let management = bind_http(&config.management, "the management API").await?;
         let prometheus = bind_http(&config.prometheus, "Prometheus metrics").await?;
-        let (store, recovered) = Store::open(&config.storage.data_dir)?;
+        let (store, recovered) = Store::open_config(&config.storage)?;
         // Page files live beside the data and are emptied at each start:
         // they only ever hold copies of queued messages.
         crate::broker::queue::paging::set_dir(&config.storage.data_dir.join("pages"))

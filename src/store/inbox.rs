@@ -74,6 +74,25 @@ impl<T> Inbox<T> {
         true
     }
 
+    /// As `take` with waiting, but gives up after `timeout` (returning
+    /// true with nothing taken, unless closed).
+    pub fn take_timeout(&self, into: &mut Vec<T>, timeout: std::time::Duration) -> bool {
+        let mut state = self.state.lock();
+        if state.items.is_empty() && !state.closed {
+            state.taker_waiting = true;
+            let _ = self.ready.wait_for(&mut state, timeout);
+        }
+        if state.items.is_empty() {
+            return !state.closed;
+        }
+        if into.is_empty() {
+            std::mem::swap(&mut state.items, into);
+        } else {
+            into.append(&mut state.items);
+        }
+        true
+    }
+
     /// No more pushes; the taker gets what is left, then `false`.
     pub fn close(&self) {
         self.state.lock().closed = true;
@@ -124,5 +143,20 @@ mod tests {
         assert!(inbox.take(&mut batch, true));
         assert_eq!(batch, vec![7, 8]);
         assert!(!inbox.take(&mut batch, true));
+    }
+
+    #[test]
+    fn a_timed_take_returns_empty_handed_then_sees_the_close() {
+        let inbox: Inbox<u64> = Inbox::new(1);
+        let mut batch = Vec::new();
+        let started = std::time::Instant::now();
+        assert!(inbox.take_timeout(&mut batch, std::time::Duration::from_millis(20)));
+        assert!(batch.is_empty());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(20));
+        inbox.push(|seq| seq);
+        assert!(inbox.take_timeout(&mut batch, std::time::Duration::from_secs(5)));
+        assert_eq!(batch, vec![1]);
+        inbox.close();
+        assert!(!inbox.take_timeout(&mut batch, std::time::Duration::from_secs(5)));
     }
 }

@@ -2,6 +2,7 @@
 //! segment files with group commit). See README "Storage".
 
 pub mod catalog;
+mod compaction;
 mod inbox;
 pub mod message_log;
 mod record;
@@ -12,7 +13,7 @@ use std::fs::File;
 use std::path::Path;
 
 pub use catalog::Catalog;
-pub use message_log::{MessageLog, Recovered};
+pub use message_log::{LogOptions, MessageLog, Recovered};
 
 /// On-disk format version of the data directory; bumped on any change that
 /// an older broker could misread.
@@ -38,9 +39,19 @@ impl Store {
         self.dir.join("streams").join(folder)
     }
 
+    /// Opens the data directory as `storage` says.
+    pub fn open_config(
+        storage: &crate::config::StorageConfig,
+    ) -> anyhow::Result<(Store, Recovered)> {
+        let options = LogOptions {
+            segment_size: storage.segment_size_bytes,
+        };
+        Self::open_with(&storage.data_dir, options)
+    }
+
     /// Opens (or creates) the data directory: lock, format check, catalog,
     /// and the message log with its recovered contents.
-    pub fn open(dir: &Path) -> anyhow::Result<(Store, Recovered)> {
+    pub fn open_with(dir: &Path, options: LogOptions) -> anyhow::Result<(Store, Recovered)> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let lock_path = dir.join("LOCK");
@@ -69,7 +80,7 @@ impl Store {
             Err(e) => return Err(e).context("cannot read FORMAT"),
         }
         let catalog = Catalog::open(&dir.join("catalog"))?;
-        let (log, recovered) = MessageLog::open(&dir.join("messages"))?;
+        let (log, recovered) = MessageLog::open_with(&dir.join("messages"), options)?;
         Ok((
             Store {
                 dir: dir.to_path_buf(),
