@@ -225,7 +225,11 @@ async fn publish_until_killed(url: String, start: u64, confirmed: Confirmed) {
     loop {
         let mut batch = vec![];
         for _ in 0..100 {
-            let queue = if id % 5 == 0 { "keep" } else { "churn" };
+            let queue = if id.is_multiple_of(5) {
+                "keep"
+            } else {
+                "churn"
+            };
             let mut body = id.to_be_bytes().to_vec();
             body.resize(600, b'.');
             match ch

@@ -1629,7 +1629,10 @@ mod tests {
         }
     }
 
-    fn recovered_of(dir: &Path) -> Vec<(u64, Vec<u8>, Vec<(String, bool)>)> {
+    /// A recovered message: id, body, and (queue, delivered) pairs.
+    type RecoveredSummary = (u64, Vec<u8>, Vec<(String, bool)>);
+
+    fn recovered_of(dir: &Path) -> Vec<RecoveredSummary> {
         let (_log, recovered) = MessageLog::open_with(dir, small_segments()).unwrap();
         recovered
             .messages
