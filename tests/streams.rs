@@ -672,3 +672,20 @@ async fn deleting_a_stream_cancels_readers_and_frees_its_files() {
     assert_eq!(declare_stream(&ch, "gone", &[]).await, 0);
     broker.assert_healthy().await;
 }
+
+#[tokio::test]
+async fn a_stream_with_a_255_byte_name_works() {
+    // Its folder name would be 514 hex digits: the filesystem allows 255.
+    let broker = TestBroker::start().await;
+    let (_c, ch) = stream_channel(&broker, 10).await;
+    let name = "s".repeat(255);
+    declare_stream(&ch, &name, &[]).await;
+    publish_confirmed(&ch, &name, &bodies("m", 3), None).await;
+    let mut c = stream_consumer(&ch, &name, &[("x-stream-offset", long_str("first"))]).await;
+    let read = read_acked(&mut c, 3).await;
+    assert_eq!(
+        read.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
+    broker.assert_healthy().await;
+}

@@ -29,14 +29,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Where stream queue `name` of `vhost` keeps its segments (the names
-    /// hex-encoded, so any queue name makes a safe, distinct folder).
+    /// Where stream queue `name` of `vhost` keeps its segments.
     pub fn stream_dir(&self, vhost: &str, name: &str) -> std::path::PathBuf {
-        let mut folder = String::with_capacity(2 * (vhost.len() + name.len() + 1));
-        for byte in vhost.bytes().chain([0]).chain(name.bytes()) {
-            folder.push_str(&format!("{byte:02x}"));
-        }
-        self.dir.join("streams").join(folder)
+        self.dir.join("streams").join(stream_folder(vhost, name))
     }
 
     /// Opens the data directory as `storage` says.
@@ -90,5 +85,35 @@ impl Store {
             },
             recovered,
         ))
+    }
+}
+
+/// A stream's folder name: the vhost and queue names hex-encoded, so any
+/// names make a safe, distinct folder. Past the filesystem's 255 bytes
+/// (names of more than about 126 bytes together), the SHA-256 of the same
+/// bytes instead, so long names still get a folder of their own.
+fn stream_folder(vhost: &str, name: &str) -> String {
+    let bytes: Vec<u8> = vhost.bytes().chain([0]).chain(name.bytes()).collect();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if 2 * bytes.len() <= 255 {
+        return hex(&bytes);
+    }
+    use sha2::Digest;
+    format!("sha256-{}", hex(&sha2::Sha256::digest(&bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_folder;
+
+    #[test]
+    fn stream_folders_fit_the_filesystem_and_stay_distinct() {
+        // Short names keep the folder they always had.
+        assert_eq!(stream_folder("/", "s"), "2f0073");
+        let long_a = stream_folder("/", &"a".repeat(255));
+        let long_b = stream_folder("/", &format!("{}b", "a".repeat(254)));
+        assert!(long_a.len() <= 255 && long_b.len() <= 255);
+        assert_ne!(long_a, long_b);
+        assert_eq!(long_a, stream_folder("/", &"a".repeat(255)));
     }
 }
