@@ -166,7 +166,9 @@ impl Server {
         }
         // Acks and removals of the last moments reach the disk too.
         if let Some(store) = &self.broker.store {
-            store.log.sync().await;
+            if !store.log.sync().await {
+                tracing::error!("the message log could not write everything before the stop");
+            }
         }
         tracing::info!("broker stopped");
     }

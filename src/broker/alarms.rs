@@ -1,7 +1,9 @@
 //! Resource alarms, as RabbitMQ's: when the broker's memory use passes the
 //! high watermark or free disk space falls below the limit, connections
 //! that publish are blocked (`connection.blocked`, and their sockets are no
-//! longer read) until the alarm clears. Consumers keep draining.
+//! longer read) until the alarm clears. Consumers keep draining. The disk
+//! alarm is also raised while the message log cannot write (disk full
+//! before the free-space limit saw it, an I/O error).
 
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ pub struct Alarms {
     data_dir: PathBuf,
     state: watch::Sender<AlarmState>,
     last: Mutex<(bool, bool)>,
+    /// True while the message log's writes fail.
+    store_failing: Mutex<Option<watch::Receiver<bool>>>,
 }
 
 impl Alarms {
@@ -31,7 +35,21 @@ impl Alarms {
             data_dir: data_dir.to_path_buf(),
             state,
             last: Mutex::new((false, false)),
+            store_failing: Mutex::new(None),
         })
+    }
+
+    /// Raises the disk alarm while `failing` is true (the message log's
+    /// writes fail), checked at once when it changes.
+    pub fn watch_store(&self, failing: watch::Receiver<bool>) {
+        *self.store_failing.lock() = Some(failing);
+    }
+
+    fn store_failing(&self) -> bool {
+        self.store_failing
+            .lock()
+            .as_ref()
+            .is_some_and(|failing| *failing.borrow())
     }
 
     /// The memory limit for `fraction` of this machine's RAM.
@@ -69,7 +87,8 @@ impl Alarms {
     /// Samples memory and disk and raises or clears alarms.
     pub fn check(&self) {
         let memory = resident_memory().is_some_and(|rss| rss > self.memory_limit());
-        let disk = free_disk(&self.data_dir).is_some_and(|free| free < self.disk_free_limit());
+        let disk = self.store_failing()
+            || free_disk(&self.data_dir).is_some_and(|free| free < self.disk_free_limit());
         let mut last = self.last.lock();
         if *last != (memory, disk) {
             match (memory, disk) {
@@ -97,13 +116,27 @@ impl Alarms {
         });
     }
 
-    /// Checks every half second while the broker runs.
+    /// Checks every half second while the broker runs, and at once when
+    /// the message log's writes start or stop failing.
     pub fn start(self: &Arc<Self>) {
+        let mut store_failing = self.store_failing.lock().clone();
         let alarms = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
-                tick.tick().await;
+                let store_changed = async {
+                    let changed = match store_failing.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => false,
+                    };
+                    if !changed {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = store_changed => {}
+                }
                 match alarms.upgrade() {
                     Some(a) => a.check(),
                     None => return,

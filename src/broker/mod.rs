@@ -97,6 +97,9 @@ impl Broker {
             resources.disk_free_limit_bytes,
             &config.storage.data_dir,
         );
+        if let Some(store) = &store {
+            alarms.watch_store(store.log.failures().failing());
+        }
         let vhosts = vhost_meta
             .keys()
             .map(|name| {

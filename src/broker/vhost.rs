@@ -1172,11 +1172,17 @@ impl VHost {
                 let vhost = self.name.clone();
                 runtime.spawn(async move {
                     // An error: the writer stopped, nothing more is written.
-                    if synced.wait_for(|s| *s >= seq).await.is_ok() {
+                    // A copy that failed (disk full) is retried but not
+                    // waited for: the source keeps the message on disk
+                    // (twice rather than never).
+                    if synced.wait_for(|s| *s >= seq).await.is_ok()
+                        && !store.log.failures().failed(seq)
+                    {
                         store.log.remove(id, &vhost, &queue);
                     }
                 });
             }
+            _ if store.log.failures().failed(seq) => {}
             _ => store.log.remove(id, &self.name, &queue),
         }
     }

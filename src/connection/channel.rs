@@ -271,6 +271,15 @@ impl Channel {
                         self.commits_waiting.push_back(seq);
                         Ok(None)
                     }
+                    Some(seq)
+                        if ctx
+                            .broker
+                            .store
+                            .as_ref()
+                            .is_some_and(|s| s.log.failures().failed(seq)) =>
+                    {
+                        Err(not_stored())
+                    }
                     _ if !self.commits_waiting.is_empty() => {
                         self.commits_waiting.push_back(0);
                         Ok(None)
@@ -568,24 +577,28 @@ impl Channel {
     /// Sends the acks and nacks that are due: everything published and
     /// routed, except what still waits for the message log to sync past
     /// `synced`; likewise the commit-oks. Called once per batch of frames
-    /// read and on each sync.
-    pub fn flush_confirms(&mut self, ctx: &ConnContext, synced: u64) {
-        while self
-            .commits_waiting
-            .front()
-            .is_some_and(|seq| *seq <= synced)
-        {
+    /// read and on each sync. What the log could not store (disk full) is
+    /// nacked; a transaction of it fails the channel (506, as no
+    /// commit-ok may say it is safe).
+    pub fn flush_confirms(&mut self, ctx: &ConnContext, synced: u64) -> Result<(), AmqpError> {
+        let failures = ctx.broker.store.as_ref().map(|s| s.log.failures());
+        let failed = |seq: u64| failures.is_some_and(|f| f.failed(seq));
+        while let Some(&seq) = self.commits_waiting.front().filter(|seq| **seq <= synced) {
             self.commits_waiting.pop_front();
+            if failed(seq) {
+                self.commits_waiting.clear();
+                return Err(not_stored());
+            }
             ctx.output.method(
                 self.id,
                 AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
             );
         }
         if !self.confirm {
-            return;
+            return Ok(());
         }
         let confirmed_before = self.confirms.confirmed();
-        let due = self.confirms.flush(synced);
+        let due = self.confirms.flush(synced, failed);
         self.count(
             &self.delivery.stats.confirm,
             self.confirms.confirmed() - confirmed_before,
@@ -604,6 +617,7 @@ impl Channel {
             };
             ctx.output.method(self.id, AMQPClass::Basic(method));
         }
+        Ok(())
     }
 
     // ---- exchanges and queues ----
@@ -1239,4 +1253,12 @@ fn x_delay(exchange: &crate::broker::exchange::Exchange, message: &Message) -> O
         .and_then(|h| h.inner().get("x-delay"))
         .and_then(arguments::as_int)?;
     (delay > 0).then(|| delay.min(u64::MAX as i128) as u64)
+}
+
+/// A transaction whose messages the log could not write (disk full).
+fn not_stored() -> AmqpError {
+    AmqpError::channel(
+        code::RESOURCE_ERROR,
+        "transaction not committed: the message store could not write it (disk full?)",
+    )
 }

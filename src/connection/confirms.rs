@@ -63,11 +63,17 @@ impl Confirms {
         self.published - self.confirmed
     }
 
-    /// The confirms that can go out now, given the log synced up to
-    /// `synced`.
-    pub fn flush(&mut self, synced: u64) -> Vec<Confirm> {
-        while self.waiting.front().is_some_and(|(_, seq)| *seq <= synced) {
+    /// The confirms that can go out now, given the log decided everything
+    /// up to `synced`, of which `failed` tells what it could not store
+    /// (those are nacked).
+    pub fn flush(&mut self, synced: u64, failed: impl Fn(u64) -> bool) -> Vec<Confirm> {
+        while let Some(&(publish, seq)) = self.waiting.front().filter(|(_, seq)| *seq <= synced) {
             self.waiting.pop_front();
+            if failed(seq) {
+                // In publish order among the refused ones.
+                let at = self.nacks.partition_point(|n| *n < publish);
+                self.nacks.insert(at, publish);
+            }
         }
         let limit = self.waiting.front().map_or(self.published, |(p, _)| p - 1);
         let mut out = Vec::new();
@@ -115,7 +121,7 @@ mod tests {
         let _four = c.next();
         // Publish 2 is not synced: only 1 goes.
         assert_eq!(
-            c.flush(9),
+            c.flush(9, |_| false),
             vec![Confirm::Ack {
                 tag: one,
                 multiple: false
@@ -123,7 +129,7 @@ mod tests {
         );
         // Synced: 2 acked, 3 nacked, 4 acked.
         assert_eq!(
-            c.flush(10),
+            c.flush(10, |_| false),
             vec![
                 Confirm::Ack {
                     tag: 2,
@@ -144,7 +150,7 @@ mod tests {
             c.next();
         }
         assert_eq!(
-            c.flush(10),
+            c.flush(10, |_| false),
             vec![Confirm::Ack {
                 tag: 9,
                 multiple: true
@@ -160,11 +166,41 @@ mod tests {
         let failed = c.next();
         c.withdraw(failed);
         assert_eq!(
-            c.flush(0),
+            c.flush(0, |_| false),
             vec![Confirm::Ack {
                 tag: 2,
                 multiple: true
             }]
+        );
+        assert_eq!(c.outstanding(), 0);
+    }
+
+    #[test]
+    fn publishes_the_log_could_not_store_are_nacked_in_order() {
+        let mut c = Confirms::default();
+        let one = c.next();
+        c.wait_for_log(one, 5);
+        let two = c.next();
+        c.nack(two);
+        let three = c.next();
+        c.wait_for_log(three, 6);
+        // Log sequence 5 failed, 6 was stored.
+        assert_eq!(
+            c.flush(6, |seq| seq == 5),
+            vec![
+                Confirm::Nack {
+                    tag: 1,
+                    multiple: false
+                },
+                Confirm::Nack {
+                    tag: 2,
+                    multiple: false
+                },
+                Confirm::Ack {
+                    tag: 3,
+                    multiple: false
+                },
+            ]
         );
         assert_eq!(c.outstanding(), 0);
     }

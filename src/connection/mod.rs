@@ -342,14 +342,19 @@ impl Connection {
                 .channels
                 .store(self.channels.len(), std::sync::atomic::Ordering::Relaxed);
             let synced_now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
-            let mut waiting_for_log = false;
-            for channel in self.channels.values_mut() {
-                channel.flush_confirms(&self.ctx, synced_now);
-                waiting_for_log |= channel.waiting_for_log();
+            if let Err(error) = self.flush_confirms(synced_now) {
+                return self.close_with(error, reader).await;
             }
+            let waiting_for_log = self.channels.values().any(|c| c.waiting_for_log());
             let log_synced = async {
                 match synced.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
+                    // A closed log (the broker stops) never syncs again:
+                    // wait for something else rather than spin.
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -359,8 +364,12 @@ impl Connection {
             // not read either (output.rs, back-pressure).
             let output = self.ctx.output.clone();
             let saturated = output.is_saturated();
+            let publisher = self.publisher;
             tokio::select! {
                 _ = log_synced, if waiting_for_log => {}
+                // A publisher hears of an alarm at once (connection.blocked),
+                // not only when it next sends something.
+                _ = alarms.changed(), if publisher => {}
                 _ = output.drained(), if saturated => {}
                 reason = info.close_requested() => {
                     let error = AmqpError::connection(crate::protocol::error::code::CONNECTION_FORCED, reason);
@@ -408,6 +417,10 @@ impl Connection {
             );
         }
         tracing::info!(peer = %self.peer, reason, "publishing connection blocked");
+        // What is due already goes out now: the sync that made it due may
+        // be the one that woke us (a failed write raises the alarm).
+        let now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
+        self.flush_confirms(now)?;
         let info = self.info.clone();
         loop {
             if alarms.borrow().is_none() {
@@ -415,7 +428,13 @@ impl Connection {
             }
             let log_synced = async {
                 match synced.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
+                    // A closed log (the broker stops) never syncs again:
+                    // wait for something else rather than spin.
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -423,9 +442,7 @@ impl Connection {
                 changed = alarms.changed() => if changed.is_err() { break },
                 _ = log_synced => {
                     let now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
-                    for channel in self.channels.values_mut() {
-                        channel.flush_confirms(&self.ctx, now);
-                    }
+                    self.flush_confirms(now)?;
                 }
                 reason = info.close_requested() => {
                     return Err(AmqpError::connection(crate::protocol::error::code::CONNECTION_FORCED, reason));
@@ -641,7 +658,8 @@ impl Connection {
                     return Err(expected_open(class_id, method_id));
                 };
                 self.info.channel_closed(channel_id);
-                channel.flush_confirms(&self.ctx, self.synced_now());
+                // Closing anyway: a failed transaction needs no error.
+                let _ = channel.flush_confirms(&self.ctx, self.synced_now());
                 channel.close(&mut self.ctx);
                 self.send_channel_close_ok(channel_id);
                 Ok(Next::Continue)
@@ -682,7 +700,7 @@ impl Connection {
                 if let Some(mut channel) = self.channels.remove(&channel_id) {
                     self.info.channel_closed(channel_id);
                     channel.withdraw_failed_publish();
-                    channel.flush_confirms(&self.ctx, self.synced_now());
+                    let _ = channel.flush_confirms(&self.ctx, self.synced_now());
                     channel.close(&mut self.ctx);
                 }
                 self.closing.insert(channel_id);
@@ -701,6 +719,21 @@ impl Connection {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Sends every channel's due confirms; a channel whose transaction
+    /// the log could not store is closed with the error.
+    fn flush_confirms(&mut self, synced: u64) -> Result<(), AmqpError> {
+        let mut failed = Vec::new();
+        for (&id, channel) in self.channels.iter_mut() {
+            if let Err(error) = channel.flush_confirms(&self.ctx, synced) {
+                failed.push((id, error));
+            }
+        }
+        for (id, error) in failed {
+            self.after_channel_result(id, Err(error))?;
+        }
+        Ok(())
     }
 
     fn synced_now(&self) -> u64 {

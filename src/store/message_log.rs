@@ -22,6 +22,7 @@ use super::compaction::{self, ChunkEnd};
 use super::inbox::Inbox;
 use super::record::{self, Reader};
 use super::stream_log::{StreamEntry, StreamLog};
+use super::write_failures::WriteFailures;
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -380,6 +381,7 @@ pub struct MessageLog {
     inbox: Arc<Inbox<Op>>,
     next_id: AtomicU64,
     synced: watch::Receiver<u64>,
+    failures: Arc<WriteFailures>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -425,15 +427,18 @@ impl MessageLog {
             })
             .context("cannot start the message log compaction")?;
         state.gc = Some(requests_tx);
+        let failures = Arc::new(WriteFailures::default());
+        let writer_failures = failures.clone();
         let writer = std::thread::Builder::new()
             .name("message-log".into())
-            .spawn(move || writer(state, &writer_inbox, synced_tx))
+            .spawn(move || writer(state, &writer_inbox, synced_tx, &writer_failures))
             .context("cannot start the message log writer")?;
         Ok((
             MessageLog {
                 inbox,
                 next_id: AtomicU64::new(next_id),
                 synced: synced_rx,
+                failures,
                 writer: Some(writer),
             },
             recovered,
@@ -511,16 +516,23 @@ impl MessageLog {
         self.send(|_| Op::Delivered { id, payload });
     }
 
-    /// A receiver of the highest synced sequence number.
+    /// A receiver of the sequence number up to which every append is
+    /// decided: synced, or failed (`failures`) when writing failed.
     pub fn synced(&self) -> watch::Receiver<u64> {
         self.synced.clone()
     }
 
-    /// Waits until everything appended so far is on disk.
-    pub async fn sync(&self) {
+    /// Which decided appends were not stored.
+    pub fn failures(&self) -> &WriteFailures {
+        &self.failures
+    }
+
+    /// Waits until everything appended so far is on disk; false if some
+    /// of it could not be written (it is retried, but not waited for).
+    pub async fn sync(&self) -> bool {
         let seq = self.send(|seq| Op::Sync { seq });
         let mut synced = self.synced.clone();
-        let _ = synced.wait_for(|s| *s >= seq).await;
+        synced.wait_for(|s| *s >= seq).await.is_ok() && !self.failures.failed(seq)
     }
 }
 
@@ -595,6 +607,9 @@ struct WriterState {
     gc_busy: Option<(u32, bool)>,
     /// Recovered messages are still being read back from their segments.
     reading_back: Arc<AtomicBool>,
+    /// A failed write left bytes after `size` that could not be cut off:
+    /// nothing is written until they are.
+    torn: bool,
 }
 
 pub(super) fn segment_path(dir: &Path, n: u32) -> PathBuf {
@@ -884,6 +899,14 @@ impl WriterState {
     /// Deletes every segment that holds nothing needed, then asks for the
     /// compaction of the oldest mostly-dead one.
     fn maintain(&mut self) {
+        self.delete_drained();
+        self.request_compaction();
+    }
+
+    /// Deletes every segment that holds nothing needed. Also while writes
+    /// fail: a removal not yet written is not needed once the segment of
+    /// the message it removes is gone, and that frees space.
+    fn delete_drained(&mut self) {
         if self.hazards.is_empty() {
             loop {
                 let drained: Vec<u32> = self
@@ -905,6 +928,9 @@ impl WriterState {
                 }
             }
         }
+    }
+
+    fn request_compaction(&mut self) {
         if self.gc_busy.is_some() || self.reading_back.load(Ordering::Acquire) {
             return;
         }
@@ -943,10 +969,30 @@ impl WriterState {
         }
     }
 
+    /// After a failed write: cuts the segment back to its last synced
+    /// record (a part of the batch may have been written).
+    fn cut_back(&mut self) {
+        let len = self.file.metadata().map(|m| m.len());
+        self.torn = match len {
+            Ok(len) if len == self.size => false,
+            _ => match self.file.set_len(self.size) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!(
+                        segment = self.segment,
+                        "cannot cut a failed write back: {e}"
+                    );
+                    true
+                }
+            },
+        };
+    }
+
+    /// Starts the next segment (the current one is synced: every write is
+    /// followed by a sync).
     fn rotate(&mut self) -> anyhow::Result<()> {
-        self.file.sync_data()?;
+        self.file = open_segment(&self.dir, self.segment + 1, self.segment_size)?;
         self.segment += 1;
-        self.file = open_segment(&self.dir, self.segment, self.segment_size)?;
         self.size = 0;
         self.segments.entry(self.segment).or_default();
         Ok(())
@@ -1039,47 +1085,41 @@ impl Batch {
 
     /// Writes and syncs the batch, then publishes the synced sequence.
     /// Returns whether it was a small batch of transient stream entries
-    /// only (see `writer`); an I/O error stops the writer.
+    /// only (see `writer`).
+    ///
+    /// When writing fails (disk full, an I/O error) the batch's sequence
+    /// numbers are decided as failed (their publishers get nacks), the
+    /// failure is raised (the broker's disk alarm), and the batch is kept
+    /// to be written again: what it holds stays in the queues in memory,
+    /// and the removals in it must reach the disk some day.
     fn commit(
         &mut self,
         state: &mut WriterState,
         synced: &watch::Sender<u64>,
-    ) -> anyhow::Result<bool> {
+        failures: &WriteFailures,
+    ) -> bool {
         let small_transient = self.buf.is_empty()
             && !self.streams.is_empty()
             && !self.stream_syncs
             && self.ops < COALESCE_BELOW;
-        // Each batch that writes syncs, so a batch without writes (only a
-        // Sync, or only stream entries) has nothing of its own to sync.
-        if !self.buf.is_empty() {
-            // Without the write, nothing may be confirmed: stop here.
-            state
-                .file
-                .write_all(&self.buf)
-                .context("message log write failed, no further confirms")?;
-            state.size += self.buf.len() as u64;
-            self.buf.clear();
-            state
-                .file
-                .sync_data()
-                .context("message log fdatasync failed, no further confirms")?;
-            state.segments.entry(state.segment).or_default().size = state.size;
-        }
-        // Only now, with the copies synced, may a compacted segment go.
-        for segment in self.compacted.drain(..) {
-            state.finish_compaction(segment);
-        }
-        for (done, ok) in self.gc_replies.drain(..) {
-            let _ = done.send(ok);
-        }
-        for (log, entries) in self.streams.drain(..) {
-            if let Err(e) = log.commit(entries) {
-                if !log.is_deleted() {
-                    return Err(e).context("stream write failed, no further confirms");
-                }
-            }
-        }
         let max_seq = std::mem::take(&mut self.max_seq);
+        if let Err(e) = self.write(state) {
+            if failures.set_failing(true) {
+                tracing::error!(
+                    "{e:#}; publishes are nacked and publishers blocked (disk alarm) until a write succeeds again"
+                );
+            }
+            let from = *synced.borrow() + 1;
+            if max_seq >= from {
+                failures.record(from, max_seq);
+                synced.send_replace(max_seq);
+            }
+            state.delete_drained();
+            return false;
+        }
+        if failures.set_failing(false) {
+            tracing::info!("message log writes again: disk alarm cleared");
+        }
         if max_seq > 0 {
             synced.send_if_modified(|s| {
                 let changed = max_seq > *s;
@@ -1091,14 +1131,77 @@ impl Batch {
         self.stream_syncs = false;
         self.ops = 0;
         if state.size >= state.segment_size {
-            state.rotate().context("message log rotation failed")?;
+            if let Err(e) = state.rotate() {
+                // Tried again after the next batch; the segment grows meanwhile.
+                tracing::warn!("message log rotation failed: {e:#}");
+            }
         }
         state.maintain();
-        Ok(small_transient)
+        small_transient
+    }
+
+    /// Writes and syncs what the batch holds. On an error what was not
+    /// stored stays in the batch, and the segment is cut back to its last
+    /// synced record so that the next try appends right after it.
+    fn write(&mut self, state: &mut WriterState) -> anyhow::Result<()> {
+        // Each batch that writes syncs, so a batch without writes (only a
+        // Sync, or only stream entries) has nothing of its own to sync.
+        if !self.buf.is_empty() {
+            if state.torn {
+                state.cut_back();
+                anyhow::ensure!(!state.torn, "message log segment could not be cut back");
+            }
+            let written = state
+                .file
+                .write_all(&self.buf)
+                .context("message log write failed")
+                .and_then(|()| {
+                    state
+                        .file
+                        .sync_data()
+                        .context("message log fdatasync failed")
+                });
+            if let Err(e) = written {
+                state.cut_back();
+                return Err(e);
+            }
+            state.size += self.buf.len() as u64;
+            self.buf.clear();
+            state.segments.entry(state.segment).or_default().size = state.size;
+        }
+        // Only now, with the copies synced, may a compacted segment go.
+        for segment in self.compacted.drain(..) {
+            state.finish_compaction(segment);
+        }
+        for (done, ok) in self.gc_replies.drain(..) {
+            let _ = done.send(ok);
+        }
+        let mut failed = None;
+        self.streams
+            .retain(|(log, entries)| match log.commit(entries) {
+                Ok(()) => false,
+                Err(_) if log.is_deleted() => false,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    true
+                }
+            });
+        match failed {
+            Some(e) => Err(e).context("stream write failed"),
+            None => Ok(()),
+        }
     }
 }
 
-fn writer(mut state: WriterState, inbox: &Inbox<Op>, synced: watch::Sender<u64>) {
+/// How often a writer whose writes fail tries again when nothing new comes.
+const RETRY_FAILED: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn writer(
+    mut state: WriterState,
+    inbox: &Inbox<Op>,
+    synced: watch::Sender<u64>,
+    failures: &WriteFailures,
+) {
     let mut batch = Batch {
         buf: BytesMut::with_capacity(1 << 20),
         ..Batch::default()
@@ -1111,12 +1214,17 @@ fn writer(mut state: WriterState, inbox: &Inbox<Op>, synced: watch::Sender<u64>)
     // already waiting, it pauses briefly to gather a real chunk. It only
     // pauses under load: a lone message is written at once.
     let mut coalesce = false;
+    // While writes fail: when to try again (not on every op, which would
+    // rewrite the kept batch for each ack that comes in).
+    let mut retry_at: Option<std::time::Instant> = None;
     loop {
         let waiting_since = std::time::Instant::now();
         // While idle, look again now and then: compaction waits for the
         // recovered messages to be read back, and nothing else may come to
-        // start it.
-        let open = if state.gc_busy.is_none() && state.gc.is_some() {
+        // start it; a failed batch is tried again.
+        let open = if retry_at.is_some() {
+            inbox.take_timeout(&mut ops, RETRY_FAILED)
+        } else if state.gc_busy.is_none() && state.gc.is_some() {
             inbox.take_timeout(&mut ops, IDLE_MAINTENANCE)
         } else {
             inbox.take(&mut ops, true)
@@ -1124,35 +1232,39 @@ fn writer(mut state: WriterState, inbox: &Inbox<Op>, synced: watch::Sender<u64>)
         if !open {
             break;
         }
-        if ops.is_empty() {
-            state.maintain();
+        let retry_due = retry_at.is_some_and(|at| at <= std::time::Instant::now());
+        if ops.is_empty() && !retry_due {
+            if retry_at.is_none() {
+                state.maintain();
+            }
             continue;
         }
         if coalesce && waiting_since.elapsed() < BUSY_TAKE {
             std::thread::sleep(COALESCE_PAUSE);
             inbox.take(&mut ops, false);
         }
-        let mut result = Ok(false);
+        // A failed batch keeps its ops (see `Batch::commit`).
+        let mut failed = false;
         for op in ops.drain(..) {
             batch.add(op, &mut state);
-            if batch.is_full() {
-                result = batch.commit(&mut state, &synced);
-                if result.is_err() {
-                    break;
-                }
+            if !failed && retry_at.is_none() && batch.is_full() {
+                coalesce = batch.commit(&mut state, &synced, failures);
+                failed = batch.ops > 0;
             }
         }
-        if result.is_ok() && batch.ops > 0 {
-            result = batch.commit(&mut state, &synced);
+        if batch.ops > 0 && !failed && (retry_at.is_none() || retry_due) {
+            coalesce = batch.commit(&mut state, &synced, failures);
         }
-        match result {
-            Ok(small_transient) => coalesce = small_transient,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                inbox.close();
-                return;
-            }
-        }
+        retry_at = match retry_at {
+            _ if batch.ops == 0 => None,
+            Some(at) if !retry_due => Some(at),
+            _ => Some(std::time::Instant::now() + RETRY_FAILED),
+        };
+    }
+    // Closed: what a failed batch still holds is lost; its publishers
+    // were nacked.
+    if batch.ops > 0 {
+        tracing::warn!("message log closed with unwritten records (writes were failing)");
     }
 }
 
@@ -1271,6 +1383,7 @@ fn recover(dir: &Path, options: LogOptions) -> anyhow::Result<(WriterState, Reco
         gc: None,
         gc_busy: None,
         reading_back: reading_back.clone(),
+        torn: false,
     };
     state.maintain();
     let max_id = index.max_id;

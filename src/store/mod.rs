@@ -7,6 +7,7 @@ mod inbox;
 pub mod message_log;
 mod record;
 pub mod stream_log;
+pub mod write_failures;
 
 use anyhow::{bail, Context};
 use std::fs::File;

@@ -376,7 +376,10 @@ impl StreamLog {
 
     /// Writes `entries` as one chunk, synced if any of them is persistent
     /// (writer thread only).
-    pub fn commit(&self, entries: Vec<StreamEntry>) -> std::io::Result<()> {
+    /// Writes `entries` as one chunk (synced if one is persistent). On an
+    /// error nothing of it counts (the file is cut back to its last chunk)
+    /// and the caller may try again with the same entries.
+    pub fn commit(&self, entries: &[StreamEntry]) -> std::io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -442,9 +445,20 @@ impl StreamLog {
         framed[4..8].copy_from_slice(&crc.to_be_bytes());
 
         let mut tail = self.tail.lock();
-        tail.file.write_all(&framed)?;
-        if entries.iter().any(|e| e.persistent) {
-            tail.file.sync_data()?;
+        let written = tail.file.write_all(&framed).and_then(|()| {
+            if entries.iter().any(|e| e.persistent) {
+                tail.file.sync_data()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            // A part of the chunk may be there (disk full): cut it off, so
+            // that the next try appends right after the last good chunk.
+            let end = tail.size;
+            if let Err(cut) = tail.file.set_len(end) {
+                tracing::error!(stream = %self.dir.display(), "cannot cut a failed stream write back: {cut}");
+            }
+            return Err(e);
         }
         let chunk = ChunkInfo {
             first,
@@ -469,8 +483,17 @@ impl StreamLog {
         }
         self.committed.send_replace(next);
         if tail.size >= self.retention.max_segment_bytes.max(1) {
+            // The chunk is stored: a new segment that cannot be opened is
+            // tried again after the next chunk.
             let path = segment_path(&self.dir, next);
-            tail.file = OpenOptions::new().create(true).append(true).open(path)?;
+            let file = match OpenOptions::new().create(true).append(true).open(path) {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::warn!(stream = %self.dir.display(), "cannot start a new stream segment: {e}");
+                    return Ok(());
+                }
+            };
+            tail.file = file;
             tail.segment = next;
             tail.size = 0;
             self.index
@@ -731,11 +754,8 @@ mod tests {
         {
             let log = StreamLog::open(dir.path(), retention).unwrap();
             for i in 0..10 {
-                log.commit(vec![
-                    entry(&format!("m{i}-a"), None),
-                    entry("b", Some("red")),
-                ])
-                .unwrap();
+                log.commit(&[entry(&format!("m{i}-a"), None), entry("b", Some("red"))])
+                    .unwrap();
             }
             assert_eq!(log.bounds().1, 20);
             assert!(log.bounds().0 > 0, "retention dropped old segments");
@@ -754,7 +774,7 @@ mod tests {
         assert_eq!(messages[1].filter_value.as_deref(), Some(&b"red"[..]));
         assert!(chunk.bloom.may_contain(b"red"));
         assert!(chunk.has_unfiltered && chunk.has_filtered);
-        log.commit(vec![entry("after", None)]).unwrap();
+        log.commit(&[entry("after", None)]).unwrap();
         assert_eq!(log.bounds().1, 21);
     }
 
@@ -767,8 +787,8 @@ mod tests {
         };
         {
             let log = StreamLog::open(dir.path(), retention).unwrap();
-            log.commit(vec![entry("kept", None)]).unwrap();
-            log.commit(vec![entry("torn", None)]).unwrap();
+            log.commit(&[entry("kept", None)]).unwrap();
+            log.commit(&[entry("torn", None)]).unwrap();
         }
         let seg = segment_path(dir.path(), 0);
         let len = std::fs::metadata(&seg).unwrap().len();
@@ -780,7 +800,7 @@ mod tests {
             .unwrap();
         let log = StreamLog::open(dir.path(), retention).unwrap();
         assert_eq!(log.bounds(), (0, 1));
-        log.commit(vec![entry("new", None)]).unwrap();
+        log.commit(&[entry("new", None)]).unwrap();
         let chunk = log.chunk_from(1).unwrap();
         assert_eq!(&log.read(&chunk).unwrap()[0].body[..], b"new");
     }
@@ -796,7 +816,7 @@ mod tests {
         };
         let log = StreamLog::open(dir.path(), retention).unwrap();
         for i in 0..10 {
-            log.commit(vec![entry(&format!("m{i}"), None), entry("x", Some("red"))])
+            log.commit(&[entry(&format!("m{i}"), None), entry("x", Some("red"))])
                 .unwrap();
         }
         let all = log.chunks_from(0, u64::MAX);

@@ -447,6 +447,11 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub async fn start(data_dir: &std::path::Path) -> BrokerProcess {
+        Self::start_with_env(data_dir, &[]).await
+    }
+
+    /// With extra environment variables (`BROKER__…` settings).
+    pub async fn start_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> BrokerProcess {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -458,7 +463,12 @@ impl BrokerProcess {
             .env("BROKER__MANAGEMENT__PORT", "0")
             .env("BROKER__PROMETHEUS__PORT", "0")
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .envs(env.iter().copied())
+            // TEST_BROKER_LOGS=1 shows the broker's log (for debugging).
+            .stdout(match std::env::var_os("TEST_BROKER_LOGS") {
+                Some(_) => std::process::Stdio::inherit(),
+                None => std::process::Stdio::null(),
+            })
             .spawn()
             .expect("start broker binary");
         for _ in 0..200 {
