@@ -670,6 +670,25 @@ async fn deleting_a_stream_cancels_readers_and_frees_its_files() {
     assert!(ended.is_ok(), "consumer not cancelled");
     // Redeclared, the stream starts empty.
     assert_eq!(declare_stream(&ch, "gone", &[]).await, 0);
+    // The old files go in the background; the new stream's folder stays.
+    let streams = broker.broker.store.as_ref().unwrap().dir.join("streams");
+    let folders = || -> Vec<String> {
+        std::fs::read_dir(&streams)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while folders().len() != 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = folders();
+    assert_eq!(left.len(), 1, "old stream files left: {left:?}");
+    assert!(!left[0].starts_with("deleted-"), "{left:?}");
+    publish_confirmed(&ch, "gone", &bodies("new", 1), None).await;
+    let mut c = stream_consumer(&ch2, "gone", &[("x-stream-offset", long_str("first"))]).await;
+    let d = next(&mut c).await;
+    assert_eq!(d.data, b"new0");
     broker.assert_healthy().await;
 }
 

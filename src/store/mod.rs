@@ -76,6 +76,7 @@ impl Store {
             Err(e) => return Err(e).context("cannot read FORMAT"),
         }
         let catalog = Catalog::open(&dir.join("catalog"))?;
+        stream_log::remove_deleted_streams(&dir.join("streams"));
         let (log, recovered) = MessageLog::open_with(&dir.join("messages"), options)?;
         Ok((
             Store {

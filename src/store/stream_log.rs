@@ -320,6 +320,12 @@ impl StreamLog {
         out
     }
 
+    /// Whether `chunk` is in the segment being written (fresh, likely
+    /// still in the page cache).
+    pub fn in_tail_segment(&self, chunk: &ChunkInfo) -> bool {
+        self.index.read().segments.keys().next_back() == Some(&chunk.segment)
+    }
+
     /// Reads the messages of `chunks` (adjacent in one segment, as
     /// `chunks_from` gives them) with one read, keeping the chunks that
     /// `keep` accepts.
@@ -551,15 +557,74 @@ impl StreamLog {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// The stream queue was deleted: its files go.
+    /// The stream queue was deleted: its files go. The folder is renamed
+    /// out of the way at once (a stream of the same name may be declared
+    /// right after) and deleted on a thread of its own: a stream of many
+    /// gigabytes takes a while, which no async worker may spend. A folder
+    /// left by a crash meanwhile is deleted at the next start
+    /// (`remove_deleted_streams`).
     pub fn destroy(&self) {
         self.deleted.store(true, Ordering::Release);
         self.files.lock().clear();
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(stream = %self.dir.display(), "cannot delete the stream's files: {e}");
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let doomed = self.dir.with_file_name(format!(
+            "{DELETED_PREFIX}{}-{}-{}",
+            std::process::id(),
+            now_ms(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::rename(&self.dir, &doomed) {
+            Ok(()) => remove_in_background(doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not renamed: deleted here, before a stream of the same name
+            // can be made in it.
+            Err(_) => {
+                if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                    tracing::warn!(stream = %self.dir.display(), "cannot delete the stream's files: {e}");
+                }
+            }
         }
     }
 }
+
+/// The folder of a deleted stream is renamed to this and a unique number
+/// until it is gone (stream folders are hex or `sha256-…`).
+const DELETED_PREFIX: &str = "deleted-";
+
+fn remove_in_background(dir: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("stream-delete".into())
+        .spawn({
+            let dir = dir.clone();
+            move || {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(stream = %dir.display(), "cannot delete the stream's files: {e}");
+                }
+            }
+        });
+    if spawned.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Deletes the folders of deleted streams that a stop or crash left in
+/// `streams` (in the background).
+pub fn remove_deleted_streams(streams: &Path) {
+    let Ok(entries) = std::fs::read_dir(streams) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(DELETED_PREFIX)
+        {
+            remove_in_background(entry.path());
+        }
+    }
+}
+
+impl StreamLog {}
 
 type Header = (u64, u32, i64, Bloom, u8);
 
@@ -676,6 +741,24 @@ fn splice_header_fields(out: &mut BytesMut, raw: &[u8], field: &[u8]) -> Option<
 mod tests {
     use super::*;
     use crate::protocol::{encode, AMQPValue, BasicProperties, FieldTable, ShortString};
+
+    #[test]
+    fn folders_of_deleted_streams_left_by_a_stop_are_removed() {
+        let streams = tempfile::tempdir().unwrap();
+        let doomed = streams.path().join(format!("{DELETED_PREFIX}1-2-3"));
+        let live = streams.path().join("2f0073");
+        for dir in [&doomed, &live] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("00000000000000000000.seg"), b"x").unwrap();
+        }
+        remove_deleted_streams(streams.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while doomed.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!doomed.exists());
+        assert!(live.join("00000000000000000000.seg").exists());
+    }
 
     /// A message published to the default exchange with routing key "s"
     /// and no properties.

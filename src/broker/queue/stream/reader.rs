@@ -73,6 +73,7 @@ pub async fn run(
     let Some(stream) = queue.stream().cloned() else {
         return;
     };
+    let filter = filter.map(Arc::new);
     let mut committed = stream.log.committed();
     // The chunk being delivered, from `next` on.
     let mut pending = Vec::<StoredMessage>::new().into_iter();
@@ -112,9 +113,22 @@ pub async fn run(
             // Retention may have removed what we were about to read.
             next = next.max(first.first);
             let after = last.end();
-            let wanted =
-                |chunk: &ChunkInfo| filter.as_ref().is_none_or(|f| f.chunk_may_match(chunk));
-            match stream.log.read_many(&chunks, wanted) {
+            let first_offset = first.first;
+            let read = if stream.log.in_tail_segment(last) {
+                // Just written: in the page cache, read right here.
+                stream.log.read_many(&chunks, wanted(filter.as_deref()))
+            } else {
+                // Older chunks may have to come from the disk: not on an
+                // async worker, whose other connections would wait.
+                let log = stream.log.clone();
+                let filter = filter.clone();
+                tokio::task::spawn_blocking(move || {
+                    log.read_many(&chunks, wanted(filter.as_deref()))
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            };
+            match read {
                 Ok(messages) => {
                     // Offsets ascend: skip what comes before `next`.
                     pending = messages.into_iter();
@@ -128,7 +142,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     if !stream.log.is_deleted() {
-                        tracing::warn!(queue = %queue.name, offset = first.first, "cannot read stream chunks, skipped: {e}");
+                        tracing::warn!(queue = %queue.name, offset = first_offset, "cannot read stream chunks, skipped: {e}");
                     }
                     next = after;
                     continue;
@@ -154,6 +168,11 @@ pub async fn run(
         // Let other tasks on this worker run between chunks.
         tokio::task::yield_now().await;
     }
+}
+
+/// Which chunks a consumer with `filter` reads.
+fn wanted(filter: Option<&Filter>) -> impl Fn(&ChunkInfo) -> bool + '_ {
+    move |chunk| filter.is_none_or(|f| f.chunk_may_match(chunk))
 }
 
 /// Most bytes of adjacent chunks read at once: a group commit of a few
