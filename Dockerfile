@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
+# A workspace member: cargo reads its manifest even to build the broker.
+COPY tools ./tools
 RUN cargo build --release --bin broker
 
 # Run stage: a slim Debian with just the binary, as a non-root user.

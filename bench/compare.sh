@@ -66,12 +66,13 @@ for tool in python3 taskset; do
 done
 
 # What is being measured: the commit, and whether tracked files differ from it.
-OURS_REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes to tracked files')"
+OURS_REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src tools Cargo.toml 2>/dev/null || echo ' + uncommitted changes to tracked files')"
 [ "${SKIP_BUILD:-0}" = 1 ] && OURS_REV="$OURS_REV (SKIP_BUILD: existing target/release binary)"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building release binaries"
-    (cd "$ROOT" && cargo build --release --bin broker --bin amqp-perf) >&2
+    # amqp-perf is the workspace member tools/amqp-perf: --workspace finds it.
+    (cd "$ROOT" && cargo build --release --workspace --bin broker --bin amqp-perf) >&2
 fi
 # Private copies: a concurrent rebuild must not swap binaries mid-run.
 cp "$ROOT/target/release/broker" "$ROOT/target/release/amqp-perf" "$WORK/bin/"

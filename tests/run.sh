@@ -5,8 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --bins
-cargo nextest run --no-fail-fast
+# --workspace: the broker and the tools crate (tools/amqp-perf).
+cargo build --release --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  echo "note: cargo-nextest not found (cargo install --locked cargo-nextest); running the Rust tests with cargo test" >&2
+  cargo test --workspace --no-fail-fast
+fi
 
 venv="${VENV:-target/py-venv}"
 if [ ! -x "$venv/bin/pytest" ]; then

@@ -3,9 +3,9 @@
 //! once with `broker::protocol::encode`), the send timestamp is patched into
 //! the first 8 body bytes, and a whole batch goes out in one write.
 
-use crate::client::{send_close, AmqpUri, Conn, ReadSide};
 use crate::stats::{now_nanos, Counters};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass, BasicProperties};
+use amqp_perf::client::{send_close, AmqpUri, Conn, ReadSide};
 use anyhow::{bail, Result};
 use broker::protocol::{encode, Frame, FRAME_BODY};
 use bytes::BytesMut;

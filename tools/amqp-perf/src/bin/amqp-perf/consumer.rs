@@ -7,10 +7,10 @@
 //! straight from the frame envelope (the fields the tool needs are at fixed
 //! offsets) and hands anything else to the `FrameDecoder`.
 
-use crate::client::{deliver_tag, send_close, AmqpUri, Conn, ReadSide};
 use crate::stats::{now_nanos, Counters, Histogram};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::FieldTable;
+use amqp_perf::client::{deliver_tag, send_close, AmqpUri, Conn, ReadSide};
 use anyhow::{bail, Result};
 use broker::protocol::{encode, Frame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use bytes::{Buf, BytesMut};

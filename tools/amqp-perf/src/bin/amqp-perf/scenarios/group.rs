@@ -21,12 +21,13 @@
 //! `x-stream-offset` and `x-consumer-group-partitions`, and ack once per
 //! read batch with multiple=true.
 
-use crate::client::{deliver_tag, send_close, AmqpUri, Conn, ReadSide};
 use crate::publisher::Tracker;
 use crate::report::{thousands, Json, Table};
 use crate::stats::{clock_ticks, cpu_percent, now_nanos, sample_proc};
+use crate::Cli;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass, BasicProperties};
 use amq_protocol::types::{AMQPValue, FieldTable};
+use amqp_perf::client::{deliver_tag, send_close, AmqpUri, Conn, ReadSide};
 use anyhow::{anyhow, bail, Context, Result};
 use broker::protocol::{encode, Frame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use bytes::{Buf, BytesMut};
@@ -145,6 +146,33 @@ struct GroupHeaders {
     partition: Option<u32>,
     offset: Option<i64>,
     assignment: Option<Vec<u32>>,
+}
+
+/// The group scenario's settings; prefetch and confirm window default to
+/// 1000 and the failover publish rate to 10,000 msg/s.
+pub fn spec(cli: &Cli) -> Result<GroupSpec> {
+    if cli.autoack {
+        bail!("group members need manual acks");
+    }
+    Ok(GroupSpec {
+        name: cli.exchange.clone().unwrap_or_else(|| "perf-super".into()),
+        partitions: cli.partitions,
+        members: parse_members(&cli.members)?,
+        count: cli.count,
+        size: cli.size,
+        prefetch: if cli.prefetch == 0 {
+            1000
+        } else {
+            cli.prefetch
+        },
+        confirm: if cli.confirm == 0 { 1000 } else { cli.confirm },
+        failover_members: cli.failover_members,
+        failover_runs: cli.failover_runs,
+        rate: if cli.rate > 0.0 { cli.rate } else { 10_000.0 },
+        quiet: cli.quiet,
+        keep: cli.keep,
+        broker_pid: cli.broker_pid,
+    })
 }
 
 pub async fn run(spec: &GroupSpec, uri: &AmqpUri) -> Result<(Json, Table)> {

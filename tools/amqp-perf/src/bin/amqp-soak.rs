@@ -10,17 +10,13 @@
 //!
 //!   amqp-soak --pid $(pgrep -n broker) --connections 1000 --duration-secs 1800
 
-#[path = "amqp-perf/client.rs"]
-#[allow(dead_code)]
-mod client;
-
 use amq_protocol::protocol::{basic, AMQPClass};
 use amq_protocol::types::FieldTable;
+use amqp_perf::client::{self, AmqpUri, Conn};
 use anyhow::{bail, Result};
 use broker::protocol::{encode, Frame};
 use bytes::BytesMut;
 use clap::Parser;
-use client::{AmqpUri, Conn};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
