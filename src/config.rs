@@ -1,11 +1,12 @@
 //! Configuration: defaults, then `broker.toml` (or `--config`), then
-//! environment variables such as `BROKER__AMQP__PORT=5673`.
+//! environment variables such as `BROKER__AMQP__PORT=5673`. A key that is
+//! not a field of [`Config`], in either, stops the start with its name.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     pub amqp: AmqpConfig,
@@ -22,7 +23,7 @@ pub struct Config {
 /// AMQPS: AMQP over TLS on its own port (RabbitMQ: 5671), beside the
 /// plain listener. Off unless `enabled`; the certificate and key are PEM
 /// files.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TlsConfig {
     pub enabled: bool,
@@ -60,7 +61,7 @@ impl Default for TlsConfig {
 /// Per-user and per-vhost limits, as RabbitMQ's `rabbitmqctl
 /// set_user_limits` / `set_vhost_limits`. A missing value is unlimited;
 /// 0 allows none.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LimitsConfig {
     /// Connections any one user may have open, unless `users` says otherwise.
@@ -71,13 +72,13 @@ pub struct LimitsConfig {
     pub vhosts: HashMap<String, VhostLimits>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UserLimits {
     pub max_connections: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct VhostLimits {
     pub max_connections: Option<u32>,
@@ -112,7 +113,7 @@ impl LimitsConfig {
 }
 
 /// Resource alarms: past these, publishing connections are blocked.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ResourceConfig {
     /// Memory high watermark as a fraction of RAM (RabbitMQ: 0.4).
@@ -134,7 +135,7 @@ impl Default for ResourceConfig {
 }
 
 /// An HTTP listener (management API, Prometheus metrics).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ListenerConfig {
     pub enabled: bool,
@@ -158,7 +159,7 @@ impl Default for ListenerConfig {
 
 /// HTTPS for an HTTP listener: when `enabled`, the listener speaks only
 /// HTTPS on its port. The files and checks are those of `[tls]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HttpsConfig {
     pub enabled: bool,
@@ -169,7 +170,7 @@ pub struct HttpsConfig {
     pub fail_if_no_peer_cert: bool,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AmqpConfig {
     pub bind: String,
@@ -189,7 +190,7 @@ pub struct AmqpConfig {
     pub max_connections: Option<u32>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
@@ -199,7 +200,7 @@ pub struct StorageConfig {
     pub segment_size_bytes: u64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AuthConfig {
     pub default_user: String,
@@ -209,11 +210,22 @@ pub struct AuthConfig {
     pub loopback_users: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `broker=debug`.
     pub level: String,
+    /// `text` (coloured only when the output is a terminal) or `json`
+    /// (one object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -277,42 +289,156 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
 
 impl Config {
     /// Loads `path` if it exists (it must exist when given explicitly),
-    /// then applies `BROKER__SECTION__KEY` environment variables.
+    /// then applies `BROKER__SECTION__KEY` environment variables. A key
+    /// the broker does not know, in the file or in a variable, is an
+    /// error naming it: a typo must not silently fall back to a default.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        let mut builder = config::Config::builder();
-        match path {
-            Some(p) => builder = builder.add_source(config::File::from(p).required(true)),
-            None => {
-                builder = builder.add_source(config::File::with_name("broker.toml").required(false))
-            }
+        let file = match path {
+            Some(p) => config::File::from(p).required(true),
+            None => config::File::with_name(DEFAULT_FILE).required(false),
+        };
+        let file_name = path.unwrap_or(Path::new(DEFAULT_FILE)).display();
+        let known = known_keys();
+        let mut unknown = Vec::new();
+        unknown_keys(&known, &config::Source::collect(&file)?, "", &mut unknown);
+        if !unknown.is_empty() {
+            unknown.sort();
+            let keys = if unknown.len() == 1 { "key" } else { "keys" };
+            anyhow::bail!("unknown {keys} {} in {file_name}", unknown.join(", "));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("BROKER")
-                .prefix_separator("__")
-                .separator("__")
+        check_environment(&known, std::env::vars_os())?;
+        let builder = config::Config::builder().add_source(file).add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
                 .list_separator(",")
                 .with_list_parse_key("auth.loopback_users")
                 .try_parsing(true),
         );
         Ok(builder.build()?.try_deserialize()?)
     }
+}
 
-    /// Unreadable `[management.tls]` files are a start-up error, as those
-    /// of `[tls]` are, rather than an API that silently never listens.
-    /// (Checked by the server only: the user CLI needs no key.)
-    pub fn check_https(&self) -> anyhow::Result<()> {
-        let tls = &self.management.tls;
-        if self.management.enabled && tls.enabled {
-            crate::tls::build_acceptor(&tls.certificates("management.tls"))?;
+/// Read from the working directory when no `--config` is given.
+const DEFAULT_FILE: &str = "broker.toml";
+/// `BROKER__AMQP__PORT`: prefix, then sections and key, all split by `__`.
+const ENV_PREFIX: &str = "BROKER";
+const ENV_SEPARATOR: &str = "__";
+/// In [`known_keys`], stands for any name of a table keyed by names
+/// (`limits.users.NAME`, `limits.vhosts.NAME`).
+const ANY_NAME: &str = "*";
+
+/// Every key the broker reads, as a tree: the default configuration
+/// serialized, with one entry of each table keyed by names under
+/// [`ANY_NAME`]. Objects are tables; anything else is a value.
+fn known_keys() -> serde_json::Value {
+    let mut config = Config::default();
+    config
+        .limits
+        .users
+        .insert(ANY_NAME.into(), UserLimits::default());
+    config
+        .limits
+        .vhosts
+        .insert(ANY_NAME.into(), VhostLimits::default());
+    serde_json::to_value(&config).expect("the configuration serializes")
+}
+
+/// What `known` (a table) has under `key`; `None` for an unknown key.
+fn known_child<'a>(
+    known: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
+    known.get(key).or_else(|| known.get(ANY_NAME))
+}
+
+/// Adds to `unknown` the dotted path of each key of `table` (found under
+/// `prefix`) that `known` does not have. A value where a table is
+/// expected, or the reverse, is left to deserialization to report.
+fn unknown_keys(
+    known: &serde_json::Value,
+    table: &config::Map<String, config::Value>,
+    prefix: &str,
+    unknown: &mut Vec<String>,
+) {
+    let serde_json::Value::Object(known) = known else {
+        return;
+    };
+    for (key, value) in table {
+        let path = format!("{prefix}{}", quoted(key));
+        match known_child(known, key) {
+            None => unknown.push(format!("`{path}`")),
+            Some(child) => {
+                if let config::ValueKind::Table(table) = &value.kind {
+                    unknown_keys(child, table, &format!("{path}."), unknown);
+                }
+            }
         }
-        Ok(())
     }
+}
+
+/// A key as TOML writes it: bare when it can be, else quoted (`"/"`).
+fn quoted(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// Refuses a `BROKER__…` variable that names no known key. Matched as the
+/// `config` crate matches them: case-insensitively, split at `__`.
+fn check_environment(
+    known: &serde_json::Value,
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> anyhow::Result<()> {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}").to_lowercase();
+    let mut unknown = Vec::new();
+    for (name, _) in vars {
+        let Some(name) = name.to_str() else { continue };
+        let lower = name.to_lowercase();
+        let Some(key) = lower.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut at = known;
+        let found = key.split(ENV_SEPARATOR).all(|segment| {
+            match at {
+                serde_json::Value::Object(table) => match known_child(table, segment) {
+                    Some(child) => {
+                        at = child;
+                        true
+                    }
+                    None => false,
+                },
+                // Deeper than a value: no such key.
+                _ => false,
+            }
+        });
+        // A section alone (`BROKER__AMQP`) sets no key either.
+        if !found || at.is_object() {
+            unknown.push(name.to_string());
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        anyhow::bail!(
+            "unknown configuration key in environment variable {} (expected \
+             {ENV_PREFIX}{ENV_SEPARATOR}<SECTION>{ENV_SEPARATOR}<KEY>, e.g. BROKER__AMQP__PORT)",
+            unknown.join(", ")
+        );
+    }
+    Ok(())
 }
 
 impl Config {

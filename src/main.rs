@@ -1,5 +1,6 @@
 mod cli;
 
+use broker::config::LogFormat;
 use broker::{Config, Server};
 use clap::Parser;
 use std::path::PathBuf;
@@ -33,12 +34,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     config.check_https()?;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -50,6 +46,23 @@ fn main() -> anyhow::Result<()> {
         server.run(shutdown).await;
         Ok(())
     })
+}
+
+/// Log lines go to stdout: `text` is coloured only when stdout is a
+/// terminal (a file or a pipe gets no escape codes), `json` is one object
+/// per line with the message at the top level.
+fn init_logging(log: &broker::config::LogConfig) {
+    use std::io::IsTerminal;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.level.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stdout);
+    match log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).init(),
+    }
 }
 
 /// Resolves at SIGTERM or SIGINT; the handlers are installed at once.

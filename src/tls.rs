@@ -6,7 +6,7 @@
 //! the connection's own task under a timeout, so a client that stalls or
 //! sends garbage only ever costs its own socket.
 
-use crate::config::{HttpsConfig, TlsConfig};
+use crate::config::{Config, HttpsConfig, TlsConfig};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
@@ -53,6 +53,19 @@ impl HttpsConfig {
             fail_if_no_peer_cert: self.fail_if_no_peer_cert,
             alpn: &[b"http/1.1"],
         }
+    }
+}
+
+impl Config {
+    /// Unreadable `[management.tls]` files are a start-up error, as those
+    /// of `[tls]` are, rather than an API that silently never listens.
+    /// (Checked by the server only: the user CLI needs no key.)
+    pub fn check_https(&self) -> anyhow::Result<()> {
+        let tls = &self.management.tls;
+        if self.management.enabled && tls.enabled {
+            build_acceptor(&tls.certificates("management.tls"))?;
+        }
+        Ok(())
     }
 }
 
