@@ -1,6 +1,6 @@
 //! An AMQP 0-9-1 message broker compatible with RabbitMQ clients.
 //!
-//! Layers, top to bottom (see README): `protocol` (frames), `connection`
+//! Layers, top to bottom (see README "Layout"): `protocol` (frames), `connection`
 //! (one task per client), `broker` (vhosts, exchanges, queues), `store`
 //! (persistence) and `mgmt` (HTTP API and metrics).
 

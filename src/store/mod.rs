@@ -1,5 +1,5 @@
 //! Persistence: the definitions catalog (sled) and the message log (own
-//! segment files with group commit). See README "Storage".
+//! segment files with group commit). See docs/storage.md.
 
 pub mod catalog;
 mod compaction;
