@@ -2,6 +2,7 @@
 //! connections, spawn a task per connection, and on shutdown close them all
 //! with 320 CONNECTION_FORCED.
 
+use crate::broker::queue::paging::PageBudget;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::limits::ConnectionLimits;
@@ -59,9 +60,9 @@ impl Server {
         let (store, recovered) = Store::open_config(&config.storage)?;
         // Page files live beside the data and are emptied at each start:
         // they only ever hold copies of queued messages.
-        crate::broker::queue::paging::set_dir(&config.storage.data_dir.join("pages"))
+        let pages = PageBudget::in_dir(&config.storage.data_dir.join("pages"))
             .map_err(|e| anyhow::anyhow!("cannot prepare the page directory: {e}"))?;
-        let broker = Broker::new(config, Some(Arc::new(store)));
+        let broker = Broker::with_pages(config, Some(Arc::new(store)), Arc::new(pages));
         broker.restore(recovered);
         Ok(Server {
             broker,

@@ -295,6 +295,86 @@ async fn page_files_go_with_purge_and_delete() {
     broker.assert_healthy().await;
 }
 
+/// The page files (`*.page`) in `dir`.
+fn page_files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "page"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Two brokers in one process page on their own: each has its page
+/// directory, bounds and in-memory count, and one paging leaves the
+/// other's untouched.
+#[tokio::test]
+async fn brokers_in_one_process_page_independently() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestBroker::start_with(|c| c.storage.data_dir = dir_a.path().to_path_buf()).await;
+    let b = TestBroker::start_with(|c| c.storage.data_dir = dir_b.path().to_path_buf()).await;
+    let (pages_a, pages_b) = (&a.broker.pages, &b.broker.pages);
+    assert_eq!(pages_a.dir().unwrap(), dir_a.path().join("pages"));
+    assert_eq!(pages_b.dir().unwrap(), dir_b.path().join("pages"));
+    // A pages past 64 KiB per queue; B keeps the defaults.
+    pages_a.set_limits(64 << 10, 1 << 20);
+    assert_eq!(
+        pages_b.limits(),
+        (
+            broker::broker::queue::paging::DEFAULT_QUEUE_MEMORY_BYTES,
+            broker::broker::queue::paging::DEFAULT_GLOBAL_MEMORY_BYTES
+        )
+    );
+
+    const COUNT: usize = 200;
+    let body = vec![b'x'; 4096];
+    let (_ca, ch_a) = a.channel().await;
+    declare(&ch_a, "q", FieldTable::default()).await;
+    for _ in 0..COUNT {
+        publish(&ch_a, "", "q", &body).await;
+    }
+    assert_eq!(ready(&ch_a, "q").await, COUNT as u32);
+    let q_a = queue(&a, "q");
+    assert!(
+        q_a.paged_count() > COUNT / 2,
+        "paged: {}",
+        q_a.paged_count()
+    );
+    assert!(page_files_in(&dir_a.path().join("pages")) > 0);
+    let in_memory_a = pages_a.in_memory();
+    assert!(in_memory_a > 0 && in_memory_a < 128 << 10, "{in_memory_a}");
+    // B saw none of it.
+    assert_eq!(pages_b.in_memory(), 0);
+    assert_eq!(page_files_in(&dir_b.path().join("pages")), 0);
+
+    // The same backlog on B stays in memory (under B's 8 MiB bound) and
+    // counts on B alone.
+    let (_cb, ch_b) = b.channel().await;
+    declare(&ch_b, "q", FieldTable::default()).await;
+    for _ in 0..COUNT {
+        publish(&ch_b, "", "q", &body).await;
+    }
+    assert_eq!(ready(&ch_b, "q").await, COUNT as u32);
+    assert_eq!(queue(&b, "q").paged_count(), 0);
+    assert_eq!(page_files_in(&dir_b.path().join("pages")), 0);
+    assert!(pages_b.in_memory() >= COUNT * body.len());
+    assert_eq!(pages_a.in_memory(), in_memory_a);
+
+    // Deleting A's queue empties A's budget and directory, not B's.
+    let in_memory_b = pages_b.in_memory();
+    ch_a.queue_delete("q".into(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(pages_a.in_memory(), 0);
+    assert_eq!(page_files_in(&dir_a.path().join("pages")), 0);
+    assert_eq!(pages_b.in_memory(), in_memory_b);
+    assert_eq!(ready(&ch_b, "q").await, COUNT as u32);
+    a.assert_healthy().await;
+    b.assert_healthy().await;
+}
+
 fn persistent(i: usize) -> BasicProperties {
     props_of(i).with_delivery_mode(2)
 }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::store::catalog::{PermissionRecord, UserRecord, VhostRecord};
 use crate::store::{Recovered, Store};
 use parking_lot::RwLock;
+use queue::paging::PageBudget;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,13 +80,25 @@ pub struct Broker {
     pub registry: registry::Registry,
     /// Memory and disk alarms that block publishers.
     pub alarms: Arc<alarms::Alarms>,
+    /// Paging of all its queues: page directory, in-memory bounds and use.
+    pub pages: Arc<PageBudget>,
     next_connection_id: AtomicU64,
 }
 
 impl Broker {
     /// A broker over `store` (`None`: nothing persists, for tests of the
-    /// logic alone).
+    /// logic alone), paging into a directory of its own in the system temp
+    /// directory.
     pub fn new(config: Config, store: Option<Arc<Store>>) -> Arc<Self> {
+        Self::with_pages(config, store, Arc::default())
+    }
+
+    /// A broker over `store` whose queues page as `pages` says.
+    pub fn with_pages(
+        config: Config,
+        store: Option<Arc<Store>>,
+        pages: Arc<PageBudget>,
+    ) -> Arc<Self> {
         let (users, vhost_meta) = Self::initial_users(&config, store.as_deref());
         let resources = &config.resources;
         let memory_limit = match resources.memory_high_watermark_bytes {
@@ -103,7 +116,7 @@ impl Broker {
         let vhosts = vhost_meta
             .keys()
             .map(|name| {
-                let vhost = VHost::new(name, store.clone());
+                let vhost = VHost::new(name, store.clone(), pages.clone());
                 vhost.set_max_queues(config.limits.vhost_max_queues(name));
                 vhost.set_max_exchanges(config.limits.vhost_max_exchanges(name));
                 (name.clone(), vhost)
@@ -114,6 +127,7 @@ impl Broker {
             store,
             registry: Default::default(),
             alarms,
+            pages,
             vhosts: RwLock::new(vhosts),
             vhost_meta: RwLock::new(vhost_meta),
             users: RwLock::new(users),
@@ -266,7 +280,7 @@ impl Broker {
         if vhosts.contains_key(&name) {
             return false;
         }
-        let vhost = VHost::new(&name, self.store.clone());
+        let vhost = VHost::new(&name, self.store.clone(), self.pages.clone());
         vhost.set_max_queues(self.config.limits.vhost_max_queues(&name));
         vhost.set_max_exchanges(self.config.limits.vhost_max_exchanges(&name));
         vhosts.insert(name.clone(), vhost);

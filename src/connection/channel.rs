@@ -7,15 +7,14 @@ use super::publish::{Assembled, PendingPublish, Progress};
 use super::ConnContext;
 use crate::broker::access::{Access, Kind, Perm};
 use crate::broker::arguments;
-use crate::broker::exchange::RoutedQueues;
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::stream::group::{self, Member as GroupMember};
 use crate::broker::queue::{stream, Consumer, DeliverySink, Queue, QueueOptions};
-use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
+use crate::broker::vhost::{publish, ExchangeDeclare, QueueDeclare, REPLY_TO, REPLY_TO_PREFIX};
 use crate::protocol::error::code;
 use crate::protocol::text::short;
-use crate::protocol::{AMQPClass, AMQPValue, AmqpError, BasicProperties, FieldTable};
+use crate::protocol::{AMQPClass, AmqpError, BasicProperties, FieldTable};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -387,18 +386,7 @@ impl Channel {
         self.current_publish = self.confirm.then(|| self.confirms.next());
         let exchange_name = message.publish.exchange.as_str();
         self.allow(ctx, Perm::Write, Kind::Exchange, exchange_name)?;
-        if !exchange_name.is_empty() {
-            let exchange = ctx
-                .vhost
-                .exchange(exchange_name)
-                .ok_or_else(|| ctx.vhost.no_exchange(exchange_name))?;
-            if exchange.internal {
-                return Err(AmqpError::access_refused(format!(
-                    "cannot publish to internal {}",
-                    ctx.vhost.exchange_resource(exchange_name)
-                )));
-            }
-        }
+        ctx.vhost.publish_target(exchange_name)?;
         if let Some(user_id) = message.properties.user_id() {
             if user_id.as_str() != ctx.user {
                 return Err(AmqpError::precondition_failed(format!(
@@ -411,16 +399,7 @@ impl Channel {
             validate_expiration(expiration.as_str())?;
         }
         if let Some(headers) = message.properties.headers() {
-            for key in ["CC", "BCC"] {
-                if let Some(value) = headers.inner().get(key) {
-                    if !matches!(value, AMQPValue::FieldArray(_)) {
-                        return Err(AmqpError::precondition_failed(format!(
-                            "invalid message: {{unacceptable_type_in_header,\"{key}\",{}}}",
-                            arguments::type_name(value)
-                        )));
-                    }
-                }
-            }
+            publish::check_cc_bcc(headers)?;
         }
         if message
             .properties
@@ -441,45 +420,30 @@ impl Channel {
         match &mut self.tx {
             Some(tx) => tx.publishes.push(message),
             None => {
-                self.route(ctx, message);
+                self.route(ctx, message)?;
             }
         }
         Ok(())
     }
 
-    /// Routes a checked message to its queues (or holds it in a delaying
-    /// exchange); returns it to the publisher when mandatory and
-    /// unroutable; marks it confirmable. Returns the log sequence whose
-    /// sync makes it durable, if it was stored.
-    fn route(&mut self, ctx: &mut ConnContext, message: Assembled) -> Option<u64> {
+    /// Publishes a checked message through the vhost; returns it to the
+    /// publisher when mandatory and unroutable; marks it confirmable.
+    /// Returns the log sequence whose sync makes it durable, if it was
+    /// stored. An error only if its exchange went away since the checks.
+    fn route(
+        &mut self,
+        ctx: &mut ConnContext,
+        message: Assembled,
+    ) -> Result<Option<u64>, AmqpError> {
         let Assembled {
             publish,
-            mut properties,
-            mut raw_properties,
+            properties,
+            raw_properties,
             body,
         } = message;
         let publish_seq = self.current_publish.take();
         self.count(&self.delivery.stats.publish, 1);
-        // CC and BCC add routing keys; BCC is removed before delivery.
-        let mut extra_keys: Vec<String> = Vec::new();
-        if let Some(headers) = properties.headers() {
-            for key in ["CC", "BCC"] {
-                if let Some(AMQPValue::FieldArray(list)) = headers.inner().get(key) {
-                    extra_keys.extend(list.as_slice().iter().filter_map(arguments::as_string));
-                }
-            }
-            if headers.contains_key("BCC") {
-                let mut kept = FieldTable::default();
-                for (k, v) in headers.inner() {
-                    if k.as_str() != "BCC" {
-                        kept.insert(k.clone(), v.clone());
-                    }
-                }
-                properties = Arc::new(BasicProperties::clone(&properties).with_headers(kept));
-                raw_properties = crate::protocol::encode::properties(&properties);
-            }
-        }
-        // The names move into the message (no copies); routing borrows them.
+        // The names move into the message (no copies).
         let message = Message::new(
             String::from(publish.exchange),
             String::from(publish.routing_key),
@@ -487,62 +451,32 @@ impl Channel {
             raw_properties,
             body,
         );
-        let exchange_name = message.exchange.as_str();
-        // Only CC/BCC need a list of keys; the usual publish borrows its one.
-        let routing_key = message.routing_key.as_str();
-        let with_extra: Vec<&str>;
-        let keys: &[&str] = if extra_keys.is_empty() {
-            std::slice::from_ref(&routing_key)
-        } else {
-            with_extra = std::iter::once(routing_key)
-                .chain(extra_keys.iter().map(String::as_str))
-                .collect();
-            &with_extra
-        };
-        let queues: RoutedQueues = if exchange_name.is_empty() {
-            let queues = ctx.vhost.route_by_name("", keys, None);
-            let stats = &ctx.vhost.default_exchange_stats;
-            stats.published_in();
-            stats.routed_out(queues.len());
-            queues
-        } else {
-            let exchange = ctx.vhost.exchange(exchange_name)?;
-            exchange.stats.published_in();
-            if exchange.is_duplicate(&message) {
-                // A repeat of a recent deduplication key: accepted, not routed.
-                self.confirm_later(publish_seq, false, None);
-                return None;
+        let published = match ctx.vhost.publish(message) {
+            Ok(published) => published,
+            Err(error) => {
+                // The channel closes: this publish is not confirmed.
+                self.current_publish = publish_seq;
+                return Err(error);
             }
-            if let Some(delay) = x_delay(&exchange, &message) {
-                let log_seq = ctx.vhost.delay(&exchange, message, delay);
-                self.confirm_later(publish_seq, false, log_seq);
-                return log_seq;
-            }
-            let queues = ctx
-                .vhost
-                .route(&exchange, keys, message.properties.headers().as_ref());
-            exchange.stats.routed_out(queues.len());
-            queues
         };
-        let (refused, log_seq, message) = ctx.vhost.deliver(message, &queues);
-        if queues.is_empty() {
+        if let Some(message) = published.unroutable {
             let unroutable = if publish.mandatory {
                 &self.delivery.stats.return_unroutable
             } else {
                 &self.delivery.stats.drop_unroutable
             };
             self.count(unroutable, 1);
+            if publish.mandatory {
+                ctx.output.send(super::output::Outbound::Return {
+                    channel: self.id,
+                    reply_code: code::NO_ROUTE,
+                    reply_text: "NO_ROUTE",
+                    message,
+                });
+            }
         }
-        if queues.is_empty() && publish.mandatory {
-            ctx.output.send(super::output::Outbound::Return {
-                channel: self.id,
-                reply_code: code::NO_ROUTE,
-                reply_text: "NO_ROUTE",
-                message,
-            });
-        }
-        self.confirm_later(publish_seq, refused, log_seq);
-        log_seq
+        self.confirm_later(publish_seq, published.refused, published.log_seq);
+        Ok(published.log_seq)
     }
 
     /// Bumps one of this channel's message counters (management stats).
@@ -902,11 +836,14 @@ impl Channel {
             return Err(AmqpError::precondition_failed("reply consumer already set"));
         }
         let address = format!("{REPLY_TO_PREFIX}{}", names::reply_to_token());
-        let queue = Arc::new(Queue::new(
-            address.clone(),
-            ctx.vhost.name.clone(),
-            QueueOptions::default(),
-        ));
+        let queue = Arc::new(
+            Queue::new(
+                address.clone(),
+                ctx.vhost.name.clone(),
+                QueueOptions::default(),
+            )
+            .with_page_budget(ctx.vhost.pages.clone()),
+        );
         let consumer = Arc::new(Consumer {
             tag: Arc::from(tag.as_str()),
             no_ack: true,
@@ -1067,7 +1004,7 @@ impl Channel {
         let Transaction { publishes, acks } = std::mem::take(tx);
         let mut log_seq = None;
         for message in publishes {
-            if let Some(seq) = self.route(ctx, message) {
+            if let Some(seq) = self.route(ctx, message)? {
                 log_seq = log_seq.max(Some(seq));
             }
         }
@@ -1238,21 +1175,6 @@ fn validate_expiration(value: &str) -> Result<(), AmqpError> {
 
 pub fn method_ids(method: &AMQPClass) -> (u16, u16) {
     (method.get_amqp_class_id(), method.get_amqp_method_id())
-}
-
-/// The `x-delay` (ms) of a message published to a delaying exchange, when
-/// positive.
-fn x_delay(exchange: &crate::broker::exchange::Exchange, message: &Message) -> Option<u64> {
-    if !exchange.delayed {
-        return None;
-    }
-    let delay = message
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delay"))
-        .and_then(arguments::as_int)?;
-    (delay > 0).then(|| delay.min(u64::MAX as i128) as u64)
 }
 
 /// A transaction whose messages the log could not write (disk full).

@@ -15,10 +15,11 @@ use super::{
     string_field, Ctx,
 };
 use crate::broker::access::{Kind, Perm};
-use crate::broker::exchange::{Exchange, RoutedQueues};
+use crate::broker::exchange::Exchange;
 use crate::broker::message::Message;
+use crate::broker::vhost::publish as publishing;
 use crate::broker::vhost::{ExchangeDeclare, VHost};
-use crate::protocol::{encode, AMQPValue, AmqpError, BasicProperties, ShortString};
+use crate::protocol::{encode, AmqpError, BasicProperties, ShortString};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -27,7 +28,6 @@ use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 pub fn routes() -> Router<Ctx> {
     Router::new()
@@ -298,7 +298,13 @@ async fn publish(
     caller
         .access(&ctx, &vhost)
         .check(Perm::Write, Kind::Exchange, name)?;
-    let exchange = check_exchange(&vhost, name)?;
+    // A missing or internal exchange is a 400 whose reason is the AMQP
+    // error, as in RabbitMQ; so are bad CC/BCC headers.
+    let amqp_error = |e: AmqpError| ApiError::bad_request(e.to_string());
+    vhost.publish_target(name).map_err(amqp_error)?;
+    if let Some(headers) = properties.headers() {
+        publishing::check_cc_bcc(headers).map_err(amqp_error)?;
+    }
     let raw = encode::properties(&properties);
     let message = Message::new(
         name.to_string(),
@@ -307,97 +313,11 @@ async fn publish(
         raw,
         payload,
     );
-    // Counted as published into the exchange as over AMQP (RabbitMQ's
-    // management publishes through a channel).
-    match &exchange {
-        Some(x) => x.stats.published_in(),
-        None => vhost.default_exchange_stats.published_in(),
-    }
-    // As over AMQP: a repeated deduplication key is dropped, a delayed
-    // message is held by its exchange (neither counts as routed).
-    if let Some(x) = &exchange {
-        if x.is_duplicate(&message) {
-            return Ok(Json(json!({ "routed": false })));
-        }
-        if let Some(delay) = x_delay(x, &message) {
-            vhost.delay(x, message, delay);
-            return Ok(Json(json!({ "routed": false })));
-        }
-    }
-    let queues = route(
-        &vhost,
-        exchange.as_deref(),
-        routing_key,
-        &message.properties,
-    );
-    let stats = exchange
-        .as_deref()
-        .map_or(&vhost.default_exchange_stats, |x| &x.stats);
-    stats.routed_out(queues.len());
-    let routed = !queues.is_empty();
-    // Stores a persistent message for durable queues, like an AMQP publish.
-    vhost.deliver(message, &queues);
+    // As over AMQP (RabbitMQ's management publishes through a channel):
+    // counted into the exchange, deduplicated, delayed, stored.
+    let published = vhost.publish(message).map_err(amqp_error)?;
+    let routed = matches!(published.outcome, publishing::Outcome::Routed(n) if n > 0);
     Ok(Json(json!({ "routed": routed })))
-}
-
-/// The exchange a management publish goes to (`None`: the default one).
-/// A missing or internal exchange is a 400 whose reason is the AMQP
-/// error, as in RabbitMQ.
-fn check_exchange(vhost: &VHost, name: &str) -> ApiResult<Option<Arc<Exchange>>> {
-    if name.is_empty() {
-        return Ok(None);
-    }
-    let amqp_error = |e: AmqpError| ApiError::bad_request(e.to_string());
-    let x = vhost
-        .exchange(name)
-        .ok_or_else(|| amqp_error(vhost.no_exchange(name)))?;
-    if x.internal {
-        return Err(amqp_error(AmqpError::access_refused(format!(
-            "cannot publish to internal {}",
-            vhost.exchange_resource(name)
-        ))));
-    }
-    Ok(Some(x))
-}
-
-/// The `x-delay` (ms) of a message published to a delaying exchange.
-fn x_delay(exchange: &Exchange, message: &Message) -> Option<u64> {
-    if !exchange.delayed {
-        return None;
-    }
-    let delay = message
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delay"))
-        .and_then(crate::broker::arguments::as_int)?;
-    (delay > 0).then(|| delay.min(u64::MAX as i128) as u64)
-}
-
-/// The queues a management publish reaches.
-fn route(
-    vhost: &VHost,
-    exchange: Option<&Exchange>,
-    key: &str,
-    properties: &BasicProperties,
-) -> RoutedQueues {
-    let Some(x) = exchange else {
-        return vhost.route_default(key).into_iter().collect();
-    };
-    let mut keys = vec![key.to_string()];
-    if let Some(headers) = properties.headers() {
-        // CC adds routing keys. (BCC is not supported here: it would
-        // have to be removed from the headers before delivery.)
-        if let Some(AMQPValue::FieldArray(list)) = headers.inner().get("CC") {
-            keys.extend(list.as_slice().iter().filter_map(|v| match v {
-                AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
-                AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-                _ => None,
-            }));
-        }
-    }
-    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    vhost.route(x, &keys, properties.headers().as_ref())
 }
 
 #[cfg(test)]

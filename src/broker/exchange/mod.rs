@@ -2,6 +2,7 @@
 //! One file per exchange type; this file holds what they share.
 
 mod consistent_hash;
+mod delayed;
 mod direct;
 mod fanout;
 mod headers;

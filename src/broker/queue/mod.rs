@@ -223,6 +223,8 @@ impl Queue {
         )
     }
 
+    /// A queue of the vhost `vhost_ref`, paging against its broker's
+    /// budget (a queue without a vhost has a budget of its own).
     pub fn with_arguments(
         name: String,
         vhost: String,
@@ -233,12 +235,15 @@ impl Queue {
     ) -> Self {
         let dedup = crate::broker::dedup::Deduplicator::from_arguments(&options.arguments);
         let paging = paging::Limits::from_arguments(&options.arguments);
+        let pages = vhost_ref
+            .upgrade()
+            .map_or_else(Default::default, |v| v.pages.clone());
         Queue {
             name,
             vhost,
             options,
             state: Mutex::new(QueueState {
-                ready: Ready::with_limits(args.max_priority, paging),
+                ready: Ready::with_limits(args.max_priority, paging, pages),
                 next_seq: 0,
                 consumers: Vec::new(),
                 next_consumer: 0,
@@ -260,6 +265,15 @@ impl Queue {
             deleted: AtomicBool::new(false),
             counters: QueueCounters::default(),
         }
+    }
+
+    /// Makes it page against `pages`, the broker's budget: for a queue
+    /// made without a vhost (`new`), which otherwise has a budget of its
+    /// own. Before it holds any message.
+    pub fn with_page_budget(mut self, pages: Arc<paging::PageBudget>) -> Self {
+        let limits = paging::Limits::from_arguments(&self.options.arguments);
+        self.state.get_mut().ready = Ready::with_limits(self.args.max_priority, limits, pages);
+        self
     }
 
     /// Makes this a stream queue over `stream`.

@@ -6,13 +6,16 @@
 //! Page files are a cache, never synced and never read after a restart:
 //! persistent messages are also in the message log, whose durability and
 //! confirms do not depend on paging. They live in one directory per broker
-//! process (stale ones of dead processes are removed at first use) and are
-//! deleted when their queue is purged, deleted or dropped.
+//! (stale ones of dead processes are removed) and are deleted when their
+//! queue is purged, deleted or dropped.
 //!
 //! Bounds: per queue `x-max-in-memory-length` / `x-max-in-memory-bytes`
 //! (RabbitMQ's quorum-queue arguments of the same meaning), otherwise
-//! [`DEFAULT_QUEUE_MEMORY_BYTES`]; and over all queues
-//! [`DEFAULT_GLOBAL_MEMORY_BYTES`] (see [`set_limits`]).
+//! [`DEFAULT_QUEUE_MEMORY_BYTES`]; and over all queues of a broker
+//! [`DEFAULT_GLOBAL_MEMORY_BYTES`] (see [`PageBudget::set_limits`]).
+//!
+//! All of it is per broker, in its [`PageBudget`]: brokers sharing a
+//! process (tests, a cluster run in one process) share no paging state.
 
 use super::QueuedMessage;
 use crate::broker::message::Message;
@@ -24,7 +27,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// In-memory bytes a queue may hold before it pages (unless its arguments
@@ -49,53 +52,147 @@ const READ_BATCH_BYTES: u64 = 1 << 20;
 const MESSAGE_OVERHEAD: usize =
     std::mem::size_of::<Message>() + std::mem::size_of::<QueuedMessage>() + 64;
 
-static QUEUE_MEMORY_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_QUEUE_MEMORY_BYTES);
-static GLOBAL_MEMORY_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_GLOBAL_MEMORY_BYTES);
-/// In-memory bytes of ready messages over all queues.
-static IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
-static NEXT_FILE: AtomicU64 = AtomicU64::new(1);
-static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
-static BASE: OnceLock<Instant> = OnceLock::new();
-
-/// Sets the default per-queue and the global in-memory bounds (bytes).
-pub fn set_limits(queue_bytes: usize, global_bytes: usize) {
-    QUEUE_MEMORY_BYTES.store(queue_bytes, Ordering::Relaxed);
-    GLOBAL_MEMORY_BYTES.store(global_bytes, Ordering::Relaxed);
+/// One broker's paging: where its page files go, the default per-queue
+/// and the global in-memory bounds, the in-memory bytes of all its queues
+/// and the numbering of its page files. Owned by the `Broker`; each of its
+/// queues holds an `Arc` of it.
+#[derive(Debug)]
+pub struct PageBudget {
+    queue_bytes: AtomicUsize,
+    global_bytes: AtomicUsize,
+    /// In-memory bytes of ready messages over all queues.
+    in_memory: AtomicUsize,
+    next_file: AtomicU64,
+    dir: PageDir,
+    /// Expiry times in page records are nanoseconds after this.
+    base: Instant,
 }
 
-/// Puts page files in `dir` (e.g. `<data_dir>/pages`), emptied now: page
-/// files never outlive their process's queues. Call before any queue pages.
-pub fn set_dir(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "page") {
-            std::fs::remove_file(&path)?;
+#[derive(Debug)]
+enum PageDir {
+    /// Given by the broker (e.g. `<data_dir>/pages`).
+    Given(PathBuf),
+    /// One of its own in the system temp directory, made at first use and
+    /// removed with the budget.
+    Temp(OnceLock<PathBuf>),
+}
+
+impl Default for PageBudget {
+    fn default() -> Self {
+        Self::with_dir(PageDir::Temp(OnceLock::new()))
+    }
+}
+
+impl PageBudget {
+    fn with_dir(dir: PageDir) -> Self {
+        PageBudget {
+            queue_bytes: AtomicUsize::new(DEFAULT_QUEUE_MEMORY_BYTES),
+            global_bytes: AtomicUsize::new(DEFAULT_GLOBAL_MEMORY_BYTES),
+            in_memory: AtomicUsize::new(0),
+            next_file: AtomicU64::new(1),
+            dir,
+            base: Instant::now(),
         }
     }
-    if let Ok(mut current) = DIR.lock() {
-        *current = Some(dir.to_path_buf());
+
+    /// Page files in `dir` (e.g. `<data_dir>/pages`), emptied now: page
+    /// files never outlive their broker's queues.
+    pub fn in_dir(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "page") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(Self::with_dir(PageDir::Given(dir.to_path_buf())))
     }
-    Ok(())
+
+    /// Sets the default per-queue and the global in-memory bounds (bytes).
+    pub fn set_limits(&self, queue_bytes: usize, global_bytes: usize) {
+        self.queue_bytes.store(queue_bytes, Ordering::Relaxed);
+        self.global_bytes.store(global_bytes, Ordering::Relaxed);
+    }
+
+    /// The default per-queue and the global in-memory bounds (bytes).
+    pub fn limits(&self) -> (usize, usize) {
+        (
+            self.queue_bytes.load(Ordering::Relaxed),
+            self.global_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// In-memory bytes of ready messages over all queues.
+    pub fn in_memory(&self) -> usize {
+        self.in_memory.load(Ordering::Relaxed)
+    }
+
+    /// Where page files go: the given directory, or this budget's own in
+    /// the system temp directory (made now if need be; the directories of
+    /// dead processes are removed then).
+    pub fn dir(&self) -> io::Result<&Path> {
+        match &self.dir {
+            PageDir::Given(dir) => Ok(dir),
+            PageDir::Temp(cell) => {
+                if let Some(dir) = cell.get() {
+                    return Ok(dir);
+                }
+                let made = make_temp_dir()?;
+                if let Err(made) = cell.set(made) {
+                    // Another queue made one first.
+                    let _ = std::fs::remove_dir(made);
+                }
+                cell.get()
+                    .map(PathBuf::as_path)
+                    .ok_or_else(|| io::Error::other("page directory missing"))
+            }
+        }
+    }
+
+    fn release(&self, bytes: usize) {
+        let _ = self
+            .in_memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
 }
 
-/// Where page files go: the configured directory, or one per process in
-/// the system temp directory (those of dead processes are removed).
-pub fn dir() -> PathBuf {
-    if let Some(dir) = DIR.lock().ok().and_then(|d| d.clone()) {
-        return dir;
+impl Drop for PageBudget {
+    fn drop(&mut self) {
+        // Its queues, and with them their page files, are gone.
+        if let PageDir::Temp(cell) = &self.dir {
+            if let Some(dir) = cell.get() {
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove page directory");
+                }
+            }
+        }
     }
-    static DEFAULT: OnceLock<PathBuf> = OnceLock::new();
-    DEFAULT
-        .get_or_init(|| {
-            let tmp = std::env::temp_dir();
-            remove_stale(&tmp);
-            tmp.join(format!("broker-pages-{}", std::process::id()))
-        })
-        .clone()
 }
 
-/// Removes the page directories of processes that no longer run.
+const TEMP_PREFIX: &str = "broker-pages-";
+
+/// A new directory `broker-pages-<pid>-<n>` in the system temp directory,
+/// after removing those of processes that no longer run.
+fn make_temp_dir() -> io::Result<PathBuf> {
+    let tmp = std::env::temp_dir();
+    remove_stale(&tmp);
+    let pid = std::process::id();
+    let mut n = 0u64;
+    loop {
+        let dir = tmp.join(format!("{TEMP_PREFIX}{pid}-{n}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            // Another broker's of this process.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes the page directories (`broker-pages-<pid>[-<n>]`) of processes
+/// that no longer run.
 fn remove_stale(tmp: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
@@ -104,14 +201,19 @@ fn remove_stale(tmp: &Path) {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("broker-pages-"))
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove stale page directory");
+            match std::fs::remove_dir_all(entry.path()) {
+                // Removed by another broker of this process meanwhile.
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove stale page directory");
+                }
+                _ => {}
             }
         }
     }
@@ -142,20 +244,28 @@ impl Limits {
 }
 
 /// Tracks a queue's in-memory footprint and decides when to page.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Budget {
+    /// The broker's, shared by all its queues.
+    shared: Arc<PageBudget>,
     limits: Limits,
     bytes: usize,
     count: usize,
 }
 
 impl Budget {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(shared: Arc<PageBudget>, limits: Limits) -> Self {
         Budget {
+            shared,
             limits,
             bytes: 0,
             count: 0,
         }
+    }
+
+    /// The broker's budget this one counts against.
+    pub fn shared(&self) -> &Arc<PageBudget> {
+        &self.shared
     }
 
     /// What an in-memory message counts for.
@@ -171,13 +281,15 @@ impl Budget {
     pub fn add(&mut self, footprint: usize) {
         self.bytes += footprint;
         self.count += 1;
-        IN_MEMORY.fetch_add(footprint, Ordering::Relaxed);
+        self.shared
+            .in_memory
+            .fetch_add(footprint, Ordering::Relaxed);
     }
 
     pub fn sub(&mut self, footprint: usize) {
         self.bytes = self.bytes.saturating_sub(footprint);
         self.count = self.count.saturating_sub(1);
-        release_global(footprint);
+        self.shared.release(footprint);
     }
 
     /// Whether a message of `footprint` should be paged rather than kept.
@@ -185,26 +297,22 @@ impl Budget {
         if self.limits.count.is_some_and(|max| self.count >= max) {
             return true;
         }
+        let shared = &*self.shared;
         let max = self
             .limits
             .bytes
-            .unwrap_or_else(|| QUEUE_MEMORY_BYTES.load(Ordering::Relaxed));
+            .unwrap_or_else(|| shared.queue_bytes.load(Ordering::Relaxed));
         self.bytes + footprint > max
             || (self.bytes >= GLOBAL_MIN_QUEUE_BYTES
-                && IN_MEMORY.load(Ordering::Relaxed) > GLOBAL_MEMORY_BYTES.load(Ordering::Relaxed))
+                && shared.in_memory.load(Ordering::Relaxed)
+                    > shared.global_bytes.load(Ordering::Relaxed))
     }
 }
 
 impl Drop for Budget {
     fn drop(&mut self) {
-        release_global(self.bytes);
+        self.shared.release(self.bytes);
     }
-}
-
-fn release_global(bytes: usize) {
-    let _ = IN_MEMORY.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-        Some(v.saturating_sub(bytes))
-    });
 }
 
 /// A paged message: where its record is and what leaving counts for.
@@ -246,7 +354,7 @@ struct Segment {
 }
 
 /// Record: len u32, flags u8, store id u64, expiry u64 (nanoseconds after
-/// BASE, plus one; 0 = none), delivery count u32, exchange (u16 + bytes),
+/// the budget's base, plus one; 0 = none), delivery count u32, exchange (u16 + bytes),
 /// routing key (u16 + bytes), properties (u32 + bytes), body (the rest).
 const RECORD_HEADER: usize = 4 + 1 + 8 + 8 + 4;
 const FLAG_REDELIVERED: u8 = 1;
@@ -254,6 +362,9 @@ const FLAG_STORED: u8 = 2;
 
 /// A queue's page file: numbered segments, appended to, read by offset.
 pub struct PageFile {
+    /// The broker's budget: the directory, the file number, the base of
+    /// expiry times.
+    shared: Arc<PageBudget>,
     id: u64,
     segments: BTreeMap<u32, Segment>,
     /// The segment being written, its logical end (with `pending`) and how
@@ -264,16 +375,11 @@ pub struct PageFile {
     pending: Vec<u8>,
 }
 
-impl Default for PageFile {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl PageFile {
-    pub fn new() -> Self {
+    pub fn new(shared: Arc<PageBudget>) -> Self {
         PageFile {
-            id: NEXT_FILE.fetch_add(1, Ordering::Relaxed),
+            id: shared.next_file.fetch_add(1, Ordering::Relaxed),
+            shared,
             segments: BTreeMap::new(),
             write_segment: 0,
             write_end: 0,
@@ -291,8 +397,8 @@ impl PageFile {
         if self.segments.contains_key(&n) {
             return Ok(());
         }
-        let dir = dir();
-        std::fs::create_dir_all(&dir)?;
+        let dir = self.shared.dir()?;
+        std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{}-{n}.page", self.id));
         let file = OpenOptions::new()
             .read(true)
@@ -343,8 +449,7 @@ impl PageFile {
             flags |= FLAG_STORED;
         }
         let expiry = message.expires_at.map_or(0, |at| {
-            let base = *BASE.get_or_init(Instant::now);
-            (at.saturating_duration_since(base).as_nanos() as u64).saturating_add(1)
+            (at.saturating_duration_since(self.shared.base).as_nanos() as u64).saturating_add(1)
         });
         let buf = &mut self.pending;
         buf.reserve(len);
@@ -460,7 +565,7 @@ impl PageFile {
                     for e in run {
                         let record = buf.slice(at..at + e.len as usize);
                         at += e.len as usize;
-                        let decoded = decode(e.seq, &record);
+                        let decoded = decode(e.seq, &record, self.shared.base);
                         if decoded.is_none() {
                             tracing::error!(
                                 seq = e.seq,
@@ -496,7 +601,7 @@ impl PageFile {
     pub fn peek(&self, entry: &Entry) -> Option<QueuedMessage> {
         let mut buf = vec![0u8; entry.len as usize];
         match self.read_exact(entry.segment(), entry.offset(), &mut buf) {
-            Ok(()) => decode(entry.seq, &Bytes::from(buf)),
+            Ok(()) => decode(entry.seq, &Bytes::from(buf), self.shared.base),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read queue page file");
                 None
@@ -564,8 +669,8 @@ fn remove(path: &Path) {
 }
 
 /// A message from its page record; its properties and body are slices of
-/// `record`'s buffer.
-fn decode(seq: u64, record: &Bytes) -> Option<QueuedMessage> {
+/// `record`'s buffer. Expiry times count from `base`.
+fn decode(seq: u64, record: &Bytes, base: Instant) -> Option<QueuedMessage> {
     let mut at = 0usize;
     let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
         let end = at.checked_add(n)?;
@@ -607,7 +712,7 @@ fn decode(seq: u64, record: &Bytes) -> Option<QueuedMessage> {
     }
     let expires_at = match expiry {
         0 => None,
-        nanos => Some(*BASE.get_or_init(Instant::now) + Duration::from_nanos(nanos - 1)),
+        nanos => Some(base + Duration::from_nanos(nanos - 1)),
     };
     Some(QueuedMessage {
         seq,

@@ -9,10 +9,11 @@
 //! `head` runs dry it is refilled from `paged` in batches, then from
 //! `tail`.
 
-use super::paging::{Budget, Entry, Limits, PageFile};
+use super::paging::{Budget, Entry, Limits, PageBudget, PageFile};
 use super::QueuedMessage;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Default)]
 struct Level {
@@ -49,13 +50,14 @@ pub struct Ready {
 }
 
 impl Ready {
-    pub fn with_limits(max_priority: Option<u8>, limits: Limits) -> Self {
+    /// Counted against `pages`, the broker's budget.
+    pub fn with_limits(max_priority: Option<u8>, limits: Limits, pages: Arc<PageBudget>) -> Self {
         let levels = max_priority.map_or(1, |p| p as usize + 1);
         Ready {
             levels: (0..levels).map(|_| Level::default()).collect(),
             len: 0,
             bytes: 0,
-            budget: Budget::new(limits),
+            budget: Budget::new(pages, limits),
             pages: None,
         }
     }
@@ -89,7 +91,10 @@ impl Ready {
 
     /// Writes a message to the page file; gives it back on failure.
     fn page(&mut self, message: &QueuedMessage) -> Option<Entry> {
-        match self.pages.get_or_insert_with(PageFile::new).write(message) {
+        let pages = self
+            .pages
+            .get_or_insert_with(|| PageFile::new(self.budget.shared().clone()));
+        match pages.write(message) {
             Ok(entry) => Some(entry),
             Err(e) => {
                 tracing::error!(error = %e, "cannot page message out (kept in memory)");
@@ -300,7 +305,6 @@ mod tests {
     use crate::broker::message::Message;
     use crate::protocol::BasicProperties;
     use bytes::Bytes;
-    use std::sync::Arc;
 
     fn message(seq: u64, priority: Option<u8>, store_id: Option<u64>) -> QueuedMessage {
         let mut properties = BasicProperties::default();
@@ -334,7 +338,7 @@ mod tests {
 
     #[test]
     fn pages_beyond_the_bound_and_reads_back_in_order() {
-        let mut ready = Ready::with_limits(None, small());
+        let mut ready = Ready::with_limits(None, small(), Arc::default());
         for seq in 0..1000 {
             ready.push_back(message(seq, None, None));
         }
@@ -359,7 +363,7 @@ mod tests {
 
     #[test]
     fn peek_reads_paged_messages_without_taking_them() {
-        let mut ready = Ready::with_limits(Some(1), small());
+        let mut ready = Ready::with_limits(Some(1), small(), Arc::default());
         for seq in 0..100 {
             ready.push_back(message(seq, Some((seq >= 90) as u8), None));
         }
@@ -383,7 +387,7 @@ mod tests {
 
     #[test]
     fn requeue_priorities_and_drop_head() {
-        let mut ready = Ready::with_limits(Some(2), small());
+        let mut ready = Ready::with_limits(Some(2), small(), Arc::default());
         for seq in 0..300 {
             ready.push_back(message(seq, Some((seq % 3) as u8), None));
         }
@@ -407,7 +411,7 @@ mod tests {
 
     #[test]
     fn drain_returns_store_ids_of_paged_messages_and_removes_files() {
-        let mut ready = Ready::with_limits(None, small());
+        let mut ready = Ready::with_limits(None, small(), Arc::default());
         for seq in 0..100 {
             ready.push_back(message(
                 seq,
@@ -433,7 +437,7 @@ mod tests {
 
     #[test]
     fn tail_in_memory_after_the_head_drains_below_the_bound() {
-        let mut ready = Ready::with_limits(None, small());
+        let mut ready = Ready::with_limits(None, small(), Arc::default());
         for seq in 0..30 {
             ready.push_back(message(seq, None, None));
         }
@@ -468,7 +472,7 @@ mod tests {
 
     #[test]
     fn segments_roll_over_and_are_deleted_once_read() {
-        let mut ready = Ready::with_limits(None, small());
+        let mut ready = Ready::with_limits(None, small(), Arc::default());
         const MIB: usize = 1 << 20;
         for seq in 0..150 {
             ready.push_back(sized(seq, MIB));
@@ -487,8 +491,36 @@ mod tests {
     }
 
     #[test]
+    fn each_budget_counts_and_pages_on_its_own() {
+        let a: Arc<PageBudget> = Arc::default();
+        let b: Arc<PageBudget> = Arc::default();
+        let mut ready = Ready::with_limits(None, small(), a.clone());
+        for seq in 0..100 {
+            ready.push_back(message(seq, None, None));
+        }
+        assert!(a.in_memory() > 0);
+        assert_eq!(b.in_memory(), 0);
+        let dir_a = a.dir().unwrap().to_path_buf();
+        let dir_b = b.dir().unwrap().to_path_buf();
+        assert_ne!(dir_a, dir_b);
+        let files = ready.page_files();
+        assert!(!files.is_empty());
+        assert!(files.iter().all(|f| f.parent() == Some(dir_a.as_path())));
+        assert_eq!(std::fs::read_dir(&dir_b).unwrap().count(), 0);
+        while ready.pop_front().is_some() {}
+        assert_eq!(a.in_memory(), 0);
+        drop(ready);
+        drop(a);
+        assert!(
+            !dir_a.exists(),
+            "a temp page directory goes with its budget"
+        );
+        assert!(dir_b.exists());
+    }
+
+    #[test]
     fn unreadable_pages_drop_messages_without_panicking() {
-        let mut ready = Ready::with_limits(None, small());
+        let mut ready = Ready::with_limits(None, small(), Arc::default());
         for seq in 0..100 {
             ready.push_back(sized(seq, 4096));
         }

@@ -1,0 +1,100 @@
+//! Policies and operator policies, applied to queues and exchanges.
+
+use super::*;
+
+impl VHost {
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        self.policies.read().clone()
+    }
+
+    /// Adds or replaces a policy and applies it at once. Returns whether it
+    /// is new; the error is RabbitMQ's validation text.
+    pub fn put_policy(&self, mut record: PolicyRecord) -> Result<bool, String> {
+        record.vhost = self.name.clone();
+        let policy = Arc::new(Policy::new(record)?);
+        let created = {
+            let mut policies = self.policies.write();
+            let before = policies.len();
+            policies.retain(|p| p.name() != policy.name());
+            let created = policies.len() == before;
+            policies.push(policy.clone());
+            created
+        };
+        if let Some(tree) = self.policy_tree() {
+            match serde_json::to_vec(&policy.record) {
+                Ok(json) => {
+                    let _ = tree.insert(policy_key(&self.name, policy.name()), json);
+                    let _ = tree.flush();
+                }
+                Err(e) => tracing::error!("policy not storable: {e}"),
+            }
+        }
+        self.apply_policies();
+        Ok(created)
+    }
+
+    /// Removes a policy; returns whether it existed.
+    pub fn delete_policy(&self, name: &str) -> bool {
+        let existed = {
+            let mut policies = self.policies.write();
+            let before = policies.len();
+            policies.retain(|p| p.name() != name);
+            policies.len() != before
+        };
+        if existed {
+            if let Some(tree) = self.policy_tree() {
+                let _ = tree.remove(policy_key(&self.name, name));
+                let _ = tree.flush();
+            }
+            self.apply_policies();
+        }
+        existed
+    }
+
+    pub(super) fn policy_for_queue(&self, name: &str) -> Option<Arc<Policy>> {
+        policy::select(&self.policies.read(), |p| p.applies_to_queue(name)).cloned()
+    }
+
+    pub fn policy_for_exchange(&self, name: &str) -> Option<Arc<Policy>> {
+        policy::select(&self.policies.read(), |p| p.applies_to_exchange(name)).cloned()
+    }
+
+    /// Re-evaluates which policy applies to every queue and exchange.
+    fn apply_policies(&self) {
+        for queue in self.queues() {
+            queue.apply_policy(self.policy_for_queue(&queue.name));
+        }
+        for exchange in self.exchanges() {
+            exchange.set_policy(self.policy_for_exchange(&exchange.name));
+        }
+    }
+
+    fn policy_tree(&self) -> Option<sled::Tree> {
+        let store = self.store.as_ref()?;
+        store
+            .catalog
+            .tree("policies")
+            .map_err(|e| tracing::error!("cannot open the policies tree: {e:#}"))
+            .ok()
+    }
+
+    /// This vhost's policies from the catalog (at start).
+    pub(super) fn stored_policies(&self) -> Vec<Arc<Policy>> {
+        let Some(tree) = self.policy_tree() else {
+            return Vec::new();
+        };
+        let prefix = policy_key(&self.name, "");
+        tree.scan_prefix(&prefix)
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| serde_json::from_slice::<PolicyRecord>(&v).ok())
+            .filter_map(|r| match Policy::new(r) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    tracing::error!("skipping stored policy: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+}

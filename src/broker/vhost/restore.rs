@@ -1,0 +1,149 @@
+//! Restoring definitions and messages at start.
+
+use super::*;
+
+impl VHost {
+    pub fn restore_exchange(&self, r: &ExchangeRecord) {
+        let Ok((kind, delayed)) = declared_type(&r.kind, &r.arguments) else {
+            tracing::error!(exchange = %r.name, kind = %r.kind, "skipping stored exchange of unknown type");
+            return;
+        };
+        let mut exchange = Exchange::new(
+            r.name.clone(),
+            kind,
+            true,
+            r.auto_delete,
+            r.internal,
+            r.arguments.clone(),
+        );
+        if delayed {
+            exchange = exchange.with_delay();
+        }
+        exchange.set_policy(self.policy_for_exchange(&r.name));
+        self.exchanges
+            .write()
+            .insert(r.name.clone(), Arc::new(exchange));
+    }
+
+    pub fn restore_queue(&self, r: &QueueRecord) {
+        let resource = self.queue_resource(&r.name);
+        let args = match QueueArguments::parse(&r.arguments, &resource) {
+            Ok(args) => args,
+            // Stored before quorum queues had their own rules (they were
+            // served as classic ones): kept, as a classic queue, rather
+            // than left unrestored with its messages.
+            Err(e) if quorum::is_quorum(&r.arguments) => {
+                tracing::warn!(queue = %r.name, error = %e, "stored quorum queue has arguments quorum queues refuse; serving it as a classic queue");
+                let mut classic = FieldTable::default();
+                for (key, value) in r.arguments.inner() {
+                    if key.as_str() != "x-queue-type" {
+                        classic.insert(key.clone(), value.clone());
+                    }
+                }
+                match QueueArguments::parse(&classic, &resource) {
+                    Ok(args) => args,
+                    Err(e) => {
+                        tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
+                return;
+            }
+        };
+        let options = QueueOptions {
+            durable: true,
+            auto_delete: r.auto_delete,
+            exclusive_owner: None,
+            arguments: r.arguments.clone(),
+        };
+        let retention = args.stream;
+        let mut queue = Queue::with_arguments(
+            r.name.clone(),
+            self.name.clone(),
+            options,
+            args,
+            self.self_ref.clone(),
+            self.store.as_ref().map(|s| s.log.clone()),
+        );
+        if let Some(retention) = retention {
+            match self.open_stream(&r.name, retention) {
+                Ok(stream) => queue = queue.with_stream(stream),
+                Err(e) => {
+                    tracing::error!(queue = %r.name, error = %e, "skipping stored stream that cannot be opened");
+                    return;
+                }
+            }
+        }
+        let queue = Arc::new(queue);
+        self.queues.write().insert(r.name.clone(), queue.clone());
+        queue.apply_policy(self.policy_for_queue(&queue.name));
+        queue.start_expiry_timer();
+    }
+
+    pub fn restore_binding(&self, r: &BindingRecord) {
+        let Some(source) = self.exchange(&r.source) else {
+            return;
+        };
+        let destination = if r.destination_is_queue {
+            match self.queue(&r.destination) {
+                Some(q) => Destination::Queue(q),
+                None => return,
+            }
+        } else {
+            Destination::Exchange(r.destination.clone())
+        };
+        source.bind(Binding {
+            routing_key: r.routing_key.clone(),
+            arguments: r.arguments.clone(),
+            destination,
+        });
+    }
+
+    /// Puts a message read back from the log into the queues still holding it.
+    pub fn restore_message(&self, recovered: crate::store::message_log::RecoveredMessage) {
+        let properties =
+            match amq_protocol::protocol::basic::parse_properties(&recovered.raw_properties[..]) {
+                Ok((_, p)) => p,
+                Err(_) => {
+                    tracing::error!(
+                        id = recovered.id,
+                        "skipping stored message with unreadable properties"
+                    );
+                    // Dropped for good, not found again at every start.
+                    if let Some(store) = &self.store {
+                        for (queue, _) in &recovered.queues {
+                            store.log.remove(recovered.id, &self.name, queue);
+                        }
+                    }
+                    return;
+                }
+            };
+        let mut message = Message::new(
+            recovered.exchange,
+            recovered.routing_key,
+            properties,
+            recovered.raw_properties,
+            recovered.body,
+        );
+        message.store_id = Some(recovered.id);
+        let message = Arc::new(message);
+        for (queue, delivered) in recovered.queues {
+            if let Some((due_ms, exchange)) = parse_delayed_holder(&queue) {
+                self.schedule_delayed(exchange.to_string(), message.clone(), due_ms);
+                continue;
+            }
+            match self.queue(&queue) {
+                Some(q) => q.restore(message.clone(), delivered),
+                None => {
+                    // Its queue is gone: tell the log, so the segment can go.
+                    if let Some(store) = &self.store {
+                        store.log.remove(recovered.id, &self.name, &queue);
+                    }
+                }
+            }
+        }
+    }
+}

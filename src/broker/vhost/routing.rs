@@ -1,0 +1,105 @@
+//! Routing a message through exchanges (exchange-to-exchange bindings,
+//! alternate exchanges) to queues.
+
+use super::*;
+
+impl VHost {
+    /// The queues a message published to `exchange` with these routing keys
+    /// reaches: through exchange-to-exchange bindings, and the alternate
+    /// exchange when nothing matched. Each queue appears once.
+    pub fn route(
+        &self,
+        exchange: &Exchange,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+    ) -> RoutedQueues {
+        let mut routed = Routed::default();
+        // Exchanges routed through besides `exchange` (only exchange-to-
+        // exchange bindings and alternate exchanges add any, so the usual
+        // publish allocates nothing here).
+        let mut visited: Vec<String> = Vec::new();
+        self.route_through(exchange, keys, headers, &mut routed, &mut visited);
+        let mut current_ae_source = exchange.alternate_exchange();
+        while routed.queues.is_empty() {
+            let Some(ae_name) = current_ae_source.take() else {
+                break;
+            };
+            if ae_name == exchange.name || visited.contains(&ae_name) {
+                break;
+            }
+            let Some(ae) = self.exchange(&ae_name) else {
+                break;
+            };
+            // The alternate's own bindings must not lead back here.
+            if !visited.contains(&exchange.name) {
+                visited.push(exchange.name.clone());
+            }
+            visited.push(ae_name);
+            self.route_through(&ae, keys, headers, &mut routed, &mut visited);
+            current_ae_source = ae.alternate_exchange();
+        }
+        let mut queues = routed.queues;
+        if queues.len() > 1 {
+            let mut seen = std::collections::HashSet::new();
+            queues.retain(|q| seen.insert(Arc::as_ptr(q)));
+        }
+        queues
+    }
+
+    fn route_through(
+        &self,
+        exchange: &Exchange,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        routed: &mut Routed,
+        visited: &mut Vec<String>,
+    ) {
+        for key in keys {
+            exchange.route(key, headers, routed);
+        }
+        while let Some(next) = routed.exchanges.pop() {
+            if next == exchange.name || visited.contains(&next) {
+                continue;
+            }
+            visited.push(next.clone());
+            if let Some(dest) = self.exchange(&next) {
+                for key in keys {
+                    dest.route(key, headers, routed);
+                }
+            }
+        }
+    }
+
+    /// Routes by exchange name (`""` is the default exchange); a missing
+    /// exchange routes nowhere. Used for dead letters.
+    pub fn route_by_name(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+    ) -> RoutedQueues {
+        if exchange.is_empty() {
+            // One copy per queue, even when CC names it again later on.
+            let mut found = RoutedQueues::new();
+            for queue in keys.iter().filter_map(|k| self.route_default(k)) {
+                if !found.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                    found.push(queue);
+                }
+            }
+            return found;
+        }
+        match self.exchange(exchange) {
+            Some(x) => self.route(&x, keys, headers),
+            None => RoutedQueues::new(),
+        }
+    }
+
+    /// The default exchange: the queue named by the key, or a direct
+    /// reply-to consumer.
+    pub fn route_default(&self, key: &str) -> Option<Arc<Queue>> {
+        if key.starts_with(REPLY_TO_PREFIX) {
+            return self.reply_queue(key);
+        }
+        self.queue(key)
+    }
+}
