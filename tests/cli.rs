@@ -3,10 +3,12 @@
 //! AMQP as the new user), and against a running broker, where the change
 //! goes through its management API and takes effect at once.
 
+mod common;
 #[path = "mgmt_support/mod.rs"]
 mod mgmt_support;
 
-use mgmt_support::{amqp_login, eventually, Process};
+use common::BrokerProcess;
+use mgmt_support::{amqp_login, eventually, Api};
 use std::path::Path;
 use std::process::Output;
 
@@ -43,15 +45,8 @@ fn fails_with(output: &Output, text: &str) {
     assert!(stderr.contains(text), "expected {text:?} in: {stderr}");
 }
 
-fn management_port(process: &Process) -> u16 {
-    process
-        .api
-        .base
-        .trim_end_matches("/api")
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("management port")
+fn management_port(process: &BrokerProcess) -> u16 {
+    process.mgmt_port.expect("management port")
 }
 
 #[tokio::test]
@@ -136,8 +131,8 @@ async fn users_added_to_a_stopped_data_dir_log_in_after_start() {
     );
     ok(&cli(d, None, &["user", "delete", "carol"]));
 
-    let broker = Process::start(d).await;
-    let alice = amqp_login(broker.amqp_port, "alice", "s3cret", "/")
+    let broker = BrokerProcess::start_with_mgmt(d).await;
+    let alice = amqp_login(broker.port, "alice", "s3cret", "/")
         .await
         .expect("alice logs in");
     let channel = alice.create_channel().await.unwrap();
@@ -146,13 +141,11 @@ async fn users_added_to_a_stopped_data_dir_log_in_after_start() {
         .queue_declare("alice-q".into(), Default::default(), Default::default())
         .await
         .expect("alice may declare alice-q");
-    assert!(amqp_login(broker.amqp_port, "alice", "wrong", "/")
+    assert!(amqp_login(broker.port, "alice", "wrong", "/")
         .await
         .is_err());
-    assert!(amqp_login(broker.amqp_port, "carol", "pw", "/")
-        .await
-        .is_err());
-    amqp_login(broker.amqp_port, "guest", "guest", "/")
+    assert!(amqp_login(broker.port, "carol", "pw", "/").await.is_err());
+    amqp_login(broker.port, "guest", "guest", "/")
         .await
         .expect("guest still logs in");
     drop(alice);
@@ -160,14 +153,14 @@ async fn users_added_to_a_stopped_data_dir_log_in_after_start() {
 
     // A new password on the stopped data dir holds after the next start.
     ok(&cli(d, None, &["user", "passwd", "alice", "n3w"]));
-    let broker = Process::start(d).await;
-    amqp_login(broker.amqp_port, "alice", "n3w", "/")
+    let broker = BrokerProcess::start_with_mgmt(d).await;
+    amqp_login(broker.port, "alice", "n3w", "/")
         .await
         .expect("alice logs in with the new password");
-    assert!(amqp_login(broker.amqp_port, "alice", "s3cret", "/")
+    assert!(amqp_login(broker.port, "alice", "s3cret", "/")
         .await
         .is_err());
-    let users = broker.api.get("/users/alice").await;
+    let users = Api::of_process(&broker).get("/users/alice").await;
     assert_eq!(
         users.1["tags"],
         serde_json::json!(["monitoring", "management"])
@@ -179,7 +172,7 @@ async fn users_added_to_a_stopped_data_dir_log_in_after_start() {
 async fn on_a_running_broker_changes_go_through_its_api_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let broker = Process::start(d).await;
+    let broker = BrokerProcess::start_with_mgmt(d).await;
     let port = Some(management_port(&broker));
 
     let added = cli(
@@ -196,7 +189,7 @@ async fn on_a_running_broker_changes_go_through_its_api_at_once() {
         port,
         &["permissions", "set", "bob", ".*", ".*", ".*"],
     ));
-    let bob = amqp_login(broker.amqp_port, "bob", "pw1", "/")
+    let bob = amqp_login(broker.port, "bob", "pw1", "/")
         .await
         .expect("bob logs in");
 
@@ -206,10 +199,8 @@ async fn on_a_running_broker_changes_go_through_its_api_at_once() {
     assert!(permissions.contains("bob\t/\t.*\t.*\t.*"), "{permissions}");
 
     ok(&cli(d, port, &["user", "passwd", "bob", "pw2"]));
-    assert!(amqp_login(broker.amqp_port, "bob", "pw1", "/")
-        .await
-        .is_err());
-    amqp_login(broker.amqp_port, "bob", "pw2", "/")
+    assert!(amqp_login(broker.port, "bob", "pw1", "/").await.is_err());
+    amqp_login(broker.port, "bob", "pw2", "/")
         .await
         .expect("the new password works at once");
 
@@ -237,9 +228,7 @@ async fn on_a_running_broker_changes_go_through_its_api_at_once() {
         async move { !open }
     })
     .await;
-    assert!(amqp_login(broker.amqp_port, "bob", "pw2", "/")
-        .await
-        .is_err());
+    assert!(amqp_login(broker.port, "bob", "pw2", "/").await.is_err());
     fails_with(
         &cli(d, port, &["user", "delete", "bob"]),
         "user 'bob' does not exist",
@@ -251,7 +240,7 @@ async fn on_a_running_broker_changes_go_through_its_api_at_once() {
 async fn a_running_broker_whose_api_is_unreachable_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let broker = Process::start(d).await;
+    let broker = BrokerProcess::start_with_mgmt(d).await;
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -341,23 +341,11 @@ async fn graceful_shutdown_closes_connections_with_320() {
 
 #[tokio::test]
 async fn the_server_serves_the_management_api_and_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = broker::Config::default();
-    config.amqp.bind = "127.0.0.1".into();
-    config.amqp.port = 0;
-    config.storage.data_dir = dir.path().to_path_buf();
-    config.management.bind = "127.0.0.1".into();
-    config.management.port = 0;
-    config.prometheus.bind = "127.0.0.1".into();
-    config.prometheus.port = 0;
-    let server = broker::Server::bind(config).await.unwrap();
-    let api = server
-        .management_addr()
-        .expect("management enabled by default");
-    let metrics = server
-        .prometheus_addr()
-        .expect("prometheus enabled by default");
-    tokio::spawn(server.run(std::future::pending()));
+    // Management and Prometheus are enabled by default (TestBroker only
+    // moves them to free ports of 127.0.0.1).
+    let broker = TestBroker::start().await;
+    let api = broker.mgmt_addr();
+    let metrics = broker.metrics_addr();
     let http = reqwest::Client::new();
     let overview = http
         .get(format!("http://{api}/api/overview"))

@@ -6,6 +6,8 @@
 //! run`) builds them; with a target filter such as `--test examples` it does
 //! not, so missing or outdated ones are built here with `cargo build --examples`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Once;
@@ -71,16 +73,9 @@ fn ensure_built(name: &str) {
 /// Starts a broker on a free port, runs the example against it and checks it exits 0.
 async fn run_example(name: &str) {
     ensure_built(name);
+    let broker = common::TestBroker::start().await;
+    let port = broker.port;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = broker::Config::default();
-    config.amqp.port = 0;
-    config.amqp.bind = "127.0.0.1".into();
-    config.storage.data_dir = dir.path().join("data");
-    config.management.port = 0;
-    config.prometheus.port = 0;
-    let server = broker::Server::bind(config).await.unwrap();
-    let port = server.local_addr().port();
-    tokio::spawn(server.run(std::future::pending()));
 
     let log = dir.path().join("output.log");
     let out = std::fs::File::create(&log).unwrap();

@@ -3,149 +3,43 @@
 //! by raw HTTP for status codes and error bodies, and by lapin for the
 //! AMQP side of the same broker.
 
+mod common;
+mod mgmt_support;
+
 use broker::broker::users::Permission;
-use broker::broker::Broker;
+use common::TestBroker;
 use futures_lite::StreamExt;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use rabbitmq_http_client::api::Client;
+use lapin::BasicProperties;
+use mgmt_support::Api;
 use rabbitmq_http_client::commons::{ExchangeType, QueueType};
 use rabbitmq_http_client::requests::{ExchangeParams, QueueParams};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use std::sync::Arc;
+use serde_json::json;
 use std::time::Duration;
 
-struct Mgmt {
-    amqp_port: u16,
-    base: String,
-    broker: Arc<Broker>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
+/// A broker whose management API is served by the server itself (rates
+/// sampled at the default interval).
+async fn start() -> Api {
+    Api::on(TestBroker::start().await)
 }
 
-impl Mgmt {
-    async fn start() -> Mgmt {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = broker::Config::default();
-        config.amqp.bind = "127.0.0.1".into();
-        config.amqp.port = 0;
-        config.storage.data_dir = dir.path().to_path_buf();
-        // The test serves the API itself, on a port of its own.
-        config.management.enabled = false;
-        config.prometheus.enabled = false;
-        let server = broker::Server::bind(config).await.expect("bind");
-        let amqp_port = server.local_addr().port();
-        let broker = server.broker.clone();
-        tokio::spawn(server.run(std::future::pending()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind http");
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(broker::mgmt::serve(
-            broker.clone(),
-            listener,
-            std::future::pending(),
-        ));
-        Mgmt {
-            amqp_port,
-            base: format!("http://{addr}/api"),
-            broker,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
-    fn client(&self) -> Client<String, &'static str, &'static str> {
-        Client::new(self.base.clone(), "guest", "guest")
-    }
-
-    fn client_as(
-        &self,
-        user: &'static str,
-        pass: &'static str,
-    ) -> Client<String, &'static str, &'static str> {
-        Client::new(self.base.clone(), user, pass)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// A raw request as guest; returns the status and the body as JSON
-    /// (`Value::Null` for an empty body).
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> (StatusCode, Value) {
-        self.call_as(("guest", "guest"), method, path, body).await
-    }
-
-    async fn call_as(
-        &self,
-        (user, pass): (&str, &str),
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .basic_auth(user, Some(pass));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("http request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, json)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn amqp(&self) -> Connection {
-        self.amqp_named(None).await
-    }
-
-    async fn amqp_named(&self, name: Option<&str>) -> Connection {
-        let mut props = ConnectionProperties::default();
-        if let Some(n) = name {
-            props = props.with_connection_name(n.into());
-        }
-        Connection::connect(
-            &format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port),
-            props,
-        )
-        .await
-        .expect("amqp connect")
-    }
-
-    fn add_user(&self, name: &str, tags: &[&str], vhost_access: bool) {
-        let mut users = self.broker.users.write();
-        users.add(name, "secret", tags);
-        if vhost_access {
-            users.set_permission(
-                name,
-                "/",
-                Permission {
-                    configure: ".*".into(),
-                    write: ".*".into(),
-                    read: ".*".into(),
-                },
-            );
-        }
+/// Adds `name` (password "secret") with `tags`, and full permissions on
+/// `/` if `vhost_access`.
+fn add_user(m: &Api, name: &str, tags: &[&str], vhost_access: bool) {
+    let mut users = m.broker().users.write();
+    users.add(name, "secret", tags);
+    if vhost_access {
+        users.set_permission(
+            name,
+            "/",
+            Permission {
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            },
+        );
     }
 }
 
@@ -179,7 +73,7 @@ fn status_of<T: std::fmt::Debug>(
 
 #[tokio::test]
 async fn overview_nodes_and_whoami_have_rabbitmq_shape() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     let overview = client.overview().await.expect("overview parses");
     assert_eq!(overview.object_totals.queues, 0);
@@ -224,7 +118,7 @@ async fn overview_nodes_and_whoami_have_rabbitmq_shape() {
 
 #[tokio::test]
 async fn credentials_are_checked_with_rabbitmq_answers() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     // No credentials: 401, empty body, a Basic challenge.
     let resp = m.http.get(m.url("/overview")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -236,7 +130,7 @@ async fn credentials_are_checked_with_rabbitmq_answers() {
 
     // Wrong password.
     let (status, body) = m
-        .call_as(("guest", "nope"), reqwest::Method::GET, "/overview", None)
+        .call_raw_as(("guest", "nope"), reqwest::Method::GET, "/overview", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -245,15 +139,15 @@ async fn credentials_are_checked_with_rabbitmq_answers() {
     );
     // Unknown user: the same answer.
     let (status, body) = m
-        .call_as(("ghost", "guest"), reqwest::Method::GET, "/overview", None)
+        .call_raw_as(("ghost", "guest"), reqwest::Method::GET, "/overview", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["reason"], "Login failed");
 
     // A user without a management tag cannot use the API.
-    m.add_user("app", &[], true);
+    add_user(&m, "app", &[], true);
     let (status, body) = m
-        .call_as(("app", "secret"), reqwest::Method::GET, "/overview", None)
+        .call_raw_as(("app", "secret"), reqwest::Method::GET, "/overview", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["reason"], "Not management user");
@@ -265,8 +159,8 @@ async fn credentials_are_checked_with_rabbitmq_answers() {
 
 #[tokio::test]
 async fn monitoring_users_read_but_change_nothing() {
-    let m = Mgmt::start().await;
-    m.add_user("watcher", &["monitoring"], true);
+    let m = start().await;
+    add_user(&m, "watcher", &["monitoring"], true);
     m.client()
         .declare_queue(
             "/",
@@ -283,7 +177,7 @@ async fn monitoring_users_read_but_change_nothing() {
     watcher.list_connections().await.expect("and connections");
     // Users and definitions are for administrators.
     let (status, body) = m
-        .call_as(("watcher", "secret"), reqwest::Method::GET, "/users", None)
+        .call_raw_as(("watcher", "secret"), reqwest::Method::GET, "/users", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["reason"], "Not administrator user");
@@ -293,7 +187,7 @@ async fn monitoring_users_read_but_change_nothing() {
     );
     // No changes.
     let (status, body) = m
-        .call_as(
+        .call_raw_as(
             ("watcher", "secret"),
             reqwest::Method::PUT,
             "/queues/%2F/sneaky",
@@ -306,10 +200,10 @@ async fn monitoring_users_read_but_change_nothing() {
         status_of(watcher.delete_queue("/", "watched", false).await),
         401
     );
-    assert!(m.broker.vhost("/").unwrap().queue("watched").is_some());
+    assert!(m.broker().vhost("/").unwrap().queue("watched").is_some());
 
     // A management user without access to the vhost sees nothing in it.
-    m.add_user("outsider", &["management"], false);
+    add_user(&m, "outsider", &["management"], false);
     let outsider = m.client_as("outsider", "secret");
     assert!(outsider.list_queues().await.unwrap().is_empty());
     assert!(outsider.list_vhosts().await.unwrap().is_empty());
@@ -321,7 +215,7 @@ async fn monitoring_users_read_but_change_nothing() {
 
 #[tokio::test]
 async fn unknown_paths_and_objects_are_json_404s() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let not_found = json!({"error": "Object Not Found", "reason": "Not Found"});
     for path in [
         "/nope",
@@ -345,7 +239,7 @@ async fn unknown_paths_and_objects_are_json_404s() {
 
 #[tokio::test]
 async fn queue_declared_over_http_counts_amqp_publishes() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     client
         .declare_queue("/", &QueueParams::new_durable_classic_queue("orders", None))
@@ -354,7 +248,7 @@ async fn queue_declared_over_http_counts_amqp_publishes() {
     // Declaring again identically (the client sent x-queue-type): 204;
     // differently: 400 with RabbitMQ's reason.
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::PUT,
             "/queues/%2F/orders",
             Some(r#"{"durable":true,"arguments":{"x-queue-type":"classic"}}"#),
@@ -362,7 +256,7 @@ async fn queue_declared_over_http_counts_amqp_publishes() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::PUT,
             "/queues/%2F/orders",
             Some(r#"{"durable":false}"#),
@@ -374,7 +268,7 @@ async fn queue_declared_over_http_counts_amqp_publishes() {
         json!({"error": "bad_request", "reason": "inequivalent arg 'durable' for queue 'orders' in vhost '/': received 'false' but current is 'true'"})
     );
 
-    let conn = m.amqp().await;
+    let conn = m.test_broker().connect().await;
     let ch = conn.create_channel().await.unwrap();
     for i in 0..3 {
         ch.basic_publish(
@@ -442,10 +336,10 @@ async fn queue_declared_over_http_counts_amqp_publishes() {
 
 #[tokio::test]
 async fn bad_input_is_a_400_with_a_json_reason() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let put = |path: &'static str, body: &'static str| {
         let m = &m;
-        async move { m.call(reqwest::Method::PUT, path, Some(body)).await }
+        async move { m.call_raw(reqwest::Method::PUT, path, Some(body)).await }
     };
     assert_eq!(
         put("/queues/%2F/q", "{not json").await,
@@ -473,7 +367,7 @@ async fn bad_input_is_a_400_with_a_json_reason() {
     let (status, _) = put("/exchanges/%2F/x", r#"{"durable":true}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/exchanges/%2F/amq.default/publish",
             Some(r#"{"routing_key":"k"}"#),
@@ -485,7 +379,7 @@ async fn bad_input_is_a_400_with_a_json_reason() {
         "[{key_missing,properties},{key_missing,payload_encoding},{key_missing,payload}]"
     );
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/exchanges/%2F/nowhere/publish",
             Some(
@@ -501,12 +395,12 @@ async fn bad_input_is_a_400_with_a_json_reason() {
     let (status, _) = m.get("/queues?page=0").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Nothing was created by the failed requests.
-    assert!(m.broker.vhost("/").unwrap().queues().is_empty());
+    assert!(m.broker().vhost("/").unwrap().queues().is_empty());
 }
 
 #[tokio::test]
 async fn publish_and_get_over_http() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     client
         .declare_queue("/", &QueueParams::new_durable_classic_queue("inbox", None))
@@ -529,7 +423,7 @@ async fn publish_and_get_over_http() {
         .unwrap();
     assert!(!routed.routed);
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/exchanges/%2F/amq.default/publish",
             Some(r#"{"properties":{"delivery_mode":2,"headers":{"a":1},"content_type":"text/plain"},"routing_key":"inbox","payload":"AAEC/w==","payload_encoding":"base64"}"#),
@@ -551,7 +445,7 @@ async fn publish_and_get_over_http() {
     assert_eq!(got[1].payload, "AAEC/w==");
     assert_eq!(got[1].payload_bytes, 4);
     let (_, raw) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/queues/%2F/inbox/get",
             Some(r#"{"count":2,"ackmode":"ack_requeue_true","encoding":"auto"}"#),
@@ -571,7 +465,7 @@ async fn publish_and_get_over_http() {
     );
 
     // The message is seen by an AMQP consumer too, still redelivered.
-    let conn = m.amqp().await;
+    let conn = m.test_broker().connect().await;
     let ch = conn.create_channel().await.unwrap();
     let first = ch
         .basic_get(
@@ -628,7 +522,7 @@ async fn publish_and_get_over_http() {
         .await
         .unwrap();
     let (_, raw) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/queues/%2F/inbox/get",
             Some(r#"{"count":1,"ackmode":"reject_requeue_true","encoding":"auto","truncate":4}"#),
@@ -637,7 +531,7 @@ async fn publish_and_get_over_http() {
     assert_eq!(raw[0]["payload"], "0123");
     assert_eq!(raw[0]["payload_bytes"], 10);
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/queues/%2F/inbox/get",
             Some(r#"{"count":1,"ackmode":"whatever","encoding":"auto"}"#),
@@ -656,7 +550,7 @@ async fn publish_and_get_over_http() {
 
 #[tokio::test]
 async fn purge_and_delete_queues() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     client
         .declare_queue("/", &QueueParams::new_durable_classic_queue("work", None))
@@ -670,7 +564,7 @@ async fn purge_and_delete_queues() {
     }
     // if-empty refuses a queue with messages.
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::DELETE,
             "/queues/%2F/work?if-empty=true",
             None,
@@ -704,7 +598,7 @@ async fn purge_and_delete_queues() {
 
 #[tokio::test]
 async fn exchanges_are_declared_listed_and_deleted() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     client
         .declare_exchange(
@@ -737,7 +631,7 @@ async fn exchanges_are_declared_listed_and_deleted() {
 
     // Inequivalent redeclare; reserved names; system exchanges.
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::PUT,
             "/exchanges/%2F/events",
             Some(r#"{"type":"fanout"}"#),
@@ -749,7 +643,7 @@ async fn exchanges_are_declared_listed_and_deleted() {
         .unwrap()
         .starts_with("inequivalent arg 'type'"));
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::PUT,
             "/exchanges/%2F/events",
             Some(r#"{"type":"topic"}"#),
@@ -762,7 +656,7 @@ async fn exchanges_are_declared_listed_and_deleted() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "access_refused");
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::PUT,
             "/exchanges/%2F/amq.custom",
             Some(r#"{"type":"direct"}"#),
@@ -771,7 +665,7 @@ async fn exchanges_are_declared_listed_and_deleted() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // The exchange works over AMQP.
-    let conn = m.amqp().await;
+    let conn = m.test_broker().connect().await;
     let ch = conn.create_channel().await.unwrap();
     ch.exchange_declare(
         "events".into(),
@@ -801,7 +695,7 @@ async fn exchanges_are_declared_listed_and_deleted() {
 
 #[tokio::test]
 async fn bindings_are_created_listed_and_deleted() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     client
         .declare_queue("/", &QueueParams::new_durable_classic_queue("logs", None))
@@ -819,7 +713,7 @@ async fn bindings_are_created_listed_and_deleted() {
         .await
         .expect("bind");
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/bindings/%2F/e/amq.headers/q/logs",
             Some(r#"{"routing_key":"","arguments":{"x-match":"any","level":"error"}}"#),
@@ -886,7 +780,7 @@ async fn bindings_are_created_listed_and_deleted() {
 
     // Delete by properties key, as the UI and rabbitmqadmin do.
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::DELETE,
             "/bindings/%2F/e/amq.topic/q/logs/app.%23",
             None,
@@ -894,7 +788,7 @@ async fn bindings_are_created_listed_and_deleted() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::DELETE,
             &format!(
                 "/bindings/%2F/e/amq.headers/q/logs/{}",
@@ -905,7 +799,7 @@ async fn bindings_are_created_listed_and_deleted() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::DELETE,
             "/bindings/%2F/e/amq.topic/q/logs/app.%23",
             None,
@@ -925,7 +819,7 @@ async fn bindings_are_created_listed_and_deleted() {
 
     // Binding from the default exchange or to a missing queue.
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/bindings/%2F/e/amq.default/q/logs",
             Some("{}"),
@@ -933,7 +827,7 @@ async fn bindings_are_created_listed_and_deleted() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/bindings/%2F/e/amq.topic/q/nope",
             Some("{}"),
@@ -944,9 +838,9 @@ async fn bindings_are_created_listed_and_deleted() {
 
 #[tokio::test]
 async fn connections_are_listed_and_closed_with_320() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
-    let conn = m.amqp_named(Some("billing-worker")).await;
+    let conn = m.amqp_named("billing-worker").await;
     let _ch = conn.create_channel().await.unwrap();
     let mut events = conn.events_listener();
     eventually(|| async { client.list_connections().await.unwrap().len() == 1 }).await;
@@ -1001,7 +895,7 @@ async fn connections_are_listed_and_closed_with_320() {
 
 #[tokio::test]
 async fn vhosts_users_permissions_and_definitions() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     let vhosts = client.list_vhosts().await.expect("vhosts parse");
     assert_eq!(vhosts.len(), 1);
@@ -1077,7 +971,7 @@ async fn vhosts_users_permissions_and_definitions() {
 
 #[tokio::test]
 async fn health_checks_and_aliveness() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     client
         .health_check_cluster_wide_alarms()
@@ -1097,7 +991,7 @@ async fn health_checks_and_aliveness() {
 
 #[tokio::test]
 async fn lists_page_filter_and_select_columns() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     for name in ["alpha", "beta", "gamma", "alphabet"] {
         client
@@ -1133,10 +1027,10 @@ async fn lists_page_filter_and_select_columns() {
 
 #[tokio::test]
 async fn http_publish_honours_delayed_exchanges() {
-    let m = Mgmt::start().await;
+    let m = start().await;
     let client = m.client();
     let (status, _) = m
-        .call(
+        .call_raw(
             reqwest::Method::PUT,
             "/exchanges/%2F/later",
             Some(r#"{"type":"x-delayed-message","arguments":{"x-delayed-type":"direct"}}"#),
@@ -1154,7 +1048,7 @@ async fn http_publish_honours_delayed_exchanges() {
         .await
         .unwrap();
     let (status, body) = m
-        .call(
+        .call_raw(
             reqwest::Method::POST,
             "/exchanges/%2F/later/publish",
             Some(r#"{"properties":{"headers":{"x-delay":200}},"routing_key":"due","payload":"tick","payload_encoding":"string"}"#),
@@ -1179,4 +1073,48 @@ async fn http_publish_honours_delayed_exchanges() {
             == 1
     })
     .await;
+}
+
+/// The HTTP publish goes through the same entry point as basic.publish:
+/// CC adds routing keys on the default exchange too, BCC reaches its queue
+/// and is removed before delivery, a bad CC type is refused.
+#[tokio::test]
+async fn publish_over_http_honours_cc_and_bcc() {
+    let m = start().await;
+    let (_c, ch) = m.test_broker().channel().await;
+    for q in ["to", "cc", "bcc"] {
+        common::declare(&ch, q, Default::default()).await;
+    }
+    let (status, body) = m
+        .call_raw(
+            reqwest::Method::POST,
+            "/exchanges/%2F/amq.default/publish",
+            Some(r#"{"properties":{"headers":{"CC":["cc"],"BCC":["bcc"]}},"routing_key":"to","payload":"m","payload_encoding":"string"}"#),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"routed": true})));
+    for q in ["to", "cc", "bcc"] {
+        let got = common::get(&ch, q)
+            .await
+            .unwrap_or_else(|| panic!("nothing in {q}"));
+        assert_eq!(got.delivery.data, b"m");
+        let headers = got.delivery.properties.headers().clone().unwrap();
+        assert!(headers.inner().contains_key("CC"), "{q}: {headers:?}");
+        assert!(!headers.inner().contains_key("BCC"), "{q}: {headers:?}");
+    }
+    let (status, body) = m
+        .call_raw(
+            reqwest::Method::POST,
+            "/exchanges/%2F/amq.default/publish",
+            Some(r#"{"properties":{"headers":{"CC":"cc"}},"routing_key":"to","payload":"m","payload_encoding":"string"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unacceptable_type_in_header,\"CC\""),
+        "{body}"
+    );
 }

@@ -3,6 +3,7 @@
 //! queue exactly as it was: same messages, same order, not redelivered,
 //! paged-out messages still readable afterwards.
 
+mod common;
 mod mgmt_support;
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};

@@ -2,6 +2,7 @@
 //! and `/api/consumers/{vhost}`: real lapin consumers seen through raw HTTP
 //! and through RabbitMQ's own API client (`rabbitmq_http_client`).
 
+mod common;
 mod mgmt_support;
 
 use futures_lite::StreamExt;

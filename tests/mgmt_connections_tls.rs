@@ -5,83 +5,63 @@
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+mod common;
 mod pki;
 
-use pki::make_pki;
+use common::TestBroker;
+use pki::{make_pki, Pki};
 use rcgen::DnType;
 use serde_json::Value;
 use std::time::Duration;
 
+/// A broker with AMQPS (client certificates verified) and its management
+/// API, and the PKI its clients use.
 struct Setup {
-    amqp_port: u16,
-    tls_port: u16,
-    api: String,
-    ca_pem: String,
-    client_cert_pem: String,
-    client_key_pem: String,
-    _dir: tempfile::TempDir,
+    broker: TestBroker,
+    pki: Pki,
+    _pki_dir: tempfile::TempDir,
 }
 
 async fn start() -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let pki_dir = tempfile::tempdir().expect("tempdir");
     let pki = make_pki(
-        dir.path(),
+        pki_dir.path(),
         "stats test CA",
         &[
             (DnType::OrganizationName, "Example"),
             (DnType::CommonName, "alice"),
         ],
     );
-
-    let mut config = broker::Config::default();
-    config.amqp.bind = "127.0.0.1".into();
-    config.amqp.port = 0;
-    config.storage.data_dir = dir.path().join("data");
-    config.management.enabled = false;
-    config.prometheus.enabled = false;
-    config.tls.enabled = true;
-    config.tls.bind = "127.0.0.1".into();
-    config.tls.port = 0;
-    config.tls.cert_file = pki.cert_file;
-    config.tls.key_file = pki.key_file;
-    config.tls.ca_file = Some(pki.ca_file);
-    config.tls.verify_peer = true;
-    let server = broker::Server::bind(config).await.expect("bind");
-    let amqp_port = server.local_addr().port();
-    let tls_port = server.tls_addr().expect("TLS listener").port();
-    let broker = server.broker.clone();
-    tokio::spawn(server.run(std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind http");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(broker::mgmt::serve(
-        broker,
-        listener,
-        std::future::pending(),
-    ));
+    let broker = TestBroker::start_with(|config| {
+        config.prometheus.enabled = false;
+        config.tls.enabled = true;
+        config.tls.cert_file = pki.cert_file.clone();
+        config.tls.key_file = pki.key_file.clone();
+        config.tls.ca_file = Some(pki.ca_file.clone());
+        config.tls.verify_peer = true;
+    })
+    .await;
     Setup {
-        amqp_port,
-        tls_port,
-        api: format!("http://{addr}/api"),
-        ca_pem: pki.ca_pem,
-        client_cert_pem: pki.client_cert_pem,
-        client_key_pem: pki.client_key_pem,
-        _dir: dir,
+        broker,
+        pki,
+        _pki_dir: pki_dir,
     }
 }
 
 async fn connect(s: &Setup, name: &str, client_cert: bool) -> Connection {
     let tls = OwnedTLSConfig {
         identity: client_cert.then(|| OwnedIdentity::PKCS8 {
-            pem: s.client_cert_pem.clone().into_bytes(),
-            key: s.client_key_pem.clone().into_bytes(),
+            pem: s.pki.client_cert_pem.clone().into_bytes(),
+            key: s.pki.client_key_pem.clone().into_bytes(),
         }),
-        cert_chain: Some(s.ca_pem.clone()),
+        cert_chain: Some(s.pki.ca_pem.clone()),
     };
     let builder = DefaultConnectionBuilder::new()
         .expect("builder")
-        .with_uri_str(format!("amqps://guest:guest@127.0.0.1:{}/%2f", s.tls_port))
+        .with_uri_str(format!(
+            "amqps://guest:guest@127.0.0.1:{}/%2f",
+            s.broker.tls_port()
+        ))
         .with_properties(ConnectionProperties::default().with_connection_name(name.into()))
         .with_tls_config(tls);
     tokio::time::timeout(Duration::from_secs(10), builder.connect())
@@ -94,7 +74,7 @@ async fn connection(s: &Setup, name: &str) -> Value {
     let http = reqwest::Client::new();
     for _ in 0..200 {
         let all: Value = http
-            .get(format!("{}/connections", s.api))
+            .get(format!("{}/connections", s.broker.mgmt_url()))
             .basic_auth("guest", Some("guest"))
             .send()
             .await
@@ -119,7 +99,7 @@ async fn tls_connections_report_their_session_and_certificate() {
     let _with_cert = connect(&s, "with-cert", true).await;
     let _without_cert = connect(&s, "no-cert", false).await;
     let _plain = Connection::connect(
-        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", s.amqp_port),
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", s.broker.port),
         ConnectionProperties::default().with_connection_name("plain".into()),
     )
     .await

@@ -3,6 +3,7 @@
 //! imported users log in over AMQP with their original passwords and the
 //! imported topology routes messages.
 
+mod common;
 mod mgmt_support;
 
 use broker::broker::policy::PolicyRecord;

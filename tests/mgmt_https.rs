@@ -4,13 +4,14 @@
 //! unreadable certificate files stopping the start, and the `broker user`
 //! CLI reaching a running broker over HTTPS.
 
+mod common;
 mod pki;
 
+use common::TestBroker;
 use pki::{make_pki, Pki};
 use rcgen::DnType;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
@@ -18,26 +19,19 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsConnector;
 
-/// A broker whose management API speaks HTTPS; returns its address.
-async fn start(dir: &Path, pki: &Pki, verify_peer: bool) -> SocketAddr {
-    let mut config = broker::Config::default();
-    config.amqp.bind = "127.0.0.1".into();
-    config.amqp.port = 0;
-    config.storage.data_dir = dir.join("data");
-    config.management.bind = "127.0.0.1".into();
-    config.management.port = 0;
-    config.prometheus.enabled = false;
-    let tls = &mut config.management.tls;
-    tls.enabled = true;
-    tls.cert_file = pki.cert_file.clone();
-    tls.key_file = pki.key_file.clone();
-    tls.ca_file = Some(pki.ca_file.clone());
-    tls.verify_peer = verify_peer;
-    tls.fail_if_no_peer_cert = verify_peer;
-    let server = broker::Server::bind(config).await.expect("bind");
-    let addr = server.management_addr().expect("management listener");
-    tokio::spawn(server.run(std::future::pending()));
-    addr
+/// A broker whose management API speaks HTTPS.
+async fn start(pki: &Pki, verify_peer: bool) -> TestBroker {
+    TestBroker::start_with(|config| {
+        config.prometheus.enabled = false;
+        let tls = &mut config.management.tls;
+        tls.enabled = true;
+        tls.cert_file = pki.cert_file.clone();
+        tls.key_file = pki.key_file.clone();
+        tls.ca_file = Some(pki.ca_file.clone());
+        tls.verify_peer = verify_peer;
+        tls.fail_if_no_peer_cert = verify_peer;
+    })
+    .await
 }
 
 /// A TLS client config trusting `ca_file` (none: trusting nothing), with
@@ -113,7 +107,8 @@ async fn the_management_api_answers_over_https() {
         "management test CA",
         &[(DnType::CommonName, "client")],
     );
-    let addr = start(dir.path(), &pki, false).await;
+    let broker = start(&pki, false).await;
+    let addr = broker.mgmt_addr();
     let client = client_config(&pki, true, false);
     let (status, body) = overview(&client, addr).await.expect("overview over HTTPS");
     assert_eq!(status, 200, "{body}");
@@ -153,7 +148,8 @@ async fn client_certificates_are_required_when_configured() {
         "management test CA",
         &[(DnType::CommonName, "client")],
     );
-    let addr = start(dir.path(), &pki, true).await;
+    let broker = start(&pki, true).await;
+    let addr = broker.mgmt_addr();
     assert!(
         !answered(&overview(&client_config(&pki, true, false), addr).await),
         "no client certificate must be refused"

@@ -9,20 +9,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// The management API of `broker` on `bind`, port chosen by the kernel.
-async fn management(broker: &TestBroker, bind: &str) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind((bind, 0))
-        .await
-        .expect("bind http");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(broker::mgmt::serve(
-        broker.broker.clone(),
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
-
 async fn send(
     base: &str,
     method: reqwest::Method,
@@ -68,7 +54,7 @@ async fn still_serving(base: &str) {
 #[tokio::test]
 async fn bad_tables_and_bodies_get_a_4xx_with_a_json_error() {
     let broker = TestBroker::start().await;
-    let base = format!("http://{}", management(&broker, "127.0.0.1").await);
+    let base = format!("http://{}", broker.mgmt_addr());
     let put = reqwest::Method::PUT;
     let long_key = "k".repeat(300);
 
@@ -149,8 +135,8 @@ async fn guest_from_elsewhere_is_answered_as_a_wrong_password() {
         eprintln!("no non-loopback address on this machine; nothing to check");
         return;
     }
-    let broker = TestBroker::start().await;
-    let port = management(&broker, "0.0.0.0").await.port();
+    let broker = TestBroker::start_with(|c| c.management.bind = "0.0.0.0".into()).await;
+    let port = broker.mgmt_addr().port();
     let remote = format!("http://{ip}:{port}");
     let local = format!("http://127.0.0.1:{port}");
     let get = reqwest::Method::GET;

@@ -3,6 +3,7 @@
 //! ...) as `/api/exchanges` and `/api/channels` show them, driven by real
 //! lapin clients.
 
+mod common;
 mod mgmt_support;
 
 use futures_lite::StreamExt;

@@ -1,6 +1,9 @@
 //! The Prometheus endpoint, scraped over HTTP and parsed line by line with
 //! a real exposition-format parser.
 
+mod common;
+
+use common::TestBroker;
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -11,63 +14,35 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use prometheus_parse::{Scrape, Value};
 use std::time::Duration;
 
-struct Metrics {
-    amqp_port: u16,
-    base: String,
-    _dir: tempfile::TempDir,
+/// A broker with its Prometheus endpoint served by the server itself.
+async fn start() -> TestBroker {
+    TestBroker::start().await
 }
 
-async fn start() -> Metrics {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = broker::Config::default();
-    config.amqp.bind = "127.0.0.1".into();
-    config.amqp.port = 0;
-    config.storage.data_dir = dir.path().to_path_buf();
-    // The test serves the endpoints itself, on ports of its own.
-    config.management.enabled = false;
-    config.prometheus.enabled = false;
-    let server = broker::Server::bind(config).await.expect("bind");
-    let amqp_port = server.local_addr().port();
-    let broker = server.broker.clone();
-    tokio::spawn(server.run(std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(broker::mgmt::serve_metrics(
-        broker,
-        listener,
-        std::future::pending(),
-    ));
-    Metrics {
-        amqp_port,
-        base: format!("http://{addr}"),
-        _dir: dir,
-    }
-}
-
-impl Metrics {
-    async fn scrape(&self, path: &str) -> (String, Scrape) {
-        let resp = reqwest::get(format!("{}{path}", self.base))
-            .await
-            .expect("scrape");
-        assert_eq!(resp.status(), 200);
-        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+/// Scrapes `path` of the Prometheus endpoint; checks the content type and
+/// that every line is a comment or a `rabbitmq_` sample.
+async fn scrape(m: &TestBroker, path: &str) -> (String, Scrape) {
+    let resp = reqwest::get(format!("{}{path}", m.metrics_url()))
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    // Every line is a comment or `name{labels} value`.
+    for line in text.lines() {
         assert!(
-            content_type.starts_with("text/plain; version=0.0.4"),
-            "{content_type}"
+            line.starts_with("# TYPE ")
+                || line.starts_with("# HELP ")
+                || line.starts_with("rabbitmq_"),
+            "unexpected line: {line}"
         );
-        let text = resp.text().await.unwrap();
-        // Every line is a comment or `name{labels} value`.
-        for line in text.lines() {
-            assert!(
-                line.starts_with("# TYPE ")
-                    || line.starts_with("# HELP ")
-                    || line.starts_with("rabbitmq_"),
-                "unexpected line: {line}"
-            );
-        }
-        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
-        (text, scrape)
     }
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    (text, scrape)
 }
 
 fn value(v: &Value) -> f64 {
@@ -101,7 +76,7 @@ fn for_queue(scrape: &Scrape, metric: &str, queue: &str) -> f64 {
 #[tokio::test]
 async fn scrapes_follow_amqp_activity() {
     let m = start().await;
-    let (_, empty) = m.scrape("/metrics").await;
+    let (_, empty) = scrape(&m, "/metrics").await;
     assert_eq!(only(&empty, "rabbitmq_queues"), 0.0);
     assert_eq!(only(&empty, "rabbitmq_connections"), 0.0);
     assert!(only(&empty, "rabbitmq_process_resident_memory_bytes") > 0.0);
@@ -130,7 +105,7 @@ async fn scrapes_follow_amqp_activity() {
     assert!(empty.docs.contains_key("rabbitmq_queue_messages_ready"));
 
     let conn = Connection::connect(
-        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", m.amqp_port),
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", m.port),
         ConnectionProperties::default(),
     )
     .await
@@ -171,7 +146,7 @@ async fn scrapes_follow_amqp_activity() {
 
     let mut per_object = None;
     for _ in 0..100 {
-        let (_, s) = m.scrape("/metrics/per-object").await;
+        let (_, s) = scrape(&m, "/metrics/per-object").await;
         if for_queue(&s, "rabbitmq_queue_messages_unacked", "metered") == 2.0 {
             per_object = Some(s);
             break;
@@ -218,7 +193,7 @@ async fn scrapes_follow_amqp_activity() {
         .contains(" -> "));
 
     // Aggregated: the same families, summed, without object labels.
-    let (text, agg) = m.scrape("/metrics").await;
+    let (text, agg) = scrape(&m, "/metrics").await;
     assert_eq!(only(&agg, "rabbitmq_queues"), 2.0);
     assert_eq!(only(&agg, "rabbitmq_connections"), 1.0);
     assert_eq!(only(&agg, "rabbitmq_connections_opened_total"), 1.0);
@@ -263,15 +238,15 @@ fn for_channel(scrape: &Scrape, metric: &str, number: u16) -> f64 {
 
 /// Scrapes `path` until `check` holds (counters are bumped as frames are
 /// handled, so a scrape may come a moment early), for at most 10 s.
-async fn scrape_until(m: &Metrics, path: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+async fn scrape_until(m: &TestBroker, path: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
     for _ in 0..200 {
-        let (_, s) = m.scrape(path).await;
+        let (_, s) = scrape(m, path).await;
         if check(&s) {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (text, _) = m.scrape(path).await;
+    let (text, _) = scrape(m, path).await;
     panic!("condition not met within 10 s:\n{text}");
 }
 
@@ -279,7 +254,7 @@ async fn scrape_until(m: &Metrics, path: &str, check: impl Fn(&Scrape) -> bool) 
 async fn channel_counters_follow_amqp_and_survive_channel_close() {
     let m = start().await;
     let conn = Connection::connect(
-        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", m.amqp_port),
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", m.port),
         ConnectionProperties::default(),
     )
     .await
@@ -473,7 +448,7 @@ async fn channel_counters_follow_amqp_and_survive_channel_close() {
 #[tokio::test]
 async fn unknown_metrics_paths_are_404() {
     let m = start().await;
-    let resp = reqwest::get(format!("{}/metrics/nope", m.base))
+    let resp = reqwest::get(format!("{}/metrics/nope", m.metrics_url()))
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);

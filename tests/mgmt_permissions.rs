@@ -10,6 +10,7 @@
 //! permission entry for the vhost (401, nothing changed), and as a user
 //! allowed by that pattern (the operation really happened).
 
+mod common;
 mod mgmt_support;
 
 use mgmt_support::Api;

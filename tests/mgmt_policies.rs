@@ -2,9 +2,11 @@
 //! on queues seen over AMQP, the consumer-group metrics, and policies
 //! surviving a restart of the broker binary.
 
+mod common;
 #[path = "mgmt_support/mod.rs"]
 mod mgmt_support;
 
+use common::BrokerProcess;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -201,9 +203,9 @@ async fn policies_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     {
-        let p = Process::start(dir.path()).await;
+        let p = BrokerProcess::start_with_mgmt(dir.path()).await;
         let status = http
-            .put(format!("{}/policies/%2F/keep", p.api.base))
+            .put(format!("{}/policies/%2F/keep", p.mgmt_url()))
             .basic_auth("guest", Some("guest"))
             .header("content-type", "application/json")
             .body(json!({"pattern": "^kept$", "definition": {"max-length": 2}}).to_string())
@@ -213,9 +215,9 @@ async fn policies_survive_a_restart() {
             .status();
         assert_eq!(status, StatusCode::CREATED);
     }
-    let p = Process::start(dir.path()).await;
+    let p = BrokerProcess::start_with_mgmt(dir.path()).await;
     let listed: Value = http
-        .get(format!("{}/policies/%2F", p.api.base))
+        .get(format!("{}/policies/%2F", p.mgmt_url()))
         .basic_auth("guest", Some("guest"))
         .send()
         .await
@@ -226,7 +228,7 @@ async fn policies_survive_a_restart() {
     assert_eq!(listed[0]["name"], json!("keep"));
     // And it applies to a queue declared after the restart.
     let conn = lapin::Connection::connect(
-        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", p.amqp_port),
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", p.port),
         Default::default(),
     )
     .await

@@ -2,6 +2,7 @@
 //! (`deliver`, `deliver_no_ack`, `get`, `get_no_ack`, `get_empty`) next to
 //! `deliver_get`, with rates, driven by real lapin clients.
 
+mod common;
 mod mgmt_support;
 
 use futures_lite::StreamExt;

@@ -4,6 +4,7 @@
 //! consumers, definitions export and import. Skipped (with a note) where
 //! `/usr/bin/rabbitmqadmin` is not installed.
 
+mod common;
 mod mgmt_support;
 
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};

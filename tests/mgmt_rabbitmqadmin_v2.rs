@@ -6,6 +6,7 @@
 //! checked through the API and over AMQP, not only in its output.
 //! Skipped (with a note) where the binary is not installed.
 
+mod common;
 mod mgmt_support;
 
 use lapin::options::BasicGetOptions;

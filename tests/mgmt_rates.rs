@@ -3,6 +3,7 @@
 //! default), while real lapin clients publish, consume and ack; and
 //! overview totals that outlive a deleted queue.
 
+mod common;
 mod mgmt_support;
 
 use futures_lite::StreamExt;

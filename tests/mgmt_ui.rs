@@ -4,6 +4,7 @@
 //! and sends them to the API itself). The browser test is
 //! tests/python/test_web_ui.py.
 
+mod common;
 mod mgmt_support;
 
 use mgmt_support::Api;

@@ -3,14 +3,16 @@
 //! the effect seen by real AMQP clients (lapin) logging in, and the changes
 //! surviving a restart of the broker binary.
 
+mod common;
 #[path = "mgmt_support/mod.rs"]
 mod mgmt_support;
 
 use base64::Engine;
+use common::BrokerProcess;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use mgmt_support::{amqp_login, Api, Process};
+use mgmt_support::{amqp_login, Api};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -346,8 +348,8 @@ async fn vhosts_are_usable_at_once_and_deleting_one_clears_it() {
 async fn users_vhosts_and_permissions_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let p = Process::start(dir.path()).await;
-        let api = &p.api;
+        let p = BrokerProcess::start_with_mgmt(dir.path()).await;
+        let api = &Api::of_process(&p);
         let (status, _) = api
             .put(
                 "/users/root",
@@ -372,7 +374,7 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         assert_eq!(status, StatusCode::CREATED);
         let (status, _) = api.put("/vhosts/gone", json!({})).await;
         assert_eq!(status, StatusCode::CREATED);
-        let conn = amqp_login(p.amqp_port, "app", "app-pw", "shop")
+        let conn = amqp_login(p.port, "app", "app-pw", "shop")
             .await
             .expect("app logs in");
         let ch = conn.create_channel().await.unwrap();
@@ -399,8 +401,8 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         assert_eq!(status, StatusCode::NO_CONTENT);
         p.stop();
     }
-    let p = Process::start(dir.path()).await;
-    let api = &p.api;
+    let p = BrokerProcess::start_with_mgmt(dir.path()).await;
+    let api = &Api::of_process(&p);
     let root = ("root", "r00t");
     let (status, body) = api.call(Method::GET, "/whoami", None).await;
     assert_eq!(
@@ -408,9 +410,7 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         StatusCode::UNAUTHORIZED,
         "guest stays deleted: {body}"
     );
-    assert!(amqp_login(p.amqp_port, "guest", "guest", "/")
-        .await
-        .is_err());
+    assert!(amqp_login(p.port, "guest", "guest", "/").await.is_err());
     let (status, users) = api.call_as(root, Method::GET, "/users", None).await;
     assert_eq!(status, StatusCode::OK);
     let mut names: Vec<&str> = users
@@ -445,7 +445,7 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
         StatusCode::OK,
         "durable queue in the new vhost restored"
     );
-    let conn = amqp_login(p.amqp_port, "app", "app-pw", "shop")
+    let conn = amqp_login(p.port, "app", "app-pw", "shop")
         .await
         .expect("app logs in after the restart");
     let ch = conn.create_channel().await.unwrap();

@@ -4,6 +4,7 @@
 //! message log would store them cut, and a message would not find its queue
 //! after a restart.
 
+mod common;
 mod mgmt_support;
 
 use lapin::options::*;

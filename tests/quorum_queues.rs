@@ -2,6 +2,7 @@
 //! rules and texts, `x-delivery-count` on every redelivery, the default
 //! delivery limit of 20, `x-delivery-limit: -1`, and the management fields.
 
+mod common;
 mod mgmt_support;
 
 use lapin::options::*;

@@ -5,16 +5,18 @@
 //! crash, and dead-lettered or delayed messages copied into a stream keep
 //! their removal from the source behind the copy.
 
+mod common;
 mod mgmt_support;
 mod sync_gate;
 
+use common::BrokerProcess;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
-use mgmt_support::{amqp_login, eventually, Process};
+use mgmt_support::{amqp_login, eventually, Api};
 use serde_json::json;
 use std::time::Duration;
-use sync_gate::{build_sync_gate, pass_file, GatedBroker};
+use sync_gate::{build_sync_gate, pass_file, start_gated};
 
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
@@ -39,8 +41,8 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-async fn open(process: &Process, vhost: &str) -> (Connection, Channel) {
-    let conn = amqp_login(process.amqp_port, "guest", "guest", vhost)
+async fn open(process: &BrokerProcess, vhost: &str) -> (Connection, Channel) {
+    let conn = amqp_login(process.port, "guest", "guest", vhost)
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
@@ -99,13 +101,13 @@ async fn hold_one(ch: &Channel, queue: &str) -> lapin::Consumer {
 /// Restarts on `dir` (clean stop) and returns how many messages `queue` of
 /// `vhost` holds after it is declared again.
 async fn count_after_restart(
-    process: Process,
+    process: BrokerProcess,
     dir: &std::path::Path,
     vhost: &str,
     queue: &str,
 ) -> u32 {
     process.stop();
-    let process = Process::start(dir).await;
+    let process = BrokerProcess::start_with_mgmt(dir).await;
     let (_c, ch) = open(&process, vhost).await;
     let count = declare_count(&ch, queue, FieldTable::default()).await;
     process.stop();
@@ -115,7 +117,7 @@ async fn count_after_restart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_messages_of_a_deleted_queue_are_removed_when_their_channel_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     {
         let (_c, ch) = open(&process, "/").await;
         declare_count(&ch, "q", FieldTable::default()).await;
@@ -137,7 +139,7 @@ async fn unacked_messages_of_a_deleted_queue_are_removed_when_their_channel_clos
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_messages_of_an_auto_deleted_queue_are_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     {
         let (_c, ch) = open(&process, "/").await;
         ch.queue_declare(
@@ -166,8 +168,8 @@ async fn unacked_messages_of_an_auto_deleted_queue_are_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_a_deleted_vhost_are_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
-    let (status, _) = process.api.put("/vhosts/v", json!({})).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
+    let (status, _) = Api::of_process(&process).put("/vhosts/v", json!({})).await;
     assert!(status.is_success(), "{status}");
     let (consuming_conn, _held) = {
         let (c, ch) = open(&process, "v").await;
@@ -178,7 +180,7 @@ async fn messages_of_a_deleted_vhost_are_removed() {
         let held = hold_one(&ch, "q").await;
         (c, held)
     };
-    let (status, _) = process.api.delete("/vhosts/v").await;
+    let (status, _) = Api::of_process(&process).delete("/vhosts/v").await;
     assert!(status.is_success(), "{status}");
     // The broker closes the connection, which requeues the unacked message
     // into its deleted queue.
@@ -188,7 +190,7 @@ async fn messages_of_a_deleted_vhost_are_removed() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = process.api.put("/vhosts/v", json!({})).await;
+    let (status, _) = Api::of_process(&process).put("/vhosts/v", json!({})).await;
     assert!(status.is_success(), "{status}");
     {
         let (_c, ch) = open(&process, "v").await;
@@ -196,7 +198,7 @@ async fn messages_of_a_deleted_vhost_are_removed() {
         assert_eq!(declare_count(&ch, "ready", FieldTable::default()).await, 0);
     }
     process.stop();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     let (_c, ch) = open(&process, "v").await;
     assert_eq!(declare_count(&ch, "q", FieldTable::default()).await, 0);
     assert_eq!(declare_count(&ch, "ready", FieldTable::default()).await, 0);
@@ -225,8 +227,8 @@ async fn messages_of_an_unknown_vhost_are_removed_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let saved = tempfile::tempdir().unwrap();
     let messages = dir.path().join("messages");
-    let process = Process::start(dir.path()).await;
-    let (status, _) = process.api.put("/vhosts/v", json!({})).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
+    let (status, _) = Api::of_process(&process).put("/vhosts/v", json!({})).await;
     assert!(status.is_success(), "{status}");
     {
         let (_c, ch) = open(&process, "v").await;
@@ -236,16 +238,16 @@ async fn messages_of_an_unknown_vhost_are_removed_at_start() {
     process.stop();
     copy_dir(&messages, saved.path());
 
-    let process = Process::start(dir.path()).await;
-    let (status, _) = process.api.delete("/vhosts/v").await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
+    let (status, _) = Api::of_process(&process).delete("/vhosts/v").await;
     assert!(status.is_success(), "{status}");
     process.stop();
     std::fs::remove_dir_all(&messages).unwrap();
     copy_dir(saved.path(), &messages);
 
     // The message's vhost is unknown at this start.
-    let process = Process::start(dir.path()).await;
-    let (status, _) = process.api.put("/vhosts/v", json!({})).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
+    let (status, _) = Api::of_process(&process).put("/vhosts/v", json!({})).await;
     assert!(status.is_success(), "{status}");
     {
         let (_c, ch) = open(&process, "v").await;
@@ -258,7 +260,7 @@ async fn messages_of_an_unknown_vhost_are_removed_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_exclusive_queue_does_not_outlive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     let (_c, ch) = open(&process, "/").await;
     ch.queue_declare(
         "mine".into(),
@@ -285,7 +287,7 @@ async fn a_durable_exclusive_queue_does_not_outlive_a_crash() {
     drop(process);
     drop(ch);
 
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     let (_c, ch) = open(&process, "/").await;
     let passive = ch
         .queue_declare(
@@ -305,7 +307,7 @@ async fn a_durable_exclusive_queue_does_not_outlive_a_crash() {
     // A shared queue of that name starts empty, and the old binding is gone.
     assert_eq!(declare_count(&ch, "mine", FieldTable::default()).await, 0);
     process.stop();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     let (_c, ch) = open(&process, "/").await;
     ch.basic_publish(
         "amq.direct".into(),
@@ -347,7 +349,7 @@ fn stream_args() -> FieldTable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_message_dead_lettered_into_a_stream_is_kept_once() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     {
         let (_c, ch) = open(&process, "/").await;
         declare_count(&ch, "dead", stream_args()).await;
@@ -378,7 +380,7 @@ async fn a_persistent_message_dead_lettered_into_a_stream_is_kept_once() {
         .await;
     }
     process.stop();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     let (_c, ch) = open(&process, "/").await;
     assert_eq!(stream_count(&ch, "dead").await, 1);
     // Its removal from the source was recorded once the copy was safe.
@@ -400,7 +402,7 @@ async fn a_persistent_message_dead_lettered_into_a_stream_is_kept_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_delayed_message_routed_into_a_stream_is_kept_once() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     {
         let (_c, ch) = open(&process, "/").await;
         declare_count(&ch, "later", stream_args()).await;
@@ -436,7 +438,7 @@ async fn a_persistent_delayed_message_routed_into_a_stream_is_kept_once() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     process.stop();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     let (_c, ch) = open(&process, "/").await;
     // Had the held copy not been removed, it would fire again now.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -467,7 +469,7 @@ async fn a_crash_while_dead_lettering_into_a_stream_loses_nothing() {
         ])
     };
     {
-        let broker = GatedBroker::start(&data, &library, &gate).await;
+        let broker = start_gated(&data, &library, &gate).await;
         let conn = lapin::Connection::connect(&broker.url(), Default::default())
             .await
             .unwrap();
@@ -506,7 +508,7 @@ async fn a_crash_while_dead_lettering_into_a_stream_loses_nothing() {
         drop(broker);
         std::fs::remove_file(&gate).unwrap();
     }
-    let process = Process::start(&data).await;
+    let process = BrokerProcess::start_with_mgmt(&data).await;
     let (_c, ch) = open(&process, "/").await;
     let in_stream = stream_count(&ch, "dead").await;
     let in_source = declare_count(&ch, "source", source_args()).await;
@@ -536,8 +538,8 @@ async fn declare_delayed(ch: &Channel, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_message_of_a_deleted_vhost_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let process = Process::start(dir.path()).await;
-    let (status, _) = process.api.put("/vhosts/v", json!({})).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
+    let (status, _) = Api::of_process(&process).put("/vhosts/v", json!({})).await;
     assert!(status.is_success(), "{status}");
     {
         let (_c, ch) = open(&process, "v").await;
@@ -545,11 +547,11 @@ async fn a_delayed_message_of_a_deleted_vhost_is_removed() {
         let props = persistent().with_headers(args(&[("x-delay", AMQPValue::LongInt(400))]));
         publish_confirmed(&ch, "delayer", "k", props).await;
     }
-    let (status, _) = process.api.delete("/vhosts/v").await;
+    let (status, _) = Api::of_process(&process).delete("/vhosts/v").await;
     assert!(status.is_success(), "{status}");
     // It falls due with its vhost gone.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (status, _) = process.api.put("/vhosts/v", json!({})).await;
+    let (status, _) = Api::of_process(&process).put("/vhosts/v", json!({})).await;
     assert!(status.is_success(), "{status}");
     {
         let (_c, ch) = open(&process, "v").await;
@@ -566,7 +568,7 @@ async fn a_delayed_message_of_a_deleted_vhost_is_removed() {
         .unwrap();
     }
     process.stop();
-    let process = Process::start(dir.path()).await;
+    let process = BrokerProcess::start_with_mgmt(dir.path()).await;
     // Had it stayed in the log, it would be held again and fire now.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (_c, ch) = open(&process, "v").await;

@@ -10,56 +10,58 @@ use lapin::options::{
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, DefaultConnectionBuilder};
+mod common;
 mod pki;
 
+use common::TestBroker;
 use pki::{make_pki, Pki};
 use rcgen::DnType;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A `TestBroker` with AMQPS, and the PKI its clients use.
 struct TlsBroker {
-    plain_port: u16,
-    tls_port: u16,
+    broker: TestBroker,
     pki: Pki,
-    _dir: tempfile::TempDir,
+    _pki_dir: tempfile::TempDir,
 }
 
 async fn start(adjust: impl FnOnce(&mut broker::Config)) -> TlsBroker {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let pki_dir = tempfile::tempdir().expect("tempdir");
     let pki = make_pki(
-        dir.path(),
+        pki_dir.path(),
         "broker test CA",
         &[(DnType::CommonName, "client")],
     );
-    let mut config = broker::Config::default();
-    config.amqp.bind = "127.0.0.1".into();
-    config.amqp.port = 0;
-    config.storage.data_dir = dir.path().join("data");
-    config.management.enabled = false;
-    config.prometheus.enabled = false;
-    config.tls.enabled = true;
-    config.tls.bind = "127.0.0.1".into();
-    config.tls.port = 0;
-    config.tls.cert_file = pki.cert_file.clone();
-    config.tls.key_file = pki.key_file.clone();
-    config.tls.ca_file = Some(pki.ca_file.clone());
-    adjust(&mut config);
-    let server = broker::Server::bind(config).await.expect("bind");
-    let plain_port = server.local_addr().port();
-    let tls_port = server.tls_addr().expect("TLS listener").port();
-    tokio::spawn(server.run(std::future::pending()));
+    let broker = TestBroker::start_with(|config| {
+        config.management.enabled = false;
+        config.prometheus.enabled = false;
+        config.tls.enabled = true;
+        config.tls.cert_file = pki.cert_file.clone();
+        config.tls.key_file = pki.key_file.clone();
+        config.tls.ca_file = Some(pki.ca_file.clone());
+        adjust(config);
+    })
+    .await;
     TlsBroker {
-        plain_port,
-        tls_port,
+        broker,
         pki,
-        _dir: dir,
+        _pki_dir: pki_dir,
     }
 }
 
 impl TlsBroker {
+    fn plain_port(&self) -> u16 {
+        self.broker.port
+    }
+
+    fn tls_port(&self) -> u16 {
+        self.broker.tls_port()
+    }
+
     fn amqps_url(&self) -> String {
-        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.tls_port)
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.tls_port())
     }
 
     fn trust_ca(&self) -> OwnedTLSConfig {
@@ -169,7 +171,7 @@ async fn lapin_publishes_and_consumes_over_tls() {
     conn.close(200, "bye".into()).await.expect("close");
 
     // The plain listener keeps working beside it.
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.plain_port);
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.plain_port());
     let plain = Connection::connect(&url, ConnectionProperties::default())
         .await
         .expect("plain connect");
@@ -199,7 +201,7 @@ async fn plain_amqp_on_the_tls_port_is_closed_and_others_keep_working() {
 
     // A plain AMQP client on the TLS port: the TLS handshake fails, the
     // socket is closed, and no AMQP is ever spoken on it.
-    let mut plain = TcpStream::connect(("127.0.0.1", broker.tls_port))
+    let mut plain = TcpStream::connect(("127.0.0.1", broker.tls_port()))
         .await
         .expect("tcp connect");
     plain
@@ -213,12 +215,12 @@ async fn plain_amqp_on_the_tls_port_is_closed_and_others_keep_working() {
     );
 
     // Garbage, and a ClientHello-looking prefix followed by garbage.
-    let mut garbage = TcpStream::connect(("127.0.0.1", broker.tls_port))
+    let mut garbage = TcpStream::connect(("127.0.0.1", broker.tls_port()))
         .await
         .expect("tcp connect");
     let _ = garbage.write_all(&[0xAB; 10_000]).await;
     read_until_closed(&mut garbage).await;
-    let mut half = TcpStream::connect(("127.0.0.1", broker.tls_port))
+    let mut half = TcpStream::connect(("127.0.0.1", broker.tls_port()))
         .await
         .expect("tcp connect");
     let _ = half
@@ -239,7 +241,7 @@ async fn plain_amqp_on_the_tls_port_is_closed_and_others_keep_working() {
 #[tokio::test]
 async fn a_silent_socket_on_the_tls_port_is_closed_after_the_handshake_timeout() {
     let broker = start(|c| c.amqp.handshake_timeout_secs = 1).await;
-    let mut silent = TcpStream::connect(("127.0.0.1", broker.tls_port))
+    let mut silent = TcpStream::connect(("127.0.0.1", broker.tls_port()))
         .await
         .expect("tcp connect");
     let started = std::time::Instant::now();

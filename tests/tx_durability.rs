@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::collections::HashSet;
 use std::time::Duration;
-use sync_gate::{build_sync_gate, GatedBroker};
+use sync_gate::{build_sync_gate, start_gated};
 
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
@@ -132,7 +132,7 @@ async fn commit_ok_waits_for_the_sync_without_blocking_other_channels() {
     };
     let gate = dir.path().join("hold-sync");
     let data = dir.path().join("data");
-    let broker = GatedBroker::start(&data, &library, &gate).await;
+    let broker = start_gated(&data, &library, &gate).await;
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
     let conn = lapin::Connection::connect(&url, Default::default())
         .await

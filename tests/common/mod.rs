@@ -10,6 +10,7 @@ use futures_lite::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +20,11 @@ pub struct TestBroker {
     pub port: u16,
     /// The broker itself, for tests that change settings at run time.
     pub broker: std::sync::Arc<broker::broker::Broker>,
+    /// Where the management API, the Prometheus endpoint and the AMQPS
+    /// listener are bound (`None` when disabled in the config).
+    mgmt_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     _dir: tempfile::TempDir,
     /// AMQP errors (channel and connection closes) seen by connections made
     /// with `connect`, newest last.
@@ -26,11 +32,31 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// Defaults, with every listener (AMQP, management, Prometheus) on an
+    /// ephemeral port of 127.0.0.1.
     pub async fn start() -> TestBroker {
         Self::start_with(|_| {}).await
     }
 
+    /// `start`, with the config adjusted by `adjust` before the broker binds.
     pub async fn start_with(adjust: impl FnOnce(&mut broker::Config)) -> TestBroker {
+        Self::launch(adjust, None).await
+    }
+
+    /// `start_with`, but the management API samples message rates every
+    /// `interval` instead of every 5 s, so that tests see rates soon. (The
+    /// server always uses the default, so the test serves the API itself.)
+    pub async fn start_sampling_every(
+        interval: Duration,
+        adjust: impl FnOnce(&mut broker::Config),
+    ) -> TestBroker {
+        Self::launch(adjust, Some(interval)).await
+    }
+
+    async fn launch(
+        adjust: impl FnOnce(&mut broker::Config),
+        sample_interval: Option<Duration>,
+    ) -> TestBroker {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = broker::Config::default();
         config.amqp.bind = "127.0.0.1".into();
@@ -41,17 +67,70 @@ impl TestBroker {
         config.management.port = 0;
         config.prometheus.bind = "127.0.0.1".into();
         config.prometheus.port = 0;
+        config.tls.bind = "127.0.0.1".into();
+        config.tls.port = 0;
         adjust(&mut config);
+        if sample_interval.is_some() {
+            config.management.enabled = false;
+        }
         let server = broker::Server::bind(config).await.expect("bind");
         let port = server.local_addr().port();
+        let mut mgmt_addr = server.management_addr();
+        let metrics_addr = server.prometheus_addr();
+        let tls_addr = server.tls_addr();
         let broker = server.broker.clone();
         tokio::spawn(server.run(std::future::pending()));
+        if let Some(interval) = sample_interval {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind http");
+            mgmt_addr = Some(listener.local_addr().expect("addr"));
+            tokio::spawn(broker::mgmt::serve_with_interval(
+                broker.clone(),
+                listener,
+                std::future::pending(),
+                interval,
+            ));
+        }
         TestBroker {
             port,
             broker,
+            mgmt_addr,
+            metrics_addr,
+            tls_addr,
             _dir: dir,
             errors: Default::default(),
         }
+    }
+
+    /// The management API's listener.
+    pub fn mgmt_addr(&self) -> SocketAddr {
+        self.mgmt_addr.expect("management API enabled")
+    }
+
+    /// The base URL of the management API (`http://…/api`).
+    pub fn mgmt_url(&self) -> String {
+        format!("http://{}/api", self.mgmt_addr())
+    }
+
+    /// The Prometheus endpoint's listener.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr.expect("Prometheus endpoint enabled")
+    }
+
+    /// The base URL of the Prometheus endpoint (`http://host:port`).
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.metrics_addr())
+    }
+
+    /// The AMQPS port (`tls.enabled`).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_addr.expect("TLS listener enabled").port()
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn url(&self) -> String {
@@ -439,28 +518,55 @@ impl RawClient {
     }
 }
 
-/// The real broker binary on a data dir, for restart and crash tests.
+/// A free port of 127.0.0.1 (for a broker binary, which cannot report the
+/// ports it bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The real broker binary on a data dir, for restart and crash tests. A
+/// test that ends (or fails) with it still running does not leave it behind.
 pub struct BrokerProcess {
     pub port: u16,
+    /// The management API's port (`start_with_mgmt`).
+    pub mgmt_port: Option<u16>,
     pub child: std::process::Child,
 }
 
 impl BrokerProcess {
+    /// The management API and Prometheus endpoint on ports nobody learns.
     pub async fn start(data_dir: &std::path::Path) -> BrokerProcess {
         Self::start_with_env(data_dir, &[]).await
     }
 
     /// With extra environment variables (`BROKER__…` settings).
     pub async fn start_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> BrokerProcess {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        Self::spawn(data_dir, env, None).await
+    }
+
+    /// With the management API on a known port (`mgmt_url`).
+    pub async fn start_with_mgmt(data_dir: &std::path::Path) -> BrokerProcess {
+        Self::spawn(data_dir, &[], Some(free_port())).await
+    }
+
+    async fn spawn(
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        mgmt_port: Option<u16>,
+    ) -> BrokerProcess {
+        let port = free_port();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
             .env("BROKER__AMQP__BIND", "127.0.0.1")
             .env("BROKER__AMQP__PORT", port.to_string())
             .env("BROKER__STORAGE__DATA_DIR", data_dir)
-            .env("BROKER__MANAGEMENT__PORT", "0")
+            .env("BROKER__MANAGEMENT__BIND", "127.0.0.1")
+            .env(
+                "BROKER__MANAGEMENT__PORT",
+                mgmt_port.unwrap_or(0).to_string(),
+            )
             .env("BROKER__PROMETHEUS__PORT", "0")
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -472,14 +578,29 @@ impl BrokerProcess {
             .spawn()
             .expect("start broker binary");
         for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return BrokerProcess { port, child };
+            let amqp = TcpStream::connect(("127.0.0.1", port)).await.is_ok();
+            let http = match mgmt_port {
+                Some(p) => TcpStream::connect(("127.0.0.1", p)).await.is_ok(),
+                None => true,
+            };
+            if amqp && http {
+                return BrokerProcess {
+                    port,
+                    mgmt_port,
+                    child,
+                };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("broker did not start listening on {port}");
+        panic!("broker did not start listening on {port} (management: {mgmt_port:?})");
+    }
+
+    /// The base URL of the management API (`http://…/api`).
+    pub fn mgmt_url(&self) -> String {
+        let port = self.mgmt_port.expect("BrokerProcess::start_with_mgmt");
+        format!("http://127.0.0.1:{port}/api")
     }
 
     pub fn url(&self) -> String {

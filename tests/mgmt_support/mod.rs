@@ -1,57 +1,60 @@
-//! A broker with its management API in process, and raw HTTP calls to it,
-//! for the management test files.
+//! HTTP calls to the management API of a `common::TestBroker` or
+//! `common::BrokerProcess`, for the management test files.
 #![allow(dead_code)]
 
+use crate::common::{BrokerProcess, TestBroker};
 use lapin::{Connection, ConnectionProperties};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// HTTP calls to the management API of a broker: an in-process
+/// `TestBroker` (`Api::start`) or a broker binary (`Api::of_process`).
+/// Test files that use this also declare `mod common;`.
 pub struct Api {
     pub amqp_port: u16,
     pub base: String,
-    /// The in-process broker (`None` for a broker binary: see `Process`).
-    in_process: Option<Arc<broker::broker::Broker>>,
+    /// The in-process broker (`None` for a broker binary).
+    in_process: Option<TestBroker>,
     pub http: reqwest::Client,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl Api {
+    /// A `TestBroker` whose management API samples rates every 200 ms
+    /// instead of 5 s, so tests see them soon.
     pub async fn start() -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = broker::Config::default();
-        config.amqp.bind = "127.0.0.1".into();
-        config.amqp.port = 0;
-        config.storage.data_dir = dir.path().to_path_buf();
-        config.management.enabled = false;
-        config.prometheus.enabled = false;
-        let server = broker::Server::bind(config).await.expect("bind");
-        let amqp_port = server.local_addr().port();
-        let broker = server.broker.clone();
-        tokio::spawn(server.run(std::future::pending()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind http");
-        let addr = listener.local_addr().expect("addr");
-        // Rates sampled every 200 ms instead of 5 s, so tests see them soon.
-        tokio::spawn(broker::mgmt::serve_with_interval(
-            broker.clone(),
-            listener,
-            std::future::pending(),
-            Duration::from_millis(200),
-        ));
+        Self::on(TestBroker::start_sampling_every(Duration::from_millis(200), |_| {}).await)
+    }
+
+    /// The management API of `broker`.
+    pub fn on(broker: TestBroker) -> Api {
         Api {
-            amqp_port,
-            base: format!("http://{addr}/api"),
+            amqp_port: broker.port,
+            base: broker.mgmt_url(),
             in_process: Some(broker),
             http: reqwest::Client::new(),
-            _dir: Some(dir),
+        }
+    }
+
+    /// The management API of a broker binary started with
+    /// `BrokerProcess::start_with_mgmt`.
+    pub fn of_process(process: &BrokerProcess) -> Api {
+        Api {
+            amqp_port: process.port,
+            base: process.mgmt_url(),
+            in_process: None,
+            http: reqwest::Client::new(),
         }
     }
 
     /// The in-process broker, for tests that look inside it.
     pub fn broker(&self) -> &Arc<broker::broker::Broker> {
+        &self.test_broker().broker
+    }
+
+    /// The in-process `TestBroker` (`Api::start`, `Api::on`).
+    pub fn test_broker(&self) -> &TestBroker {
         self.in_process
             .as_ref()
             .expect("an in-process broker (Api::start)")
@@ -61,16 +64,44 @@ impl Api {
         rabbitmq_http_client::api::Client::new(self.base.clone(), "guest", "guest")
     }
 
+    /// A RabbitMQ API client logged in as `user`.
+    pub fn client_as(
+        &self,
+        user: &'static str,
+        pass: &'static str,
+    ) -> rabbitmq_http_client::api::Client<String, &'static str, &'static str> {
+        rabbitmq_http_client::api::Client::new(self.base.clone(), user, pass)
+    }
+
+    /// The full URL of an API path (`/overview`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
     pub async fn call_as(
         &self,
-        (user, pass): (&str, &str),
+        credentials: (&str, &str),
         method: Method,
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string());
+        self.call_raw_as(credentials, method, path, body.as_deref())
+            .await
+    }
+
+    /// A request with `body` sent as it is (JSON or not); returns the
+    /// status and the response body as JSON (`Value::Null` when empty).
+    pub async fn call_raw_as(
+        &self,
+        (user, pass): (&str, &str),
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, self.url(path))
             .basic_auth(user, Some(pass));
         if let Some(b) = body {
             req = req
@@ -86,6 +117,17 @@ impl Api {
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
         };
         (status, json)
+    }
+
+    /// `call_raw_as` as guest.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.call_raw_as(("guest", "guest"), method, path, body)
+            .await
     }
 
     pub async fn call(
@@ -169,75 +211,4 @@ pub async fn amqp_login(
         ConnectionProperties::default(),
     )
     .await
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The broker binary on a data dir, with its management API on a known
-/// port, for restart tests. A failing test does not leave it running.
-pub struct Process {
-    pub amqp_port: u16,
-    pub api: Api,
-    child: std::process::Child,
-}
-
-impl Process {
-    pub async fn start(data_dir: &std::path::Path) -> Process {
-        let (amqp_port, http_port) = (free_port(), free_port());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
-            .env("BROKER__AMQP__BIND", "127.0.0.1")
-            .env("BROKER__AMQP__PORT", amqp_port.to_string())
-            .env("BROKER__STORAGE__DATA_DIR", data_dir)
-            .env("BROKER__MANAGEMENT__BIND", "127.0.0.1")
-            .env("BROKER__MANAGEMENT__PORT", http_port.to_string())
-            .env("BROKER__PROMETHEUS__PORT", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start broker binary");
-        for _ in 0..200 {
-            let amqp = tokio::net::TcpStream::connect(("127.0.0.1", amqp_port)).await;
-            let http = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await;
-            if amqp.is_ok() && http.is_ok() {
-                return Process {
-                    amqp_port,
-                    api: Api {
-                        amqp_port,
-                        base: format!("http://127.0.0.1:{http_port}/api"),
-                        in_process: None,
-                        http: reqwest::Client::new(),
-                        _dir: None,
-                    },
-                    child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("broker did not start");
-    }
-
-    /// SIGTERM, and the broker must exit cleanly.
-    pub fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "broker exited with {status}");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

@@ -5,7 +5,7 @@
 //! held open can.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use crate::common::BrokerProcess;
 
 /// An `LD_PRELOAD` library whose `fdatasync` waits while a gate file
 /// exists: the message log's sync is held as long as the test wants. A
@@ -52,59 +52,22 @@ pub fn pass_file(gate: &std::path::Path) -> std::path::PathBuf {
     gate.with_extension("pass")
 }
 
-/// The broker binary with the sync gate preloaded.
-pub struct GatedBroker {
-    pub port: u16,
-    child: std::process::Child,
-}
-
-impl GatedBroker {
-    pub async fn start(
-        data_dir: &std::path::Path,
-        library: &std::path::Path,
-        gate: &std::path::Path,
-    ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
-            .env("BROKER__AMQP__BIND", "127.0.0.1")
-            .env("BROKER__AMQP__PORT", port.to_string())
-            .env("BROKER__STORAGE__DATA_DIR", data_dir)
-            .env("BROKER__MANAGEMENT__PORT", "0")
-            .env("BROKER__PROMETHEUS__PORT", "0")
-            .env("RUST_LOG", "warn")
-            .env("LD_PRELOAD", library)
-            .env("SYNC_GATE", gate)
-            .env("SYNC_GATE_PASS", pass_file(gate))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start broker binary");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return GatedBroker { port, child };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("broker did not start listening on {port}");
-    }
-}
-
-impl GatedBroker {
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-}
-
-impl Drop for GatedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The broker binary with the sync gate preloaded (test files that use
+/// this also declare `mod common;`).
+pub async fn start_gated(
+    data_dir: &std::path::Path,
+    library: &std::path::Path,
+    gate: &std::path::Path,
+) -> BrokerProcess {
+    let text = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+    let pass = pass_file(gate);
+    BrokerProcess::start_with_env(
+        data_dir,
+        &[
+            ("LD_PRELOAD", &text(library)),
+            ("SYNC_GATE", &text(gate)),
+            ("SYNC_GATE_PASS", &text(&pass)),
+        ],
+    )
+    .await
 }
