@@ -958,7 +958,7 @@ impl Queue {
     /// the arguments in force are recomputed and new limits enforced now.
     pub fn apply_policy(self: &Arc<Self>, policy: Option<Arc<Policy>>) {
         if self.stream.is_some() {
-            // Stream retention is set at declaration (see README).
+            // Stream retention is set at declaration (see docs/streams.md).
             self.policy.store(policy);
             return;
         }

@@ -197,7 +197,7 @@ impl Stream {
     }
 
     /// Writes changed tracked offsets to the catalog (sled flushes them
-    /// within its flush interval; see README "Streams").
+    /// within its flush interval; see docs/streams.md).
     pub fn store_tracked(&self) {
         let Some((tree, prefix)) = &self.offsets else {
             return;
