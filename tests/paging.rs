@@ -94,6 +94,14 @@ async fn consumers_get_paged_messages_in_order_with_their_properties() {
     }
     assert_nothing(&mut consumer, 100).await;
     assert_eq!(q.paged_count(), 0);
+    // Batches after the first were read ahead on the page I/O thread
+    // while the consumer drained the one before (not under the queue's
+    // lock).
+    assert!(
+        q.prefetched_page_batches() > 0,
+        "read ahead: {}",
+        q.prefetched_page_batches()
+    );
     broker.assert_healthy().await;
 }
 
@@ -271,6 +279,8 @@ async fn page_files_go_with_purge_and_delete() {
         .await
         .unwrap();
     assert_eq!(purged, 200);
+    // (page_files waits for the page I/O thread, which deletes them.)
+    assert!(q.page_files().is_empty());
     assert!(
         files.iter().all(|f| !f.exists()),
         "purge removes page files"
@@ -288,6 +298,7 @@ async fn page_files_go_with_purge_and_delete() {
         .await
         .unwrap();
     assert_eq!(deleted, 200);
+    assert!(q.page_files().is_empty());
     assert!(
         files.iter().all(|f| !f.exists()),
         "delete removes page files"
@@ -368,6 +379,7 @@ async fn brokers_in_one_process_page_independently() {
         .await
         .unwrap();
     assert_eq!(pages_a.in_memory(), 0);
+    pages_a.settle_io(); // the page I/O thread deletes the files
     assert_eq!(page_files_in(&dir_a.path().join("pages")), 0);
     assert_eq!(pages_b.in_memory(), in_memory_b);
     assert_eq!(ready(&ch_b, "q").await, COUNT as u32);

@@ -11,6 +11,7 @@
 mod arguments;
 mod consumer;
 pub mod dead_letter;
+mod page_io;
 pub mod paging;
 pub mod quorum;
 mod ready;
@@ -420,9 +421,17 @@ impl Queue {
         self.state.lock().ready.paged_len()
     }
 
-    /// The queue's page files (see `paging`).
+    /// The queue's page files (see `paging`), once the page I/O thread
+    /// has done what was asked of it so far.
     pub fn page_files(&self) -> Vec<std::path::PathBuf> {
+        let budget = self.state.lock().ready.page_budget();
+        budget.settle_io();
         self.state.lock().ready.page_files()
+    }
+
+    /// Batches of paged messages read back through a read-ahead.
+    pub fn prefetched_page_batches(&self) -> u64 {
+        self.state.lock().ready.prefetched_batches()
     }
 
     /// Puts a message read back from the log at the tail (start-up only).

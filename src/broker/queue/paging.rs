@@ -17,11 +17,12 @@
 //! All of it is per broker, in its [`PageBudget`]: brokers sharing a
 //! process (tests, a cluster run in one process) share no paging state.
 
+use super::page_io::{PageIo, ReadAhead, WriteProgress};
 use super::QueuedMessage;
 use crate::broker::message::Message;
 use crate::protocol::FieldTable;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -41,8 +42,12 @@ const GLOBAL_MIN_QUEUE_BYTES: usize = 1 << 20;
 /// A page segment is closed once it holds this much; a segment whose
 /// messages all left is deleted.
 const SEGMENT_BYTES: u64 = 64 << 20;
-/// Writes are buffered up to this much.
+/// Writes are buffered up to this much, then handed to the page I/O
+/// thread.
 const WRITE_BUFFER: usize = 128 << 10;
+/// Handed-over bytes not yet written beyond which a queue waits for the
+/// page I/O thread (a disk slower than the queue fills).
+const MAX_UNWRITTEN: usize = 16 << 20;
 /// Read-ahead: at most this many messages / bytes per read.
 const READ_BATCH: usize = 256;
 const READ_BATCH_BYTES: u64 = 1 << 20;
@@ -66,6 +71,9 @@ pub struct PageBudget {
     dir: PageDir,
     /// Expiry times in page records are nanoseconds after this.
     base: Instant,
+    /// The page I/O thread, started when a queue first pages (`None` in
+    /// it: could not be started, queues do their I/O themselves).
+    io: OnceLock<Option<PageIo>>,
 }
 
 #[derive(Debug)]
@@ -92,7 +100,28 @@ impl PageBudget {
             next_file: AtomicU64::new(1),
             dir,
             base: Instant::now(),
+            io: OnceLock::new(),
         }
+    }
+
+    /// Waits until the page I/O thread has done everything asked of it
+    /// so far (files written, truncated, deleted).
+    pub fn settle_io(&self) {
+        if let Some(Some(io)) = self.io.get() {
+            io.settle();
+        }
+    }
+
+    fn io(&self) -> Option<&PageIo> {
+        self.io
+            .get_or_init(|| match PageIo::start() {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the page I/O thread; queues page in place");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// Page files in `dir` (e.g. `<data_dir>/pages`), emptied now: page
@@ -347,7 +376,8 @@ impl Entry {
 }
 
 struct Segment {
-    file: File,
+    /// Shared with the page I/O thread.
+    file: Arc<File>,
     path: PathBuf,
     /// Entries still pointing into it.
     live: u64,
@@ -361,18 +391,50 @@ const FLAG_REDELIVERED: u8 = 1;
 const FLAG_STORED: u8 = 2;
 
 /// A queue's page file: numbered segments, appended to, read by offset.
+/// Its file I/O runs on the broker's page I/O thread (`page_io`); what
+/// that has not written yet is read from memory.
 pub struct PageFile {
     /// The broker's budget: the directory, the file number, the base of
-    /// expiry times.
+    /// expiry times, the I/O thread.
     shared: Arc<PageBudget>,
     id: u64,
     segments: BTreeMap<u32, Segment>,
     /// The segment being written, its logical end (with `pending`) and how
-    /// much of it is on disk.
+    /// much of it was handed to the I/O thread (or written).
     write_segment: u32,
     write_end: u64,
-    flushed: u64,
+    handed_off: u64,
     pending: Vec<u8>,
+    /// Buffers handed to the I/O thread and not yet written (or whose
+    /// write failed: kept for good), oldest first.
+    in_flight: VecDeque<InFlight>,
+    next_job: u64,
+    progress: Arc<WriteProgress>,
+    /// The next batch of paged messages, being read ahead.
+    read_ahead: Option<Prefetch>,
+    /// Batches that came from a read-ahead (tests and stats).
+    prefetched: u64,
+}
+
+struct InFlight {
+    segment: u32,
+    offset: u64,
+    data: Bytes,
+    /// Its job number; `u64::MAX` for a write that failed in place.
+    job: u64,
+}
+
+impl InFlight {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+}
+
+struct Prefetch {
+    /// Position (segment and offset) and length of the run read.
+    pos: u64,
+    len: u64,
+    slot: Arc<ReadAhead>,
 }
 
 impl PageFile {
@@ -383,9 +445,19 @@ impl PageFile {
             segments: BTreeMap::new(),
             write_segment: 0,
             write_end: 0,
-            flushed: 0,
+            handed_off: 0,
             pending: Vec::new(),
+            in_flight: VecDeque::new(),
+            next_job: 0,
+            progress: Arc::default(),
+            read_ahead: None,
+            prefetched: 0,
         }
+    }
+
+    /// Batches read back from a read-ahead rather than in place.
+    pub fn prefetched(&self) -> u64 {
+        self.prefetched
     }
 
     /// The files it has on disk.
@@ -409,7 +481,7 @@ impl PageFile {
         self.segments.insert(
             n,
             Segment {
-                file,
+                file: Arc::new(file),
                 path,
                 live: 0,
             },
@@ -438,7 +510,7 @@ impl PageFile {
             self.flush()?;
             self.write_segment += 1;
             self.write_end = 0;
-            self.flushed = 0;
+            self.handed_off = 0;
         }
         self.open_segment(self.write_segment)?;
         let mut flags = 0;
@@ -484,48 +556,183 @@ impl PageFile {
         Ok(entry)
     }
 
-    /// Writes the buffer out; on error it is kept (and read from) and the
-    /// write retried later.
+    /// Hands the buffer to the I/O thread (or writes it here when there is
+    /// none); it stays readable in memory until written, and for good if
+    /// the write fails.
     fn flush(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let segment = self
+        let file = self
             .segments
             .get(&self.write_segment)
+            .map(|s| s.file.clone())
             .ok_or_else(|| io::Error::other("page segment missing"))?;
-        segment.file.write_all_at(&self.pending, self.flushed)?;
-        self.flushed += self.pending.len() as u64;
-        self.pending.clear();
+        let data = Bytes::from(std::mem::take(&mut self.pending));
+        let offset = self.handed_off;
+        self.handed_off += data.len() as u64;
+        self.next_job += 1;
+        let job = self.next_job;
+        let handed = self.shared.io().is_some_and(|io| {
+            io.write(
+                file.clone(),
+                offset,
+                data.clone(),
+                job,
+                self.progress.clone(),
+            )
+        });
+        let job = match handed {
+            true => job,
+            false => match file.write_all_at(&data, offset) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write queue page file (kept in memory)");
+                    u64::MAX
+                }
+            },
+        };
+        self.in_flight.push_back(InFlight {
+            segment: self.write_segment,
+            offset,
+            data,
+            job,
+        });
+        self.wait_for_io();
         Ok(())
     }
 
-    /// Reads `buf.len()` bytes at `offset` of segment `n`, from the write
-    /// buffer for what is not on disk yet.
+    /// Forgets the buffers the I/O thread has written.
+    fn prune(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let done = self.progress.done();
+        let progress = &self.progress;
+        self.in_flight
+            .retain(|f| f.job != u64::MAX && (f.job > done || progress.failed(f.job)));
+    }
+
+    /// A disk slower than the queue: past `MAX_UNWRITTEN` handed-over bytes
+    /// the queue waits (at most a few seconds) rather than grow without
+    /// bound.
+    fn wait_for_io(&mut self) {
+        let started = Instant::now();
+        loop {
+            self.prune();
+            let done = self.progress.done();
+            let unwritten: usize = self
+                .in_flight
+                .iter()
+                .filter(|f| f.job != u64::MAX && f.job > done)
+                .map(|f| f.data.len())
+                .sum();
+            if unwritten <= MAX_UNWRITTEN || started.elapsed() > Duration::from_secs(5) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of segment `n`: from the write
+    /// buffer, from buffers the I/O thread has not written yet, else from
+    /// the file.
     fn read_exact(&self, n: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let segment = self
             .segments
             .get(&n)
             .ok_or_else(|| io::Error::other("page segment missing"))?;
         let end = offset + buf.len() as u64;
-        let on_disk_end = if n == self.write_segment {
-            end.min(self.flushed).max(offset)
-        } else {
-            end
-        };
-        let (disk, buffered) = buf.split_at_mut((on_disk_end - offset) as usize);
-        if !disk.is_empty() {
-            segment.file.read_exact_at(disk, offset)?;
-        }
-        if !buffered.is_empty() {
-            let from = (on_disk_end - self.flushed) as usize;
-            let source = self
-                .pending
-                .get(from..from + buffered.len())
-                .ok_or_else(|| io::Error::other("page record beyond the end"))?;
-            buffered.copy_from_slice(source);
+        let mut pos = offset;
+        while pos < end {
+            let out = &mut buf[(pos - offset) as usize..];
+            if n == self.write_segment && pos >= self.handed_off {
+                let from = (pos - self.handed_off) as usize;
+                let source = self
+                    .pending
+                    .get(from..from + out.len())
+                    .ok_or_else(|| io::Error::other("page record beyond the end"))?;
+                out.copy_from_slice(source);
+                return Ok(());
+            }
+            if let Some(f) = self
+                .in_flight
+                .iter()
+                .rev()
+                .find(|f| f.segment == n && f.offset <= pos && pos < f.end())
+            {
+                let take = (end.min(f.end()) - pos) as usize;
+                let from = (pos - f.offset) as usize;
+                out[..take].copy_from_slice(&f.data[from..from + take]);
+                pos += take as u64;
+                continue;
+            }
+            // On disk up to the next buffer still in memory.
+            let mut limit = end;
+            if n == self.write_segment {
+                limit = limit.min(self.handed_off);
+            }
+            for f in self
+                .in_flight
+                .iter()
+                .filter(|f| f.segment == n && f.offset > pos)
+            {
+                limit = limit.min(f.offset);
+            }
+            let take = (limit - pos) as usize;
+            segment.file.read_exact_at(&mut out[..take], pos)?;
+            pos = limit;
         }
         Ok(())
+    }
+
+    /// Starts reading the batch that `entries` (the paged messages, front
+    /// first) will next give to the head, on the I/O thread.
+    pub fn read_ahead<'a>(&mut self, entries: impl Iterator<Item = &'a Entry> + Clone) {
+        let n = Self::batch_len(entries.clone());
+        let mut batch = entries.take(n);
+        let Some(first) = batch.next().copied() else {
+            return;
+        };
+        let mut len = first.len as u64;
+        for e in batch {
+            if e.pos != first.pos + len {
+                return; // not one run: read in place when due
+            }
+            len += e.len as u64;
+        }
+        if self.read_ahead.as_ref().is_some_and(|p| p.pos == first.pos) {
+            return;
+        }
+        let (n, offset) = (first.segment(), first.offset());
+        // Not yet handed over: nothing to gain.
+        if n == self.write_segment && offset + len > self.handed_off {
+            return;
+        }
+        let Some(file) = self.segments.get(&n).map(|s| s.file.clone()) else {
+            return;
+        };
+        self.read_ahead = self
+            .shared
+            .io()
+            .and_then(|io| io.read(file, offset, len as usize))
+            .map(|slot| Prefetch {
+                pos: first.pos,
+                len,
+                slot,
+            });
+    }
+
+    /// The bytes of `entries` if a finished read-ahead holds exactly them.
+    fn take_read_ahead(&mut self, entries: &[Entry]) -> Option<Bytes> {
+        let first = entries.first()?;
+        let total: u64 = entries.iter().map(|e| e.len as u64).sum();
+        let p = self.read_ahead.take()?;
+        if p.pos != first.pos || p.len != total {
+            return None;
+        }
+        // An error: read in place, which logs it.
+        p.slot.wait()?.ok()
     }
 
     /// How many of `entries` (from the front) one read-ahead takes.
@@ -545,7 +752,21 @@ impl PageFile {
     /// Reads `entries` back and releases them; an entry that cannot be
     /// read is logged and comes back as `None`.
     pub fn read(&mut self, entries: &[Entry]) -> Vec<Option<QueuedMessage>> {
+        self.prune();
         let mut out = Vec::with_capacity(entries.len());
+        if let Some(buf) = self.take_read_ahead(entries) {
+            self.prefetched += 1;
+            let mut at = 0usize;
+            for e in entries {
+                let record = buf.slice(at..at + e.len as usize);
+                at += e.len as usize;
+                out.push(self.decode_logged(e.seq, &record));
+            }
+            for e in entries {
+                self.release(e);
+            }
+            return out;
+        }
         let mut start = 0;
         while start < entries.len() {
             // A run of records that lie one after the other.
@@ -565,14 +786,7 @@ impl PageFile {
                     for e in run {
                         let record = buf.slice(at..at + e.len as usize);
                         at += e.len as usize;
-                        let decoded = decode(e.seq, &record, self.shared.base);
-                        if decoded.is_none() {
-                            tracing::error!(
-                                seq = e.seq,
-                                "corrupt record in queue page file: message dropped"
-                            );
-                        }
-                        out.push(decoded);
+                        out.push(self.decode_logged(e.seq, &record));
                     }
                 }
                 Err(err) => {
@@ -586,6 +800,14 @@ impl PageFile {
             self.release(e);
         }
         out
+    }
+
+    fn decode_logged(&self, seq: u64, record: &Bytes) -> Option<QueuedMessage> {
+        let decoded = decode(seq, record, self.shared.base);
+        if decoded.is_none() {
+            tracing::error!(seq, "corrupt record in queue page file: message dropped");
+        }
+        decoded
     }
 
     fn read_run(&self, run: &[Entry]) -> io::Result<Bytes> {
@@ -631,28 +853,54 @@ impl PageFile {
         if segment.live > 0 {
             return;
         }
+        // Its buffers in memory are not needed any more; the I/O thread
+        // truncates or deletes it after the writes handed to it before.
+        self.in_flight.retain(|f| f.segment != n);
+        if self
+            .read_ahead
+            .as_ref()
+            .is_some_and(|p| (p.pos >> 32) as u32 == n)
+        {
+            self.read_ahead = None;
+        }
         if n == self.write_segment {
             // Empty again: start over at its beginning.
             self.pending.clear();
             self.write_end = 0;
-            self.flushed = 0;
-            if let Err(e) = segment.file.set_len(0) {
-                tracing::warn!(error = %e, "cannot truncate queue page file");
+            self.handed_off = 0;
+            let file = segment.file.clone();
+            match self.shared.io() {
+                Some(io) => io.truncate(file),
+                None => {
+                    if let Err(e) = file.set_len(0) {
+                        tracing::warn!(error = %e, "cannot truncate queue page file");
+                    }
+                }
             }
         } else if let Some(segment) = self.segments.remove(&n) {
-            remove(&segment.path);
+            self.remove_file(segment.path);
         }
     }
 
-    /// Deletes every segment.
+    fn remove_file(&self, path: PathBuf) {
+        match self.shared.io() {
+            Some(io) => io.remove(path),
+            None => remove(&path),
+        }
+    }
+
+    /// Deletes every segment. Numbering goes on (a file name is never
+    /// used twice: a deletion still queued must not hit a new file).
     pub fn clear(&mut self) {
         for (_, segment) in std::mem::take(&mut self.segments) {
-            remove(&segment.path);
+            self.remove_file(segment.path);
         }
         self.pending.clear();
-        self.write_segment = 0;
+        self.in_flight.clear();
+        self.read_ahead = None;
+        self.write_segment += 1;
         self.write_end = 0;
-        self.flushed = 0;
+        self.handed_off = 0;
     }
 }
 

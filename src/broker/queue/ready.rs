@@ -79,6 +79,22 @@ impl Ready {
         self.levels.iter().map(|l| l.paged.len()).sum()
     }
 
+    /// The broker's paging budget this queue counts against.
+    pub fn page_budget(&self) -> Arc<PageBudget> {
+        self.budget.shared().clone()
+    }
+
+    /// Waits for the page I/O thread (see `PageBudget::settle_io`).
+    #[cfg(test)]
+    fn settle_io(&self) {
+        self.budget.shared().settle_io();
+    }
+
+    /// Batches of paged messages that came from a read-ahead.
+    pub fn prefetched_batches(&self) -> u64 {
+        self.pages.as_ref().map_or(0, PageFile::prefetched)
+    }
+
     /// The page files on disk.
     pub fn page_files(&self) -> Vec<PathBuf> {
         self.pages.as_ref().map(PageFile::files).unwrap_or_default()
@@ -167,8 +183,20 @@ impl Ready {
         queue.insert(pos, message);
     }
 
-    /// Makes sure a non-empty level has its next message in `head`.
+    /// Makes sure a non-empty level has its next message in `head`; when
+    /// it reads a batch back, the next one is read ahead on the page I/O
+    /// thread meanwhile.
     fn load(&mut self, level: usize) {
+        if !self.levels[level].head.is_empty() {
+            return;
+        }
+        self.refill(level);
+        if let Some(pages) = &mut self.pages {
+            pages.read_ahead(self.levels[level].paged.iter());
+        }
+    }
+
+    fn refill(&mut self, level: usize) {
         while self.levels[level].head.is_empty() {
             let l = &mut self.levels[level];
             if l.paged.is_empty() {
@@ -422,6 +450,7 @@ mod tests {
         let files = ready.page_files();
         assert!(files.iter().all(|f| f.exists()));
         let drained = ready.drain();
+        ready.settle_io();
         assert_eq!(drained.count, 100);
         assert_eq!(drained.messages.len(), 10);
         let mut ids = drained.store_ids.clone();
@@ -485,7 +514,9 @@ mod tests {
             assert_eq!(m.message.body[..8], seq.to_be_bytes());
             assert_eq!(m.message.body.len(), MIB);
         }
+        ready.settle_io();
         assert!(!files[0].exists(), "first segment deleted once read");
+        assert!(ready.prefetched_batches() > 0, "batches were read ahead");
         let rest: Vec<u64> = std::iter::from_fn(|| ready.pop_front().map(|m| m.seq)).collect();
         assert_eq!(rest, (100..150).collect::<Vec<_>>());
     }
@@ -524,6 +555,8 @@ mod tests {
         for seq in 0..100 {
             ready.push_back(sized(seq, 4096));
         }
+        // Written out (not still in memory), then cut off.
+        ready.settle_io();
         for file in ready.page_files() {
             std::fs::OpenOptions::new()
                 .write(true)
