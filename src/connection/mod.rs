@@ -315,6 +315,8 @@ impl Connection {
     async fn run(&mut self, reader: &mut Reader, shutdown: &mut watch::Receiver<bool>) {
         // Confirms of persistent messages wait for the message log's sync.
         let mut synced = self.ctx.broker.store.as_ref().map(|s| s.log.synced());
+        // Declare-oks and the like wait for the catalog's flush.
+        let mut catalog = self.ctx.broker.store.as_ref().map(|s| s.catalog.flushed());
         let mut alarms = self.ctx.broker.alarms.subscribe();
         loop {
             // Handle every frame already buffered, then confirm in one go.
@@ -332,7 +334,7 @@ impl Connection {
             }
             if self.publisher && alarms.borrow().is_some() {
                 if let Err(error) = self
-                    .wait_while_blocked(&mut alarms, &mut synced, shutdown)
+                    .wait_while_blocked(&mut alarms, &mut synced, &mut catalog, shutdown)
                     .await
                 {
                     return self.close_with(error, reader).await;
@@ -346,18 +348,9 @@ impl Connection {
                 return self.close_with(error, reader).await;
             }
             let waiting_for_log = self.channels.values().any(|c| c.waiting_for_log());
-            let log_synced = async {
-                match synced.as_mut() {
-                    // A closed log (the broker stops) never syncs again:
-                    // wait for something else rather than spin.
-                    Some(rx) => {
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let waiting_for_catalog = self.channels.values().any(|c| c.waiting_for_catalog());
+            let log_synced = changed(synced.as_mut());
+            let catalog_flushed = changed(catalog.as_mut());
             let buffered = reader.buf.len();
             let info = self.info.clone();
             // While the client does not read what it is sent, its socket is
@@ -367,6 +360,7 @@ impl Connection {
             let publisher = self.publisher;
             tokio::select! {
                 _ = log_synced, if waiting_for_log => {}
+                _ = catalog_flushed, if waiting_for_catalog => {}
                 // A publisher hears of an alarm at once (connection.blocked),
                 // not only when it next sends something.
                 _ = alarms.changed(), if publisher => {}
@@ -405,6 +399,7 @@ impl Connection {
         &mut self,
         alarms: &mut watch::Receiver<crate::broker::alarms::AlarmState>,
         synced: &mut Option<watch::Receiver<u64>>,
+        catalog: &mut Option<watch::Receiver<u64>>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), AmqpError> {
         let reason = alarms.borrow().unwrap_or("resource alarm");
@@ -426,21 +421,15 @@ impl Connection {
             if alarms.borrow().is_none() {
                 break;
             }
-            let log_synced = async {
-                match synced.as_mut() {
-                    // A closed log (the broker stops) never syncs again:
-                    // wait for something else rather than spin.
-                    Some(rx) => {
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let log_synced = changed(synced.as_mut());
+            let catalog_flushed = changed(catalog.as_mut());
             tokio::select! {
                 changed = alarms.changed() => if changed.is_err() { break },
                 _ = log_synced => {
+                    let now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
+                    self.flush_confirms(now)?;
+                }
+                _ = catalog_flushed => {
                     let now = synced.as_ref().map_or(u64::MAX, |s| *s.borrow());
                     self.flush_confirms(now)?;
                 }
@@ -725,7 +714,14 @@ impl Connection {
     /// the log could not store is closed with the error.
     fn flush_confirms(&mut self, synced: u64) -> Result<(), AmqpError> {
         let mut failed = Vec::new();
+        let catalog = self
+            .ctx
+            .broker
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |s| s.catalog.flushed_now());
         for (&id, channel) in self.channels.iter_mut() {
+            channel.flush_catalog_replies(&self.ctx, catalog);
             if let Err(error) = channel.flush_confirms(&self.ctx, synced) {
                 failed.push((id, error));
             }
@@ -756,4 +752,17 @@ impl Connection {
 
 fn expected_open(class_id: u16, method_id: u16) -> AmqpError {
     AmqpError::channel_error("expected 'channel.open'").on(class_id, method_id)
+}
+
+/// Resolves when `rx` changes; never, without one or once its sender is
+/// gone (the broker stops): the caller waits for something else rather
+/// than spin.
+async fn changed(rx: Option<&mut watch::Receiver<u64>>) {
+    let changed = match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
+    }
 }

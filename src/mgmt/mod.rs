@@ -94,6 +94,10 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
+            catalog_flushed,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
             auth::authenticate,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -104,6 +108,24 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/", get(ui::index))
         .route("/ui/{file}", get(ui::asset))
         .fallback(not_found)
+}
+
+/// A change (PUT, POST, DELETE) is answered once the catalog has flushed
+/// it (see `store::catalog`), as AMQP's declare-oks are.
+async fn catalog_flushed(
+    axum::extract::State(ctx): axum::extract::State<Ctx>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let changes =
+        request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD;
+    let response = next.run(request).await;
+    if changes {
+        if let Some(store) = &ctx.broker.store {
+            store.catalog.wait_flushed().await;
+        }
+    }
+    response
 }
 
 /// Serves the management API on `listener` until `shutdown` resolves.

@@ -1,12 +1,22 @@
 //! Durable definitions in sled: exchanges, queues and bindings, and the
-//! users, vhosts and permissions changed through the management API.
-//! Written (and flushed) before the -ok reply (or the HTTP answer); read
+//! users, vhosts and permissions changed through the management API; read
 //! back at start.
+//!
+//! A change is applied to sled at once and flushed to disk by the
+//! catalog's own thread, which takes every change made meanwhile into one
+//! flush. Whoever promises durability waits for it: a channel sends its
+//! declare-ok / delete-ok / bind-ok once `flushed` has passed the changes
+//! the method made (`written`), the HTTP API answers a change likewise. So
+//! no async worker (and no lock) waits for the disk.
 
 use crate::protocol::FieldTable;
 use anyhow::Context;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExchangeRecord {
@@ -66,6 +76,8 @@ pub struct PermissionRecord {
 }
 
 pub struct Catalog {
+    flusher: Arc<Flusher>,
+    thread: Option<std::thread::JoinHandle<()>>,
     db: sled::Db,
     exchanges: sled::Tree,
     queues: sled::Tree,
@@ -94,11 +106,58 @@ impl BindingRecord {
     }
 }
 
+/// The flushing thread's side: how many changes were made, how far the
+/// flushes got.
+struct Flusher {
+    written: AtomicU64,
+    /// Highest change asked to be flushed; whether the catalog closes.
+    wanted: Mutex<(u64, bool)>,
+    wake: Condvar,
+    flushed: watch::Sender<u64>,
+}
+
+impl Flusher {
+    fn run(&self, db: &sled::Db) {
+        loop {
+            let target = {
+                let mut wanted = self.wanted.lock();
+                while wanted.0 <= *self.flushed.borrow() && !wanted.1 {
+                    self.wake.wait(&mut wanted);
+                }
+                if wanted.1 && wanted.0 <= *self.flushed.borrow() {
+                    return;
+                }
+                self.written.load(Ordering::Acquire)
+            };
+            if let Err(e) = db.flush() {
+                tracing::error!("catalog flush failed: {e}");
+            }
+            self.flushed.send_replace(target);
+        }
+    }
+}
+
 impl Catalog {
     pub fn open(path: &Path) -> anyhow::Result<Catalog> {
         let db =
             sled::open(path).with_context(|| format!("cannot open catalog {}", path.display()))?;
+        let flusher = Arc::new(Flusher {
+            written: AtomicU64::new(0),
+            wanted: Mutex::new((0, false)),
+            wake: Condvar::new(),
+            flushed: watch::channel(0).0,
+        });
+        let thread = std::thread::Builder::new()
+            .name("catalog-flush".into())
+            .spawn({
+                let flusher = flusher.clone();
+                let db = db.clone();
+                move || flusher.run(&db)
+            })
+            .context("cannot start the catalog flusher")?;
         Ok(Catalog {
+            flusher,
+            thread: Some(thread),
             exchanges: db.open_tree("exchanges")?,
             queues: db.open_tree("queues")?,
             bindings: db.open_tree("bindings")?,
@@ -137,19 +196,34 @@ impl Catalog {
     /// Waits for the disk. On a worker of tokio's multi-thread runtime the
     /// worker's other tasks (other connections) move to another thread
     /// meanwhile, instead of waiting for this fsync behind it.
+    /// Counts a change and asks the thread to flush it.
     fn flush(&self) {
-        let flush = || self.db.flush();
-        let flushed = match tokio::runtime::Handle::try_current() {
-            Ok(runtime)
-                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
-            {
-                tokio::task::block_in_place(flush)
-            }
-            _ => flush(),
-        };
-        if let Err(e) = flushed {
-            tracing::error!("catalog flush failed: {e}");
-        }
+        let seq = self.flusher.written.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut wanted = self.flusher.wanted.lock();
+        wanted.0 = wanted.0.max(seq);
+        self.flusher.wake.notify_one();
+    }
+
+    /// How many changes were made so far (a change is durable once
+    /// `flushed` reaches its number).
+    pub fn written(&self) -> u64 {
+        self.flusher.written.load(Ordering::Acquire)
+    }
+
+    /// Up to which change the catalog is on disk.
+    pub fn flushed(&self) -> watch::Receiver<u64> {
+        self.flusher.flushed.subscribe()
+    }
+
+    pub fn flushed_now(&self) -> u64 {
+        *self.flusher.flushed.borrow()
+    }
+
+    /// Waits until every change made so far is on disk.
+    pub async fn wait_flushed(&self) {
+        let seq = self.written();
+        let mut flushed = self.flushed();
+        let _ = flushed.wait_for(|f| *f >= seq).await;
     }
 
     fn all<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> Vec<T> {
@@ -279,5 +353,19 @@ impl Catalog {
 
     pub fn permissions(&self) -> Vec<PermissionRecord> {
         Self::all(&self.permissions)
+    }
+}
+
+impl Drop for Catalog {
+    /// The thread flushes what is left, then ends.
+    fn drop(&mut self) {
+        self.flusher.wanted.lock().1 = true;
+        self.flusher.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::error!("catalog flush failed: {e}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub fn build_sync_gate(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         &source,
         r#"#define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,6 +33,28 @@ int fdatasync(int fd) {
         usleep(5000);
     }
     return real(fd);
+}
+
+/* The catalog's (sled's) syncs, fsync and sync_file_range, are held
+   while FSYNC_GATE exists. */
+static void wait_fsync_gate(void) {
+    const char *gate = getenv("FSYNC_GATE");
+    struct stat st;
+    while (gate && stat(gate, &st) == 0) usleep(5000);
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    wait_fsync_gate();
+    return real(fd);
+}
+
+int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags) {
+    static int (*real)(int, off_t, off_t, unsigned int);
+    if (!real) real = (int (*)(int, off_t, off_t, unsigned int))dlsym(RTLD_NEXT, "sync_file_range");
+    wait_fsync_gate();
+    return real(fd, offset, nbytes, flags);
 }
 "#,
     )
@@ -68,6 +91,22 @@ pub async fn start_gated(
             ("SYNC_GATE", &text(gate)),
             ("SYNC_GATE_PASS", &text(&pass)),
         ],
+    )
+    .await
+}
+
+/// The broker binary with the gate preloaded holding `fsync` (the
+/// catalog's flush) while `gate` exists; the message log's `fdatasync`
+/// runs freely.
+pub async fn start_fsync_gated(
+    data_dir: &std::path::Path,
+    library: &std::path::Path,
+    gate: &std::path::Path,
+) -> BrokerProcess {
+    let text = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
+    BrokerProcess::start_with_env(
+        data_dir,
+        &[("LD_PRELOAD", &text(library)), ("FSYNC_GATE", &text(gate))],
     )
     .await
 }

@@ -7,6 +7,7 @@
 //! - `declare`: exchange.* and queue.*
 //! - `tx_confirm`: confirm.select and publisher confirms, tx.*
 
+mod catalog_wait;
 mod consume;
 mod declare;
 mod publish;
@@ -48,6 +49,9 @@ pub struct Channel {
     /// sync past their last append, oldest first (0: waits only for the
     /// ones before it, so commit-oks keep their order).
     commits_waiting: std::collections::VecDeque<u64>,
+    /// Replies waiting for the catalog to flush the change numbered so
+    /// (see `catalog_wait`).
+    catalog_waiting: std::collections::VecDeque<(u64, AMQPClass)>,
     /// The last queue declared on this channel (for empty queue names).
     last_queue: Option<String>,
     /// The user's permissions in this vhost, loaded on first use.
@@ -74,6 +78,7 @@ impl Channel {
             current_publish: None,
             tx: None,
             commits_waiting: Default::default(),
+            catalog_waiting: Default::default(),
             last_queue: None,
         }
     }
@@ -107,8 +112,8 @@ impl Channel {
         match method {
             C::Basic(basic::AMQPMethod::Publish(m)) => self.publish(m),
             C::Basic(m) => self.handle_basic(ctx, m),
-            C::Exchange(m) => self.handle_exchange(ctx, m),
-            C::Queue(m) => self.handle_queue(ctx, m),
+            C::Exchange(m) => self.after_catalog_flush(ctx, |ch, ctx| ch.handle_exchange(ctx, m)),
+            C::Queue(m) => self.after_catalog_flush(ctx, |ch, ctx| ch.handle_queue(ctx, m)),
             C::Confirm(m) => self.handle_confirm(m),
             C::Tx(m) => self.handle_tx(ctx, m),
             C::Channel(channel::AMQPMethod::Flow(m)) => {
