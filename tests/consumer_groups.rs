@@ -203,7 +203,7 @@ fn group_info(
     broker: &TestBroker,
     super_stream: &str,
     group: &str,
-) -> broker::broker::queue::stream::group::GroupInfo {
+) -> broker::broker::super_stream::group::GroupInfo {
     broker
         .broker
         .vhost("/")

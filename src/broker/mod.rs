@@ -10,6 +10,7 @@ pub mod names;
 pub mod policy;
 pub mod queue;
 pub mod registry;
+pub mod super_stream;
 pub mod users;
 pub mod vhost;
 

@@ -5,7 +5,7 @@
 use super::auth::Caller;
 use super::error::ApiResult;
 use super::{list, Ctx};
-use crate::broker::queue::stream::group::GroupInfo;
+use crate::broker::super_stream::group::GroupInfo;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;

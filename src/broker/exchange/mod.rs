@@ -2,7 +2,7 @@
 //! One file per exchange type; this file holds what they share.
 
 mod consistent_hash;
-mod delayed;
+pub mod delayed;
 mod direct;
 mod fanout;
 mod headers;
@@ -105,9 +105,7 @@ impl Binding {
     }
 }
 
-/// The queues a message was routed to: almost always one or two, kept
-/// inline (no allocation per published message).
-pub type RoutedQueues = smallvec::SmallVec<[Arc<Queue>; 2]>;
+pub use super::queue::RoutedQueues;
 
 /// What routing one message through one exchange found.
 #[derive(Default)]

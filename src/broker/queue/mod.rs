@@ -11,6 +11,7 @@
 mod arguments;
 mod consumer;
 pub mod dead_letter;
+mod host;
 mod page_io;
 pub mod paging;
 pub mod quorum;
@@ -20,10 +21,10 @@ pub mod stream;
 pub use arguments::{Overflow, QueueArguments, QueueType};
 pub use consumer::{Consumer, Credit, DeliverySink};
 pub use dead_letter::Reason;
+pub use host::QueueHost;
 
 use super::message::Message;
 use super::policy::Policy;
-use super::vhost::VHost;
 use crate::protocol::{AMQPValue, AmqpError, FieldTable};
 use crate::store::MessageLog;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -167,6 +168,10 @@ impl QueueCounters {
     }
 }
 
+/// The queues a message was routed to: almost always one or two, kept
+/// inline (no allocation per published message).
+pub type RoutedQueues = smallvec::SmallVec<[Arc<Queue>; 2]>;
+
 /// Messages leaving the queue for its dead-letter exchange.
 type DeadLetters = Vec<(Arc<Message>, Reason)>;
 
@@ -184,7 +189,8 @@ pub struct Queue {
     /// period changes.
     expiry_task: AtomicBool,
     expiry_changed: Arc<tokio::sync::Notify>,
-    vhost_ref: Weak<VHost>,
+    /// The vhost, to dead-letter through and to be removed from.
+    host: Weak<dyn QueueHost>,
     /// The message log, for a durable queue: persistent messages in it are
     /// stored there until they leave the queue.
     log: Option<Arc<MessageLog>>,
@@ -219,26 +225,26 @@ impl Queue {
             vhost,
             options,
             QueueArguments::default(),
-            Weak::new(),
+            Weak::<host::NoHost>::new(),
             None,
         )
     }
 
-    /// A queue of the vhost `vhost_ref`, paging against its broker's
-    /// budget (a queue without a vhost has a budget of its own).
+    /// A queue of the vhost `host`, paging against its broker's budget (a
+    /// queue without a vhost has a budget of its own).
     pub fn with_arguments(
         name: String,
         vhost: String,
         options: QueueOptions,
         args: QueueArguments,
-        vhost_ref: Weak<VHost>,
+        host: Weak<dyn QueueHost>,
         log: Option<Arc<MessageLog>>,
     ) -> Self {
         let dedup = crate::broker::dedup::Deduplicator::from_arguments(&options.arguments);
         let paging = paging::Limits::from_arguments(&options.arguments);
-        let pages = vhost_ref
+        let pages = host
             .upgrade()
-            .map_or_else(Default::default, |v| v.pages.clone());
+            .map_or_else(Default::default, |h| h.page_budget());
         Queue {
             name,
             vhost,
@@ -259,7 +265,7 @@ impl Queue {
             expiry_task: AtomicBool::new(false),
             expiry_changed: Default::default(),
             args,
-            vhost_ref,
+            host,
             log,
             stream: None,
             unacked: AtomicUsize::new(0),
@@ -881,8 +887,7 @@ impl Queue {
             return;
         }
         let args = self.effective.load();
-        let (Some(dlx), Some(vhost)) = (&args.dead_letter_exchange, self.vhost_ref.upgrade())
-        else {
+        let (Some(dlx), Some(vhost)) = (&args.dead_letter_exchange, self.host.upgrade()) else {
             for (message, _) in &dead {
                 self.forget(message);
             }
@@ -947,7 +952,7 @@ impl Queue {
                     st.last_used + Duration::from_millis(ms)
                 };
                 if Instant::now() >= idle_until {
-                    if let Some(vhost) = q.vhost_ref.upgrade() {
+                    if let Some(vhost) = q.host.upgrade() {
                         tracing::info!(queue = %q.name, "queue expired (x-expires)");
                         vhost.remove_queue(&q);
                     }

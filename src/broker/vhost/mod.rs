@@ -10,9 +10,10 @@ use super::message::Message;
 use super::names;
 use super::policy::{self, Policy, PolicyRecord};
 use crate::broker::queue::paging::PageBudget;
-use crate::broker::queue::stream::group::ConsumerGroups;
-use crate::broker::queue::stream::{partitions, Stream};
+use crate::broker::queue::stream::Stream;
 use crate::broker::queue::{quorum, Queue, QueueArguments, QueueOptions, QueueType};
+use crate::broker::super_stream::group::ConsumerGroups;
+use crate::broker::super_stream::partitions;
 use crate::protocol::{AmqpError, FieldTable};
 use crate::store::catalog::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::store::stream_log::{Retention, StreamLog};
@@ -28,9 +29,11 @@ mod delivery;
 mod exchanges;
 mod policies;
 pub mod publish;
+mod queue_host;
 mod queues;
 mod restore;
 mod routing;
+mod super_streams;
 
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
@@ -39,7 +42,8 @@ type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 pub struct VHost {
     pub name: String,
-    /// Handed to queues so they can dead-letter and expire themselves.
+    /// Handed to queues (their `QueueHost`) so they can dead-letter and
+    /// expire themselves, and to delayed-message timers.
     self_ref: Weak<VHost>,
     /// Where durable definitions and persistent messages go.
     store: Option<Arc<Store>>,
@@ -85,24 +89,6 @@ pub struct QueueDeclare<'a> {
     pub exclusive: bool,
     pub auto_delete: bool,
     pub arguments: &'a FieldTable,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The message log's "queue" for a delayed message: its due time and
-/// exchange. The NUL prefix cannot occur in a real queue name.
-fn delayed_holder(due_ms: u64, exchange: &str) -> String {
-    format!("\0delayed:{due_ms}:{exchange}")
-}
-
-fn parse_delayed_holder(name: &str) -> Option<(u64, &str)> {
-    let rest = name.strip_prefix("\0delayed:")?;
-    let (due, exchange) = rest.split_once(':')?;
-    Some((due.parse().ok()?, exchange))
 }
 
 /// Binding arguments and keys as the source's type requires.

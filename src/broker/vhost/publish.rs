@@ -129,7 +129,7 @@ impl VHost {
                     return Ok(Published::held(Outcome::Duplicate, None));
                 }
                 if let Some(delay) = exchange.delay_of(&message) {
-                    let log_seq = self.delay(exchange, message, delay);
+                    let log_seq = exchange.delay(self, message, delay);
                     return Ok(Published::held(Outcome::Delayed, log_seq));
                 }
                 let queues = self.route(exchange, keys, message.properties.headers().as_ref());

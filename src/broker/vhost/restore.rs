@@ -1,6 +1,7 @@
 //! Restoring definitions and messages at start.
 
 use super::*;
+use crate::broker::exchange::delayed;
 
 impl VHost {
     pub fn restore_exchange(&self, r: &ExchangeRecord) {
@@ -131,8 +132,8 @@ impl VHost {
         message.store_id = Some(recovered.id);
         let message = Arc::new(message);
         for (queue, delivered) in recovered.queues {
-            if let Some((due_ms, exchange)) = parse_delayed_holder(&queue) {
-                self.schedule_delayed(exchange.to_string(), message.clone(), due_ms);
+            if let Some((due_ms, exchange)) = delayed::parse_holder(&queue) {
+                delayed::schedule(self, exchange.to_string(), message.clone(), due_ms);
                 continue;
             }
             match self.queue(&queue) {

@@ -11,8 +11,6 @@
 //! without `x-stream-offset` resumes after it.
 
 pub mod arguments;
-pub mod group;
-pub mod partitions;
 mod reader;
 
 pub use arguments::{Filter, OffsetSpec};

@@ -21,9 +21,8 @@
 //!   list of indexes), so a member sees a revocation with its next
 //!   delivery; the management API shows assignments at any time.
 
-use super::{Filter, OffsetSpec};
+use crate::broker::queue::stream::{Filter, OffsetSpec, CONSUMER_NAME_ARG};
 use crate::broker::queue::{Consumer, Queue};
-use crate::broker::vhost::VHost;
 use crate::protocol::{AMQPValue, FieldTable};
 use crate::store::stream_log::long_header_field;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -43,6 +42,17 @@ type PartitionReader = (Arc<Consumer>, Arc<Queue>);
 /// The consumer argument that joins a group.
 pub const GROUP_ARG: &str = "x-consumer-group";
 
+/// What a group needs from the vhost of its super stream, held weakly
+/// (the vhost holds the groups). Used on joins, leaves and rebalances,
+/// never per message.
+pub trait GroupHost: Send + Sync {
+    /// The partitions of super stream `name`, by index.
+    fn partitions(&self, name: &str) -> Vec<Arc<Queue>>;
+
+    /// The vhost's consumer groups (to forget emptied ones).
+    fn groups(&self) -> &ConsumerGroups;
+}
+
 #[derive(Default)]
 pub struct ConsumerGroups {
     groups: Mutex<HashMap<(String, String), Arc<Group>>>,
@@ -52,7 +62,7 @@ pub struct ConsumerGroups {
 pub struct Group {
     pub super_stream: String,
     pub name: String,
-    vhost: Weak<VHost>,
+    vhost: Weak<dyn GroupHost>,
     state: Mutex<GroupState>,
 }
 
@@ -112,14 +122,15 @@ pub struct PartitionInfo {
 
 impl ConsumerGroups {
     /// Adds a member to group `group` of super stream `super_stream`.
-    pub fn join(
+    pub fn join<H: GroupHost + 'static>(
         &self,
-        vhost: &Arc<VHost>,
+        vhost: &Arc<H>,
         super_stream: &str,
         group: &str,
         template: Arc<Consumer>,
         start: Option<OffsetSpec>,
     ) -> Arc<Member> {
+        let host: Weak<dyn GroupHost> = Arc::<H>::downgrade(vhost);
         let group = self
             .groups
             .lock()
@@ -128,7 +139,7 @@ impl ConsumerGroups {
                 Arc::new(Group {
                     super_stream: super_stream.to_string(),
                     name: group.to_string(),
-                    vhost: Arc::downgrade(vhost),
+                    vhost: host,
                     state: Mutex::new(GroupState::default()),
                 })
             })
@@ -180,7 +191,7 @@ impl Member {
         }
         group.rebalance(departing);
         if let Some(vhost) = group.vhost.upgrade() {
-            vhost.groups.prune();
+            vhost.groups().prune();
         }
     }
 
@@ -393,7 +404,7 @@ impl Group {
         };
         let mut arguments = FieldTable::default();
         arguments.insert(
-            super::CONSUMER_NAME_ARG.into(),
+            CONSUMER_NAME_ARG.into(),
             AMQPValue::LongString(self.name.as_str().into()),
         );
         let template = &member.template;

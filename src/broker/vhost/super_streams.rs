@@ -1,37 +1,10 @@
-//! A partitioned stream's partitions: stream queues `<name>-<i>` bound to
-//! the `x-super-stream` exchange with key `<i>` (see
-//! `exchange/super_stream.rs` for routing).
+//! The partitions of super streams: created with the `x-super-stream`
+//! exchange, found through its bindings (see `super_stream/`).
 
-use crate::broker::arguments::{as_int, get};
-use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
-use crate::broker::queue::Queue;
-use crate::broker::vhost::{QueueDeclare, VHost};
-use crate::protocol::{AMQPValue, AmqpError, FieldTable};
-use std::sync::Arc;
-
-/// Partitions when `x-partitions` is not given (as `rabbitmq-streams
-/// add_super_stream`).
-pub const DEFAULT_PARTITIONS: u32 = 3;
-/// Upper bound on `x-partitions`.
-pub const MAX_PARTITIONS: u32 = 1024;
-
-/// The `x-partitions` a super stream is declared with.
-pub fn requested_partitions(args: &FieldTable, resource: &str) -> Result<u32, AmqpError> {
-    match get(args, "x-partitions") {
-        None => Ok(DEFAULT_PARTITIONS),
-        Some(value) => match as_int(value) {
-            Some(n) if n >= 1 && n <= MAX_PARTITIONS as i128 => Ok(n as u32),
-            _ => Err(AmqpError::precondition_failed(format!(
-                "invalid arg 'x-partitions' for {resource}: expected an integer from 1 to {MAX_PARTITIONS}"
-            ))),
-        },
-    }
-}
-
-/// The name of partition `index` of super stream `name`.
-pub fn partition_name(name: &str, index: u32) -> String {
-    format!("{name}-{index}")
-}
+use super::*;
+use crate::broker::super_stream::group::{ConsumerGroups, GroupHost};
+use crate::broker::super_stream::partitions::partition_name;
+use crate::protocol::AMQPValue;
 
 impl VHost {
     /// Creates the partitions a super stream lacks, up to `requested`.
@@ -99,5 +72,15 @@ impl VHost {
             .collect();
         found.sort_by_key(|(i, _)| *i);
         found.into_iter().map(|(_, q)| q).collect()
+    }
+}
+
+impl GroupHost for VHost {
+    fn partitions(&self, name: &str) -> Vec<Arc<Queue>> {
+        VHost::partitions(self, name)
+    }
+
+    fn groups(&self) -> &ConsumerGroups {
+        &self.groups
     }
 }
