@@ -19,7 +19,7 @@ use super::{
     string_field, Ctx,
 };
 use crate::broker::access::{Kind, Perm};
-use crate::broker::queue::{Queue, QueueType, QueuedMessage};
+use crate::broker::queue::{Queue, QueuedMessage};
 use crate::broker::registry::{format_timestamp, now_ms};
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::protocol::BasicProperties;
@@ -66,11 +66,10 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("name".into(), json!(q.name));
     obj.insert("vhost".into(), json!(q.vhost));
     obj.insert("type".into(), json!(q.type_name()));
-    if q.queue_type() == QueueType::Quorum {
-        // One node: it leads, and is the only member (nothing replicated).
-        obj.insert("leader".into(), json!(ctx.node));
-        obj.insert("members".into(), json!([ctx.node]));
-        obj.insert("online".into(), json!([ctx.node]));
+    if let Some(members) = q.members(&ctx.node) {
+        obj.insert("leader".into(), json!(members.leader));
+        obj.insert("members".into(), json!(members.members));
+        obj.insert("online".into(), json!(members.online));
     }
     obj.insert("durable".into(), json!(q.options.durable));
     obj.insert("auto_delete".into(), json!(q.options.auto_delete));
@@ -451,12 +450,7 @@ async fn browse(
     let count = count_field(&body, "count", 1)?;
     let offset = count_field(&body, "offset", 0)?;
     let (base64_only, truncate) = output_options(&body)?;
-    if q.stream().is_some() {
-        return Err(ApiError::bad_request(format!(
-            "browse is not supported on stream {}: consume with x-stream-offset instead",
-            q.resource()
-        )));
-    }
+    q.check_browse().map_err(ApiError::bad_request)?;
     let (count, offset) = (
         usize::try_from(count).unwrap_or(usize::MAX),
         usize::try_from(offset).unwrap_or(usize::MAX),

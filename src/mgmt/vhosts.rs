@@ -9,6 +9,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::overview::Totals;
 use super::{created, json_body, list, no_content, put_count, put_rate, string_field, Ctx};
+use crate::broker::queue::QueueType;
 use crate::broker::vhost::VHost;
 use crate::store::catalog::VhostRecord;
 use axum::body::Bytes;
@@ -81,7 +82,7 @@ pub(crate) fn vhost_from_json(
         };
     }
     if let Some(kind) = string_field(body, "default_queue_type")? {
-        if !matches!(kind, "classic" | "quorum" | "stream" | "undefined") {
+        if kind != "undefined" && QueueType::from_name(kind).is_none() {
             return Err(ApiError::bad_request(format!(
                 "unsupported default_queue_type {kind}"
             )));

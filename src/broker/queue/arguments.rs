@@ -1,6 +1,7 @@
 //! Queue `x-` arguments: parsed once at declare time, validated with
 //! RabbitMQ's error texts (`invalid arg 'x-…' for queue … : reason`).
 
+use super::QueueType;
 use crate::broker::arguments::{as_int, as_string, type_name};
 use crate::broker::policy::Policy;
 use crate::protocol::{AMQPValue, AmqpError, FieldTable};
@@ -14,26 +15,6 @@ pub enum Overflow {
     DropHead,
     RejectPublish,
     RejectPublishDlx,
-}
-
-/// `x-queue-type`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum QueueType {
-    #[default]
-    Classic,
-    Quorum,
-    Stream,
-}
-
-impl QueueType {
-    /// The name management and `x-queue-type` use.
-    pub fn name(self) -> &'static str {
-        match self {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-            QueueType::Stream => "stream",
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -54,6 +35,23 @@ pub struct QueueArguments {
 }
 
 impl QueueArguments {
+    /// Parses stored arguments. A quorum queue stored before quorum queues
+    /// had their own rules (they were served as classic ones), with
+    /// arguments the type refuses, is kept as a classic queue rather than
+    /// left unrestored with its messages.
+    pub fn parse_stored(args: &FieldTable, resource: &str) -> Result<Self, AmqpError> {
+        match Self::parse(args, resource) {
+            Err(e) => match super::quorum::as_classic(args) {
+                Some(classic) => {
+                    tracing::warn!(%resource, error = %e, "stored quorum queue has arguments quorum queues refuse; serving it as a classic queue");
+                    Self::parse(&classic, resource)
+                }
+                None => Err(e),
+            },
+            parsed => parsed,
+        }
+    }
+
     /// Parses and validates; `resource` is `queue 'q' in vhost 'v'`.
     pub fn parse(args: &FieldTable, resource: &str) -> Result<Self, AmqpError> {
         let invalid = |arg: &str, reason: String| {
@@ -92,18 +90,28 @@ impl QueueArguments {
                 .ok_or_else(|| invalid(arg, format!("{{unacceptable_type,{}}}", type_name(value))))
         };
 
-        let declared_type = args.inner().get("x-queue-type").and_then(as_string);
-        if declared_type.as_deref() == Some("stream") {
-            return Ok(QueueArguments {
-                queue_type: QueueType::Stream,
-                stream: Some(super::stream::arguments::parse(args, resource)?),
-                ..QueueArguments::default()
-            });
-        }
+        // Each type parses its own arguments; a quorum queue then takes
+        // the classic ones it does not refuse. An unknown type is refused
+        // below, with the other classic arguments.
+        let declared_type = args
+            .inner()
+            .get("x-queue-type")
+            .and_then(as_string)
+            .and_then(|name| QueueType::from_name(&name));
         let mut parsed = QueueArguments::default();
-        if declared_type.as_deref() == Some("quorum") {
-            parsed.queue_type = QueueType::Quorum;
-            parsed.delivery_limit = super::quorum::parse_arguments(args, resource)?;
+        match declared_type {
+            Some(QueueType::Stream) => {
+                return Ok(QueueArguments {
+                    queue_type: QueueType::Stream,
+                    stream: Some(super::stream::arguments::parse(args, resource)?),
+                    ..QueueArguments::default()
+                });
+            }
+            Some(QueueType::Quorum) => {
+                parsed.queue_type = QueueType::Quorum;
+                parsed.delivery_limit = super::quorum::parse_arguments(args, resource)?;
+            }
+            Some(QueueType::Classic) | None => {}
         }
         for (key, value) in args.inner() {
             let key = key.as_str();

@@ -9,19 +9,24 @@
 //! released, so two queues dead-lettering into each other cannot deadlock.
 
 mod arguments;
+pub mod classic;
 mod consumer;
 pub mod dead_letter;
 mod host;
+mod kind;
 mod page_io;
 pub mod paging;
 pub mod quorum;
 mod ready;
+mod settle;
 pub mod stream;
 
-pub use arguments::{Overflow, QueueArguments, QueueType};
+pub use arguments::{Overflow, QueueArguments};
 pub use consumer::{Consumer, Credit, DeliverySink};
 pub use dead_letter::Reason;
 pub use host::QueueHost;
+pub use kind::{DeclareProperties, Members, QueueType};
+pub use settle::{settle, Settle};
 
 use super::message::Message;
 use super::policy::Policy;
@@ -216,6 +221,9 @@ pub enum Accepted {
     Yes,
     /// Refused by `x-overflow: reject-publish(-dlx)`: nack the publisher.
     Refused,
+    /// Taken into a log of the queue's own (a stream): a confirm waits
+    /// until the log has synced past this sequence.
+    Logged(u64),
 }
 
 impl Queue {
@@ -283,12 +291,6 @@ impl Queue {
         self
     }
 
-    /// Makes this a stream queue over `stream`.
-    pub fn with_stream(mut self, stream: stream::Stream) -> Self {
-        self.stream = Some(Arc::new(stream));
-        self
-    }
-
     /// The stream, for a stream queue.
     pub fn stream(&self) -> Option<&Arc<stream::Stream>> {
         self.stream.as_ref()
@@ -310,7 +312,7 @@ impl Queue {
     /// Appends a message to this stream queue (every stream message is
     /// stored, persistent or not). Returns the log sequence a confirm waits
     /// for; `None` for a classic or deleted queue.
-    pub fn append_to_stream(&self, message: &Arc<Message>) -> Option<u64> {
+    fn append_to_stream(&self, message: Arc<Message>) -> Option<u64> {
         let stream = self.stream.as_ref()?;
         if self.is_deleted() {
             return None;
@@ -492,10 +494,12 @@ impl Queue {
     /// Appends a message and hands it on if a consumer has credit.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Accepted {
         if self.stream.is_some() {
-            // VHost::deliver calls append_to_stream itself (it needs the
-            // log sequence for confirms); this is for any other caller.
-            self.append_to_stream(&message);
-            return Accepted::Yes;
+            // Every stream message is stored: a confirm waits for its log
+            // sequence.
+            return match self.append_to_stream(message) {
+                Some(seq) => Accepted::Logged(seq),
+                None => Accepted::Yes,
+            };
         }
         if self.is_deleted() {
             // Raced with the queue's deletion: it will never hold the message.
@@ -910,7 +914,7 @@ impl Queue {
             // crash in between keeps it (at least once). A stream's copy is
             // written after the message log's records of its batch: the
             // removal waits for the sync that covers the copy.
-            let to_stream = targets.iter().any(|t| t.stream().is_some());
+            let to_stream = targets.iter().any(|t| t.has_own_log());
             let (_, log_seq, _) = vhost.deliver(letter, &targets);
             match (log_seq.filter(|_| to_stream), message.store_id) {
                 (Some(seq), Some(id)) if self.log.is_some() => {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::broker::exchange::delayed::DelayHost;
+use crate::broker::queue::Accepted;
 
 impl VHost {
     /// Hands a routed message to its queues. A persistent message is first
@@ -37,13 +38,13 @@ impl VHost {
         let message = Arc::new(message);
         let mut refused = false;
         for queue in queues {
-            if queue.stream().is_some() {
-                if let Some(seq) = queue.append_to_stream(&message) {
+            match queue.publish(message.clone()) {
+                Accepted::Yes => {}
+                Accepted::Refused => refused = true,
+                Accepted::Logged(seq) => {
                     log_seq = Some(log_seq.map_or(seq, |s: u64| s.max(seq)));
                 }
-                continue;
             }
-            refused |= queue.publish(message.clone()) == crate::broker::queue::Accepted::Refused;
         }
         (refused, log_seq, message)
     }
@@ -104,7 +105,7 @@ impl DelayHost for VHost {
             &[&message.routing_key.clone()],
             message.properties.headers().as_ref(),
         );
-        let to_stream = queues.iter().any(|q| q.stream().is_some());
+        let to_stream = queues.iter().any(|q| q.has_own_log());
         let (_, log_seq, _) = self.deliver(message, &queues);
         log_seq.filter(|_| to_stream)
     }

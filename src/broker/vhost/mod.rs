@@ -10,13 +10,11 @@ use super::message::Message;
 use super::names;
 use super::policy::{self, Policy, PolicyRecord};
 use crate::broker::queue::paging::PageBudget;
-use crate::broker::queue::stream::Stream;
-use crate::broker::queue::{quorum, Queue, QueueArguments, QueueOptions, QueueType};
+use crate::broker::queue::{DeclareProperties, Queue, QueueArguments, QueueOptions};
 use crate::broker::super_stream::group::ConsumerGroups;
 use crate::broker::super_stream::partitions;
 use crate::protocol::{AmqpError, FieldTable};
 use crate::store::catalog::{BindingRecord, ExchangeRecord, QueueRecord};
-use crate::store::stream_log::{Retention, StreamLog};
 use crate::store::Store;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -223,29 +221,6 @@ impl VHost {
 
 /// A stream queue must be client-named, durable, not exclusive and not
 /// auto-delete (RabbitMQ's texts).
-fn check_stream_properties(req: &QueueDeclare, resource: &str) -> Result<(), AmqpError> {
-    if req.name.is_empty() {
-        return Err(AmqpError::precondition_failed(
-            "Cannot declare a server-named queue for type rabbit_stream_queue",
-        ));
-    }
-    let refused = if !req.durable {
-        Some("non-durable")
-    } else if req.exclusive {
-        Some("exclusive-owner")
-    } else if req.auto_delete {
-        Some("auto-delete")
-    } else {
-        None
-    };
-    match refused {
-        Some(property) => Err(AmqpError::precondition_failed(format!(
-            "invalid property '{property}' for {resource}"
-        ))),
-        None => Ok(()),
-    }
-}
-
 fn policy_key(vhost: &str, name: &str) -> Vec<u8> {
     [vhost.as_bytes(), &[0], name.as_bytes()].concat()
 }

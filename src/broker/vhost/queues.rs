@@ -26,20 +26,15 @@ impl VHost {
             req.name
         };
         let args = QueueArguments::parse(req.arguments, &self.queue_resource(display_name))?;
-        if args.stream.is_some() {
-            check_stream_properties(&req, &self.queue_resource(req.name))?;
-        }
-        if args.queue_type == QueueType::Quorum {
-            quorum::check_declare(
-                &quorum::DeclareProperties {
-                    name: req.name,
-                    durable: req.durable,
-                    exclusive: req.exclusive,
-                    auto_delete: req.auto_delete,
-                },
-                &self.queue_resource(req.name),
-            )?;
-        }
+        args.queue_type.validate_declare(
+            &DeclareProperties {
+                name: req.name,
+                durable: req.durable,
+                exclusive: req.exclusive,
+                auto_delete: req.auto_delete,
+            },
+            &self.queue_resource(req.name),
+        )?;
         let _definitions = self.queue_definitions.lock();
         let queues = self.queues.read();
         if let Some(existing) = queues.get(req.name) {
@@ -98,26 +93,19 @@ impl VHost {
             exclusive_owner: req.exclusive.then_some(conn),
             arguments: req.arguments.clone(),
         };
-        let retention = args.stream;
         // An exclusive queue never outlives its connection (RabbitMQ deletes
         // durable ones at start): neither it nor its messages are stored,
         // or it would come back after a crash as a shared queue.
         let stored = req.durable && !req.exclusive;
-        let mut queue = Queue::with_arguments(
+        let queue = Queue::open(
             name.clone(),
             self.name.clone(),
             options,
             args,
             self.self_ref.clone(),
-            if stored {
-                self.store.as_ref().map(|s| s.log.clone())
-            } else {
-                None
-            },
-        );
-        if let Some(retention) = retention {
-            queue = queue.with_stream(self.open_stream(&name, retention)?);
-        }
+            self.store.as_ref(),
+            stored,
+        )?;
         let queue = Arc::new(queue);
         if let (true, Some(store)) = (stored, &self.store) {
             store.catalog.put_queue(&QueueRecord {
@@ -189,36 +177,6 @@ impl VHost {
             consumer.sink.cancelled(&consumer.tag);
         }
         count
-    }
-
-    /// Opens the log of stream queue `name` (created if new).
-    pub(super) fn open_stream(
-        &self,
-        name: &str,
-        retention: Retention,
-    ) -> Result<Stream, AmqpError> {
-        let Some(store) = &self.store else {
-            return Err(AmqpError::precondition_failed(
-                "stream queues need a data directory",
-            ));
-        };
-        let dir = store.stream_dir(&self.name, name);
-        let log = StreamLog::open(&dir, retention).map_err(|e| {
-            tracing::error!(queue = name, dir = %dir.display(), "cannot open stream: {e:#}");
-            AmqpError::internal(format!("cannot open stream {}", self.queue_resource(name)))
-        })?;
-        let offsets = store
-            .catalog
-            .tree("stream_offsets")
-            .map_err(|e| tracing::error!("cannot open the stream offsets tree: {e:#}"))
-            .ok();
-        Ok(Stream::new(
-            Arc::new(log),
-            store.log.clone(),
-            offsets,
-            &self.name,
-            name,
-        ))
     }
 
     /// Sets the most queues this vhost may hold (`None`: no limit).

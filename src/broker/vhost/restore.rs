@@ -28,27 +28,8 @@ impl VHost {
 
     pub fn restore_queue(&self, r: &QueueRecord) {
         let resource = self.queue_resource(&r.name);
-        let args = match QueueArguments::parse(&r.arguments, &resource) {
+        let args = match QueueArguments::parse_stored(&r.arguments, &resource) {
             Ok(args) => args,
-            // Stored before quorum queues had their own rules (they were
-            // served as classic ones): kept, as a classic queue, rather
-            // than left unrestored with its messages.
-            Err(e) if quorum::is_quorum(&r.arguments) => {
-                tracing::warn!(queue = %r.name, error = %e, "stored quorum queue has arguments quorum queues refuse; serving it as a classic queue");
-                let mut classic = FieldTable::default();
-                for (key, value) in r.arguments.inner() {
-                    if key.as_str() != "x-queue-type" {
-                        classic.insert(key.clone(), value.clone());
-                    }
-                }
-                match QueueArguments::parse(&classic, &resource) {
-                    Ok(args) => args,
-                    Err(e) => {
-                        tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
-                        return;
-                    }
-                }
-            }
             Err(e) => {
                 tracing::error!(queue = %r.name, error = %e, "skipping stored queue with invalid arguments");
                 return;
@@ -60,24 +41,21 @@ impl VHost {
             exclusive_owner: None,
             arguments: r.arguments.clone(),
         };
-        let retention = args.stream;
-        let mut queue = Queue::with_arguments(
+        let queue = match Queue::open(
             r.name.clone(),
             self.name.clone(),
             options,
             args,
             self.self_ref.clone(),
-            self.store.as_ref().map(|s| s.log.clone()),
-        );
-        if let Some(retention) = retention {
-            match self.open_stream(&r.name, retention) {
-                Ok(stream) => queue = queue.with_stream(stream),
-                Err(e) => {
-                    tracing::error!(queue = %r.name, error = %e, "skipping stored stream that cannot be opened");
-                    return;
-                }
+            self.store.as_ref(),
+            true,
+        ) {
+            Ok(queue) => queue,
+            Err(e) => {
+                tracing::error!(queue = %r.name, error = %e, "skipping stored queue that cannot be opened");
+                return;
             }
-        }
+        };
         let queue = Arc::new(queue);
         self.queues.write().insert(r.name.clone(), queue.clone());
         queue.apply_policy(self.policy_for_queue(&queue.name));

@@ -3,11 +3,11 @@
 //! ack/nack/reject.
 
 use super::tx_confirm::TxAck;
-use super::{ok, stream_refuses, unimplemented, unknown_tag, Channel};
+use super::{ok, unimplemented, unknown_tag, Channel};
 use crate::broker::access::{Kind, Perm};
 use crate::broker::arguments;
 use crate::broker::names;
-use crate::broker::queue::{stream, Consumer, DeliverySink, Queue, QueueOptions};
+use crate::broker::queue::{self, stream, Consumer, DeliverySink, Queue, QueueOptions, Settle};
 use crate::broker::super_stream::group;
 use crate::broker::vhost::{REPLY_TO, REPLY_TO_PREFIX};
 use crate::connection::delivery::Unacked;
@@ -96,18 +96,7 @@ impl Channel {
                 }
             },
         };
-        if queue.stream().is_some() {
-            if m.no_ack {
-                return Err(stream_refuses("automatic acknowledgement", &queue));
-            }
-            if self.prefetch == 0 {
-                return Err(AmqpError::precondition_failed(format!(
-                    "consumer prefetch count is not set for '{}'",
-                    queue.resource()
-                )));
-            }
-            stream::consume_options(&queue.resource(), &m.arguments)?;
-        }
+        queue.check_consume(m.no_ack, self.prefetch, &m.arguments)?;
         let consumer = Arc::new(Consumer {
             tag: Arc::from(tag.as_str()),
             no_ack: m.no_ack,
@@ -291,9 +280,7 @@ impl Channel {
         let name = self.queue_name(m.queue.as_str())?;
         self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
-        if queue.stream().is_some() {
-            return Err(stream_refuses("basic.get", &queue));
-        }
+        queue.check_get()?;
         match queue.get(m.no_ack) {
             Some((message, remaining)) => {
                 self.delivery
@@ -350,8 +337,8 @@ impl Channel {
             return Ok(());
         }
         let taken = self.delivery.take(tag, multiple).map_err(unknown_tag)?;
-        if let Some(entry) = taken.iter().find(|e| e.queue.stream().is_some()) {
-            return Err(stream_refuses("basic.nack and basic.reject", &entry.queue));
+        if let Some(refused) = taken.iter().find_map(|e| e.queue.check_nack().err()) {
+            return Err(refused);
         }
         settle(taken, Settle::nack(requeue));
         self.after_credit_returned(ctx);
@@ -375,68 +362,11 @@ impl Channel {
     }
 }
 
-/// What becomes of settled deliveries.
-#[derive(Clone, Copy)]
-pub(super) enum Settle {
-    Ack,
-    Requeue,
-    /// nack/reject without requeue: dead-lettered as `rejected`.
-    Reject,
-}
-
-impl Settle {
-    pub(super) fn nack(requeue: bool) -> Self {
-        if requeue {
-            Settle::Requeue
-        } else {
-            Settle::Reject
-        }
-    }
-}
-
-/// Acked messages leave their queues, rejected ones are dead-lettered,
-/// requeued ones go back.
+/// Settles deliveries taken back from this channel's unacked ones: each
+/// queue's type decides what an ack, reject or requeue means for it.
 pub(super) fn settle(taken: Vec<Unacked>, how: Settle) {
-    let mut by_queue: Vec<(Arc<Queue>, Vec<crate::broker::queue::QueuedMessage>)> = Vec::new();
-    // A stream keeps its messages; an ack moves a named consumer's tracked
-    // offset: the highest acked offset per consumer, tracked once.
-    let mut stream_acks: Vec<(Arc<Queue>, Arc<Consumer>, u64)> = Vec::new();
-    for entry in taken {
-        if let (Settle::Ack, Some(_), Some(consumer)) = (how, entry.queue.stream(), &entry.consumer)
-        {
-            let offset = entry.message.seq;
-            match stream_acks
-                .iter_mut()
-                .find(|(_, c, _)| Arc::ptr_eq(c, consumer))
-            {
-                Some(acked) => acked.2 = acked.2.max(offset),
-                None => stream_acks.push((entry.queue.clone(), consumer.clone(), offset)),
-            }
-        }
-        match by_queue
-            .iter_mut()
-            .find(|(q, _)| Arc::ptr_eq(q, &entry.queue))
-        {
-            Some((_, list)) => list.push(entry.message),
-            None => by_queue.push((entry.queue, vec![entry.message])),
-        }
-    }
-    for (queue, consumer, offset) in stream_acks {
-        if let Some(stream) = queue.stream() {
-            stream.track(&consumer, offset);
-        }
-    }
-    for (queue, messages) in by_queue {
-        match how {
-            Settle::Requeue => queue.requeue(messages),
-            Settle::Reject => queue.rejected(messages),
-            Settle::Ack => {
-                queue.acked(&messages);
-                if let Some(stream) = queue.stream() {
-                    stream.store_tracked();
-                }
-                queue.dispatch();
-            }
-        }
-    }
+    queue::settle(
+        taken.into_iter().map(|u| (u.queue, u.consumer, u.message)),
+        how,
+    );
 }

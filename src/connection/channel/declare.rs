@@ -1,7 +1,7 @@
 //! exchange.* and queue.* on a channel: declare, bind, unbind, purge,
 //! delete.
 
-use super::{ok, stream_refuses, unimplemented, Channel};
+use super::{ok, unimplemented, Channel};
 use crate::broker::access::{Kind, Perm};
 use crate::broker::arguments;
 use crate::broker::names;
@@ -105,9 +105,7 @@ impl Channel {
                 let name = self.queue_name(m.queue.as_str())?;
                 self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
                 let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
-                if queue.stream().is_some() {
-                    return Err(stream_refuses("queue.purge", &queue));
-                }
+                queue.check_purge()?;
                 let count = queue.purge();
                 Ok(
                     (!m.nowait).then_some(C::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {

@@ -20,10 +20,11 @@ use super::ConnContext;
 use crate::broker::access::{Access, Kind, Perm};
 use crate::broker::names;
 use crate::broker::queue::Queue;
+use crate::broker::queue::Settle;
 use crate::broker::super_stream::group::Member as GroupMember;
 use crate::protocol::{AMQPClass, AmqpError};
 use amq_protocol::protocol::{basic, channel};
-use consume::{settle, Settle};
+use consume::settle;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tx_confirm::Transaction;
@@ -185,14 +186,6 @@ impl Channel {
 fn unimplemented(method: AMQPClass) -> Result<Option<AMQPClass>, AmqpError> {
     let (class_id, method_id) = method_ids(&method);
     Err(AmqpError::command_invalid("unimplemented method").on(class_id, method_id))
-}
-
-/// RabbitMQ's 540 for an operation stream queues do not support.
-fn stream_refuses(operation: &str, queue: &Queue) -> AmqpError {
-    AmqpError::not_implemented(format!(
-        "{operation} not supported by stream queues {}",
-        queue.resource()
-    ))
 }
 
 fn unknown_tag(tag: u64) -> AmqpError {

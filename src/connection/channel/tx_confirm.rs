@@ -2,8 +2,9 @@
 //! transactions (tx.select/commit/rollback) on a channel. Both may wait
 //! for the message log to sync: `flush_confirms` sends what is due.
 
-use super::consume::{settle, Settle};
+use super::consume::settle;
 use super::{ok, unimplemented, unknown_tag, Channel};
+use crate::broker::queue::Settle;
 use crate::connection::confirms::Confirm;
 use crate::connection::publish::Assembled;
 use crate::connection::ConnContext;

@@ -12,6 +12,7 @@
 
 pub mod arguments;
 mod reader;
+pub mod rules;
 
 pub use arguments::{Filter, OffsetSpec};
 
@@ -19,8 +20,8 @@ use super::{Consumer, Queue};
 use crate::broker::arguments::as_string;
 use crate::broker::message::Message;
 use crate::protocol::{AMQPValue, AmqpError};
-use crate::store::stream_log::{StreamEntry, StreamLog};
-use crate::store::MessageLog;
+use crate::store::stream_log::{Retention, StreamEntry, StreamLog};
+use crate::store::{MessageLog, Store};
 use parking_lot::Mutex;
 use reader::Reader;
 use std::collections::HashMap;
@@ -70,8 +71,41 @@ impl Stream {
         }
     }
 
+    /// Opens the log of stream queue `name` of `vhost` in `store` (created
+    /// if new); `resource` is `queue 'q' in vhost 'v'`.
+    pub fn open(
+        store: Option<&Store>,
+        vhost: &str,
+        name: &str,
+        retention: Retention,
+        resource: &str,
+    ) -> Result<Stream, AmqpError> {
+        let Some(store) = store else {
+            return Err(AmqpError::precondition_failed(
+                "stream queues need a data directory",
+            ));
+        };
+        let dir = store.stream_dir(vhost, name);
+        let log = StreamLog::open(&dir, retention).map_err(|e| {
+            tracing::error!(queue = name, dir = %dir.display(), "cannot open stream: {e:#}");
+            AmqpError::internal(format!("cannot open stream {resource}"))
+        })?;
+        let offsets = store
+            .catalog
+            .tree("stream_offsets")
+            .map_err(|e| tracing::error!("cannot open the stream offsets tree: {e:#}"))
+            .ok();
+        Ok(Stream::new(
+            Arc::new(log),
+            store.log.clone(),
+            offsets,
+            vhost,
+            name,
+        ))
+    }
+
     /// Appends a message; returns the log sequence a confirm waits for.
-    pub fn append(&self, message: &Arc<Message>) -> u64 {
+    pub fn append(&self, message: Arc<Message>) -> u64 {
         let filter_value = message
             .properties
             .headers()
@@ -82,8 +116,8 @@ impl Stream {
             self.log.clone(),
             StreamEntry {
                 filter_value,
-                message: message.clone(),
                 persistent: message.is_persistent(),
+                message,
             },
         )
     }
@@ -236,6 +270,29 @@ impl Stream {
     pub fn stop_readers(&self) {
         for reader in std::mem::take(&mut *self.readers.lock()) {
             reader.stop();
+        }
+    }
+}
+
+/// The highest offset each stream consumer acked in one settle, so that
+/// each is tracked once (nothing allocated unless a stream was acked).
+#[derive(Default)]
+pub(crate) struct AckedOffsets(Vec<(Arc<Queue>, Arc<Consumer>, u64)>);
+
+impl AckedOffsets {
+    pub(crate) fn acked(&mut self, queue: &Arc<Queue>, consumer: &Arc<Consumer>, offset: u64) {
+        match self.0.iter_mut().find(|(_, c, _)| Arc::ptr_eq(c, consumer)) {
+            Some(acked) => acked.2 = acked.2.max(offset),
+            None => self.0.push((queue.clone(), consumer.clone(), offset)),
+        }
+    }
+
+    /// Moves each named consumer's tracked offset.
+    pub(crate) fn track(self) {
+        for (queue, consumer, offset) in self.0 {
+            if let Some(stream) = queue.stream() {
+                stream.track(&consumer, offset);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! every redelivery. Replication will replace the storage underneath
 //! without changing these.
 
+use super::{DeclareProperties, Members};
 use crate::broker::arguments::{as_int, type_name};
 use crate::protocol::{AMQPValue, AmqpError, FieldTable};
 
@@ -31,12 +32,30 @@ pub fn is_quorum(args: &FieldTable) -> bool {
         == Some("quorum")
 }
 
-/// What a declare asks for, as far as the quorum type cares.
-pub struct DeclareProperties<'a> {
-    pub name: &'a str,
-    pub durable: bool,
-    pub exclusive: bool,
-    pub auto_delete: bool,
+/// A stored queue's arguments without `x-queue-type`, when it is a quorum
+/// queue: one stored before quorum queues had their own rules (they were
+/// served as classic ones) is kept as a classic queue, rather than left
+/// unrestored with its messages, if its arguments are ones quorum refuses.
+pub fn as_classic(args: &FieldTable) -> Option<FieldTable> {
+    if !is_quorum(args) {
+        return None;
+    }
+    let mut classic = FieldTable::default();
+    for (key, value) in args.inner() {
+        if key.as_str() != "x-queue-type" {
+            classic.insert(key.clone(), value.clone());
+        }
+    }
+    Some(classic)
+}
+
+/// One node: it leads, and is the only member (nothing replicated).
+pub fn members(node: &str) -> Members<'_> {
+    Members {
+        leader: node,
+        members: vec![node],
+        online: vec![node],
+    }
 }
 
 /// RabbitMQ's declare rules for the type: a named, durable, shared queue
