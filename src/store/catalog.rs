@@ -183,21 +183,22 @@ impl Catalog {
             }
             Err(e) => tracing::error!("catalog record not encodable: {e}"),
         }
-        self.flush();
+        self.note_change();
     }
 
     fn remove(&self, tree: &sled::Tree, k: Vec<u8>) {
         if let Err(e) = tree.remove(k) {
             tracing::error!("catalog delete failed: {e}");
         }
-        self.flush();
+        self.note_change();
     }
 
     /// Waits for the disk. On a worker of tokio's multi-thread runtime the
     /// worker's other tasks (other connections) move to another thread
     /// meanwhile, instead of waiting for this fsync behind it.
-    /// Counts a change and asks the thread to flush it.
-    fn flush(&self) {
+    /// Counts a change and asks the thread to flush it (also for trees
+    /// written directly, see `tree`).
+    pub fn note_change(&self) {
         let seq = self.flusher.written.fetch_add(1, Ordering::AcqRel) + 1;
         let mut wanted = self.flusher.wanted.lock();
         wanted.0 = wanted.0.max(seq);
@@ -274,7 +275,7 @@ impl Catalog {
                 let _ = self.bindings.remove(binding.key());
             }
         }
-        self.flush();
+        self.note_change();
     }
 
     pub fn exchanges(&self) -> Vec<ExchangeRecord> {

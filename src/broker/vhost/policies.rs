@@ -24,7 +24,7 @@ impl VHost {
             match serde_json::to_vec(&policy.record) {
                 Ok(json) => {
                     let _ = tree.insert(policy_key(&self.name, policy.name()), json);
-                    let _ = tree.flush();
+                    self.note_catalog_change();
                 }
                 Err(e) => tracing::error!("policy not storable: {e}"),
             }
@@ -44,7 +44,7 @@ impl VHost {
         if existed {
             if let Some(tree) = self.policy_tree() {
                 let _ = tree.remove(policy_key(&self.name, name));
-                let _ = tree.flush();
+                self.note_catalog_change();
             }
             self.apply_policies();
         }
@@ -66,6 +66,13 @@ impl VHost {
         }
         for exchange in self.exchanges() {
             exchange.set_policy(self.policy_for_exchange(&exchange.name));
+        }
+    }
+
+    /// The HTTP API's answer waits for the catalog's flush of it.
+    fn note_catalog_change(&self) {
+        if let Some(store) = &self.store {
+            store.catalog.note_change();
         }
     }
 
