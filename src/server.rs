@@ -57,7 +57,10 @@ impl Server {
         };
         let management = bind_http(&config.management, "the management API").await?;
         let prometheus = bind_http(&config.prometheus, "Prometheus metrics").await?;
-        let (store, recovered) = Store::open_config(&config.storage)?;
+        let options = crate::store::LogOptions {
+            segment_size: config.storage.segment_size_bytes,
+        };
+        let (store, recovered) = Store::open_with(&config.storage.data_dir, options)?;
         // Page files live beside the data and are emptied at each start:
         // they only ever hold copies of queued messages.
         let pages = PageBudget::in_dir(&config.storage.data_dir.join("pages"))

@@ -1,4 +1,7 @@
-//! The module graph of `src/broker/` has no loops: for the direct
+//! The module graph of `src/` has no loops, at the top (protocol, store,
+//! broker, connection, mgmt, config, tls, ...) and inside `src/broker/`.
+//!
+//! Inside `src/broker/`: for the direct
 //! submodules of `broker` (exchange, queue, vhost, super_stream, ...), an
 //! edge A -> B means some file under A names `crate::broker::B` (or reaches
 //! B through `super::`). A child using its parent's items is fine; two
@@ -14,9 +17,24 @@ use std::path::{Path, PathBuf};
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 #[test]
+fn top_level_modules_do_not_import_each_other_in_a_loop() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = module_graph(&root, "crate::");
+    for (from, to) in &graph {
+        println!(
+            "{from} -> {}",
+            to.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("import loop in src/: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
 fn broker_submodules_do_not_import_each_other_in_a_loop() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/broker");
-    let graph = broker_graph(&root);
+    let graph = module_graph(&root, "crate::broker::");
     for (from, to) in &graph {
         println!(
             "{from} -> {}",
@@ -28,8 +46,9 @@ fn broker_submodules_do_not_import_each_other_in_a_loop() {
     }
 }
 
-/// Edges between broker's direct submodules, from every `.rs` file.
-fn broker_graph(root: &Path) -> Graph {
+/// Edges between the direct submodules of the module at `root` (named
+/// `prefix` from the crate), from every `.rs` file.
+fn module_graph(root: &Path, prefix: &str) -> Graph {
     let mut files = Vec::new();
     rust_files(root, &mut files);
     // broker's direct submodules: `x.rs` or `x/` in src/broker/.
@@ -41,10 +60,10 @@ fn broker_graph(root: &Path) -> Graph {
     for file in &files {
         let module = module_path(root, file);
         let Some(from) = module.first() else {
-            continue; // broker/mod.rs itself: a parent may use its children
+            continue; // the module itself: a parent may use its children
         };
         let text = std::fs::read_to_string(file).unwrap();
-        for to in referenced_children(&text, &module) {
+        for to in referenced_children(&text, &module, prefix) {
             if &to != from && children.contains(&to) {
                 graph.entry(from.clone()).or_default().insert(to);
             }
@@ -75,12 +94,16 @@ fn module_path(root: &Path, file: &Path) -> Vec<String> {
     if parts.last().is_some_and(|p| p == "mod") {
         parts.pop();
     }
+    // The crate's roots are its top module.
+    if parts.len() == 1 && (parts[0] == "lib" || parts[0] == "main") {
+        parts.pop();
+    }
     parts
 }
 
 /// The broker submodules a file's paths name: `crate::broker::X` and
-/// `super::...::X` that climbs up to `broker`.
-fn referenced_children(text: &str, module: &[String]) -> Vec<String> {
+/// `super::...::X` that climbs up to the module at the root (`broker`, or the crate).
+fn referenced_children(text: &str, module: &[String], prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
     // Indentations of the inline `mod name {` blocks we are in.
     let mut inline_mods: Vec<usize> = Vec::new();
@@ -90,7 +113,7 @@ fn referenced_children(text: &str, module: &[String]) -> Vec<String> {
             inline_mods.pop();
             continue;
         }
-        for rest in line.split("crate::broker::").skip(1) {
+        for rest in line.split(prefix).skip(1) {
             found.extend(heads(rest));
         }
         for (i, _) in line.match_indices("super::") {

@@ -35,16 +35,6 @@ impl Store {
         self.dir.join("streams").join(stream_folder(vhost, name))
     }
 
-    /// Opens the data directory as `storage` says.
-    pub fn open_config(
-        storage: &crate::config::StorageConfig,
-    ) -> anyhow::Result<(Store, Recovered)> {
-        let options = LogOptions {
-            segment_size: storage.segment_size_bytes,
-        };
-        Self::open_with(&storage.data_dir, options)
-    }
-
     /// Opens (or creates) the data directory: lock, format check, catalog,
     /// and the message log with its recovered contents.
     pub fn open_with(dir: &Path, options: LogOptions) -> anyhow::Result<(Store, Recovered)> {
