@@ -886,8 +886,17 @@ impl WriterState {
     }
 
     fn delete_segment(&mut self, segment: u32) {
-        if let Err(e) = std::fs::remove_file(segment_path(&self.dir, segment)) {
-            tracing::warn!(segment, "cannot delete message log segment: {e}");
+        match std::fs::remove_file(segment_path(&self.dir, segment)) {
+            // The deletion itself is synced (the directory) before anything
+            // that relied on it can go: removal records elsewhere that kept
+            // this segment's messages dead are dropped next, and a segment
+            // that came back after a crash would bring those messages back.
+            Ok(()) => {
+                if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                    tracing::warn!("cannot sync the message log directory: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(segment, "cannot delete message log segment: {e}"),
         }
         self.segments.remove(&segment);
         self.hazards.remove(&segment);
