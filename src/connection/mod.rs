@@ -710,7 +710,8 @@ impl Connection {
         }
     }
 
-    /// Sends every channel's due confirms; a channel whose transaction
+    /// Sends every channel's due confirms, commit-oks and the replies
+    /// that waited for the catalog's flush; a channel whose transaction
     /// the log could not store is closed with the error.
     fn flush_confirms(&mut self, synced: u64) -> Result<(), AmqpError> {
         let mut failed = Vec::new();

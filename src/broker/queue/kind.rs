@@ -25,6 +25,20 @@ pub struct DeclareProperties<'a> {
     pub auto_delete: bool,
 }
 
+impl DeclareProperties<'_> {
+    /// RabbitMQ's 406 for the first property of `checks` (its name, and
+    /// whether the declare has it wrong) that a type refuses; each type
+    /// checks in its own order.
+    pub fn refuse_first(checks: [(&str, bool); 3], resource: &str) -> Result<(), AmqpError> {
+        match checks.iter().find(|(_, wrong)| *wrong) {
+            Some((property, _)) => Err(AmqpError::precondition_failed(format!(
+                "invalid property '{property}' for {resource}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where a replicated queue lives: its leader, its members, and which of
 /// them are online (management's `leader`, `members`, `online`).
 pub struct Members<'a> {

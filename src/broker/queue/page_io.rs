@@ -39,7 +39,7 @@ enum Job {
 /// The sending side of a broker's page I/O thread; the thread ends when
 /// this is dropped (with the broker's `PageBudget`).
 pub struct PageIo {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for PageIo {
@@ -54,13 +54,11 @@ impl PageIo {
         std::thread::Builder::new()
             .name("page-io".into())
             .spawn(move || run(inbox))?;
-        Ok(PageIo {
-            jobs: Mutex::new(jobs),
-        })
+        Ok(PageIo { jobs })
     }
 
     fn send(&self, job: Job) -> bool {
-        self.jobs.lock().send(job).is_ok()
+        self.jobs.send(job).is_ok()
     }
 
     /// Writes `data` at `offset`; `progress` hears when job number `job`
@@ -116,7 +114,7 @@ impl PageIo {
     }
 
     fn send_or_return(&self, job: Job) -> Option<Job> {
-        self.jobs.lock().send(job).err().map(|e| e.0)
+        self.jobs.send(job).err().map(|e| e.0)
     }
 }
 

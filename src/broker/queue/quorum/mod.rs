@@ -67,21 +67,14 @@ pub fn check_declare(req: &DeclareProperties, resource: &str) -> Result<(), Amqp
         ));
     }
     // RabbitMQ checks in this order.
-    let refused = if req.auto_delete {
-        Some("auto-delete")
-    } else if req.exclusive {
-        Some("exclusive-owner")
-    } else if !req.durable {
-        Some("non-durable")
-    } else {
-        None
-    };
-    match refused {
-        Some(property) => Err(AmqpError::precondition_failed(format!(
-            "invalid property '{property}' for {resource}"
-        ))),
-        None => Ok(()),
-    }
+    DeclareProperties::refuse_first(
+        [
+            ("auto-delete", req.auto_delete),
+            ("exclusive-owner", req.exclusive),
+            ("non-durable", !req.durable),
+        ],
+        resource,
+    )
 }
 
 /// The quorum-only arguments, and the refusal of those the type does not

@@ -14,21 +14,14 @@ pub fn check_declare(req: &DeclareProperties, resource: &str) -> Result<(), Amqp
         ));
     }
     // RabbitMQ checks in this order (not the quorum type's).
-    let refused = if !req.durable {
-        Some("non-durable")
-    } else if req.exclusive {
-        Some("exclusive-owner")
-    } else if req.auto_delete {
-        Some("auto-delete")
-    } else {
-        None
-    };
-    match refused {
-        Some(property) => Err(AmqpError::precondition_failed(format!(
-            "invalid property '{property}' for {resource}"
-        ))),
-        None => Ok(()),
-    }
+    DeclareProperties::refuse_first(
+        [
+            ("non-durable", !req.durable),
+            ("exclusive-owner", req.exclusive),
+            ("auto-delete", req.auto_delete),
+        ],
+        resource,
+    )
 }
 
 /// RabbitMQ's 540 for an operation stream queues do not support.
