@@ -17,6 +17,35 @@ pub enum QueueType {
     Stream,
 }
 
+/// A queue's type together with what the type itself holds (a stream's
+/// log and readers). `Queue` matches on it for every operation a type
+/// answers differently, exhaustively: a new type (quorum on Raft) must say
+/// what it does for each.
+pub(super) enum Kind {
+    Classic,
+    Quorum,
+    Stream(Arc<stream::Stream>),
+}
+
+impl Kind {
+    /// The kind for `queue_type` before a stream's log is opened (see
+    /// [`Queue::open`]).
+    pub(super) fn of(queue_type: QueueType) -> Kind {
+        match queue_type {
+            QueueType::Quorum => Kind::Quorum,
+            QueueType::Classic | QueueType::Stream => Kind::Classic,
+        }
+    }
+
+    pub(super) fn queue_type(&self) -> QueueType {
+        match self {
+            Kind::Classic => QueueType::Classic,
+            Kind::Quorum => QueueType::Quorum,
+            Kind::Stream(_) => QueueType::Stream,
+        }
+    }
+}
+
 /// What a declare asks for, as far as a queue type cares.
 pub struct DeclareProperties<'a> {
     pub name: &'a str,
@@ -118,7 +147,7 @@ impl Queue {
                     retention,
                     &queue.resource(),
                 )?;
-                queue.stream = Some(Arc::new(stream));
+                queue.kind = Kind::Stream(Arc::new(stream));
             }
             (QueueType::Classic | QueueType::Quorum | QueueType::Stream, _) => {}
         }

@@ -25,6 +25,7 @@ pub use arguments::{Overflow, QueueArguments};
 pub use consumer::{Consumer, Credit, DeliverySink};
 pub use dead_letter::Reason;
 pub use host::QueueHost;
+use kind::Kind;
 pub use kind::{DeclareProperties, Members, QueueType};
 pub use settle::{settle, Settle};
 
@@ -201,8 +202,9 @@ pub struct Queue {
     log: Option<Arc<MessageLog>>,
     /// `x-message-deduplication`: repeats of a recent key are dropped.
     dedup: Option<crate::broker::dedup::Deduplicator>,
-    /// A stream queue's log and readers; `None` for a classic queue.
-    stream: Option<Arc<stream::Stream>>,
+    /// The queue's type, holding what the type itself needs (a stream's
+    /// log and readers).
+    kind: Kind,
     state: Mutex<QueueState>,
     unacked: AtomicUsize,
     deleted: AtomicBool,
@@ -249,6 +251,7 @@ impl Queue {
         log: Option<Arc<MessageLog>>,
     ) -> Self {
         let dedup = crate::broker::dedup::Deduplicator::from_arguments(&options.arguments);
+        let args_type = args.queue_type;
         let paging = paging::Limits::from_arguments(&options.arguments);
         let pages = host
             .upgrade()
@@ -274,8 +277,8 @@ impl Queue {
             expiry_changed: Default::default(),
             args,
             host,
+            kind: Kind::of(args_type),
             log,
-            stream: None,
             unacked: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
             counters: QueueCounters::default(),
@@ -293,7 +296,10 @@ impl Queue {
 
     /// The stream, for a stream queue.
     pub fn stream(&self) -> Option<&Arc<stream::Stream>> {
-        self.stream.as_ref()
+        match &self.kind {
+            Kind::Stream(stream) => Some(stream),
+            Kind::Classic | Kind::Quorum => None,
+        }
     }
 
     /// `classic`, `quorum` or `stream`.
@@ -302,18 +308,13 @@ impl Queue {
     }
 
     pub fn queue_type(&self) -> QueueType {
-        if self.stream.is_some() {
-            QueueType::Stream
-        } else {
-            self.args.queue_type
-        }
+        self.kind.queue_type()
     }
 
     /// Appends a message to this stream queue (every stream message is
     /// stored, persistent or not). Returns the log sequence a confirm waits
-    /// for; `None` for a classic or deleted queue.
-    fn append_to_stream(&self, message: Arc<Message>) -> Option<u64> {
-        let stream = self.stream.as_ref()?;
+    /// for; `None` for a deleted queue.
+    fn append_to_stream(&self, stream: &stream::Stream, message: Arc<Message>) -> Option<u64> {
         if self.is_deleted() {
             return None;
         }
@@ -358,10 +359,10 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> usize {
-        if let Some(stream) = &self.stream {
-            return stream.message_count();
+        match &self.kind {
+            Kind::Stream(stream) => stream.message_count(),
+            Kind::Classic | Kind::Quorum => self.state.lock().ready.len(),
         }
-        self.state.lock().ready.len()
     }
 
     pub fn unacked_count(&self) -> usize {
@@ -369,15 +370,15 @@ impl Queue {
     }
 
     pub fn consumer_count(&self) -> usize {
-        if let Some(stream) = &self.stream {
-            return stream.consumer_count();
+        match &self.kind {
+            Kind::Stream(stream) => stream.consumer_count(),
+            Kind::Classic | Kind::Quorum => self.state.lock().consumers.len(),
         }
-        self.state.lock().consumers.len()
     }
 
     /// (ready, ready bytes, consumers) in one lock.
     pub fn snapshot(&self) -> (usize, usize, usize) {
-        if let Some(stream) = &self.stream {
+        if let Kind::Stream(stream) = &self.kind {
             return (
                 stream.message_count(),
                 stream.log.bytes() as usize,
@@ -391,7 +392,7 @@ impl Queue {
     /// Whether persistent messages in this classic queue go to the message
     /// log (durable and not exclusive, with a data directory).
     pub fn stores_messages(&self) -> bool {
-        self.log.is_some() && self.stream.is_none()
+        self.log.is_some() && !matches!(self.kind, Kind::Stream(_))
     }
 
     /// Whether this queue keeps `message` in the message log.
@@ -493,10 +494,10 @@ impl Queue {
 
     /// Appends a message and hands it on if a consumer has credit.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Accepted {
-        if self.stream.is_some() {
+        if let Kind::Stream(stream) = &self.kind {
             // Every stream message is stored: a confirm waits for its log
             // sequence.
-            return match self.append_to_stream(message) {
+            return match self.append_to_stream(stream, message) {
                 Some(seq) => Accepted::Logged(seq),
                 None => Accepted::Yes,
             };
@@ -576,7 +577,7 @@ impl Queue {
 
     /// Delivers ready messages while some consumer has credit.
     pub fn dispatch(self: &Arc<Self>) {
-        if let Some(stream) = &self.stream {
+        if let Kind::Stream(stream) = &self.kind {
             stream.wake();
             return;
         }
@@ -703,7 +704,7 @@ impl Queue {
 
     /// 403 when an exclusive consumer is in the way.
     pub fn check_consumer_allowed(&self, exclusive: bool) -> Result<(), AmqpError> {
-        if self.stream.is_some() {
+        if let Kind::Stream(_) = &self.kind {
             return Ok(());
         }
         let st = self.state.lock();
@@ -721,7 +722,7 @@ impl Queue {
     }
 
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
-        if let Some(stream) = &self.stream {
+        if let Kind::Stream(stream) = &self.kind {
             let (spec, filter) = stream::consume_options(&self.resource(), &consumer.arguments)?;
             stream.add_consumer(self, consumer, spec, filter);
             return Ok(());
@@ -745,7 +746,7 @@ impl Queue {
         tag: &str,
         channel: (u64, u16),
     ) -> Option<(Arc<Consumer>, bool)> {
-        if let Some(stream) = &self.stream {
+        if let Kind::Stream(stream) = &self.kind {
             return stream.remove_consumer(tag, channel).map(|c| (c, false));
         }
         let removed = {
@@ -775,7 +776,7 @@ impl Queue {
         self.counters
             .acked
             .fetch_add(count as u64, Ordering::Relaxed);
-        if self.stream.is_none() {
+        if !matches!(self.kind, Kind::Stream(_)) {
             for m in messages {
                 self.forget(&m.message);
             }
@@ -788,7 +789,7 @@ impl Queue {
         let count = messages.len();
         self.unacked
             .fetch_sub(count.min(self.unacked_count()), Ordering::Relaxed);
-        if self.stream.is_some() {
+        if let Kind::Stream(_) = &self.kind {
             return;
         }
         self.counters
@@ -813,7 +814,7 @@ impl Queue {
         }
         self.unacked
             .fetch_sub(messages.len().min(self.unacked_count()), Ordering::Relaxed);
-        if let Some(stream) = &self.stream {
+        if let Kind::Stream(stream) = &self.kind {
             // A stream keeps every message; there is nothing to put back,
             // but the credit came back.
             stream.wake();
@@ -871,7 +872,7 @@ impl Queue {
     /// the number of ready messages dropped.
     pub fn mark_deleted(&self) -> (Vec<Arc<Consumer>>, usize) {
         self.deleted.store(true, Ordering::Release);
-        if let Some(stream) = &self.stream {
+        if let Kind::Stream(stream) = &self.kind {
             let count = stream.message_count();
             return (stream.destroy(), count);
         }
@@ -975,7 +976,7 @@ impl Queue {
     /// The policy that applies to this queue changed (or first applies):
     /// the arguments in force are recomputed and new limits enforced now.
     pub fn apply_policy(self: &Arc<Self>, policy: Option<Arc<Policy>>) {
-        if self.stream.is_some() {
+        if let Kind::Stream(_) = &self.kind {
             // Stream retention is set at declaration (see docs/streams.md).
             self.policy.store(policy);
             return;

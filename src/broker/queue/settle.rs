@@ -34,7 +34,7 @@ pub fn settle(
     let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
     let mut offsets = stream::AckedOffsets::default();
     for (queue, consumer, message) in taken {
-        if let (Settle::Ack, Some(_), Some(consumer)) = (how, &queue.stream, &consumer) {
+        if let (Settle::Ack, Some(_), Some(consumer)) = (how, queue.stream(), &consumer) {
             offsets.acked(&queue, consumer, message.seq);
         }
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
@@ -55,7 +55,7 @@ impl Queue {
             Settle::Reject => self.rejected(messages),
             Settle::Ack => {
                 self.acked(&messages);
-                if let Some(stream) = &self.stream {
+                if let Some(stream) = self.stream() {
                     stream.store_tracked();
                 }
                 self.dispatch();
