@@ -11,6 +11,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
   echo "note: cargo-nextest not found (cargo install --locked cargo-nextest); running the Rust tests with cargo test" >&2
+  # The integration tests (tests/it/) then share one process.
   cargo test --workspace --no-fail-fast
 fi
 
