@@ -5,6 +5,7 @@
 //! (persistence) and `mgmt` (HTTP API and metrics).
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod mgmt;
