@@ -18,6 +18,50 @@ pub struct Config {
     pub resources: ResourceConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: nodes that share their definitions through a Raft group
+/// (docs/cluster.md). Off: the node is alone, as a broker without the
+/// section always was.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Nodes of a cluster with another name are refused.
+    pub name: String,
+    /// This node's name: unique in the cluster, the same across restarts
+    /// (RabbitMQ's node name). Empty: `broker@<hostname>`.
+    pub node_name: String,
+    /// Node-to-node traffic (RabbitMQ's distribution port, 25672).
+    pub listen: String,
+    /// `host:port` other nodes reach this node at. Empty: this machine's
+    /// hostname and the `listen` port.
+    pub advertise: String,
+    /// `host:port` of other nodes to form or join a cluster with.
+    pub seed_nodes: Vec<String>,
+    /// Shared by every node, proven (never sent) when nodes connect;
+    /// RabbitMQ's Erlang cookie. Required when `enabled`.
+    pub secret: String,
+    /// Metadata changes between snapshots of the definitions (the Raft
+    /// log before a snapshot is dropped; a node that fell further behind
+    /// is sent the snapshot).
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            name: "broker".into(),
+            node_name: String::new(),
+            listen: "0.0.0.0:25672".into(),
+            advertise: String::new(),
+            seed_nodes: Vec::new(),
+            secret: String::new(),
+            snapshot_every: 5000,
+        }
+    }
 }
 
 /// AMQPS: AMQP over TLS on its own port (RabbitMQ: 5671), beside the
@@ -246,6 +290,7 @@ impl Default for Config {
             resources: ResourceConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -320,6 +365,7 @@ impl Config {
                 .separator(ENV_SEPARATOR)
                 .list_separator(",")
                 .with_list_parse_key("auth.loopback_users")
+                .with_list_parse_key("cluster.seed_nodes")
                 .try_parsing(true),
         );
         Ok(builder.build()?.try_deserialize()?)
@@ -443,10 +489,18 @@ fn check_environment(
 
 impl Config {
     /// The node name shown to clients, RabbitMQ style (`broker@host`).
+    /// This node's name (`cluster.node_name`, or `broker@<hostname>`).
     pub fn cluster_name(&self) -> String {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
-        format!("broker@{host}")
+        if !self.cluster.node_name.is_empty() {
+            return self.cluster.node_name.clone();
+        }
+        format!("broker@{}", hostname())
     }
+}
+
+/// This machine's name, as `/etc/hostname` has it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

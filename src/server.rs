@@ -67,6 +67,9 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot prepare the page directory: {e}"))?;
         let broker = Broker::with_pages(config, Some(Arc::new(store)), Arc::new(pages));
         broker.restore(recovered);
+        if broker.config.cluster.enabled {
+            join_cluster(&broker).await?;
+        }
         Ok(Server {
             broker,
             listener,
@@ -168,6 +171,9 @@ impl Server {
         {
             tracing::warn!("connections did not close in time; stopping anyway");
         }
+        if let Some(cluster) = self.broker.replication.cluster() {
+            cluster.shutdown().await;
+        }
         // Acks and removals of the last moments reach the disk too.
         if let Some(store) = &self.broker.store {
             if !store.log.sync().await {
@@ -176,6 +182,45 @@ impl Server {
         }
         tracing::info!("broker stopped");
     }
+}
+
+/// Starts this node's part of the cluster (`[cluster]`): from now on,
+/// definitions change through the metadata group.
+async fn join_cluster(broker: &Arc<Broker>) -> anyhow::Result<()> {
+    let config = &broker.config.cluster;
+    if config.secret.is_empty() {
+        anyhow::bail!(
+            "cluster.secret must be set when cluster.enabled is true (the same on every node)"
+        );
+    }
+    let listen: SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("cluster.listen '{}': {e}", config.listen))?;
+    let advertise = match config.advertise.as_str() {
+        "" => format!("{}:{}", crate::config::hostname(), listen.port()),
+        given => given.to_string(),
+    };
+    let options = crate::cluster::ClusterOptions {
+        cluster_name: config.name.clone(),
+        node_name: broker.config.cluster_name(),
+        listen,
+        advertise,
+        seed_nodes: config.seed_nodes.clone(),
+        secret: config.secret.clone(),
+        data_dir: broker.config.storage.data_dir.join("cluster"),
+        tuning: crate::cluster::Tuning {
+            snapshot_every: config.snapshot_every.max(1),
+            // Entries kept behind a snapshot, for followers a little behind
+            // (further behind, they are sent the snapshot).
+            keep_after_snapshot: (config.snapshot_every / 5).min(1000),
+            ..Default::default()
+        },
+    };
+    let applier = crate::broker::metadata::applier::BrokerApplier::new(Arc::downgrade(broker));
+    let cluster = crate::cluster::Cluster::start(options, Arc::new(applier)).await?;
+    broker.replication.attach(cluster);
+    Ok(())
 }
 
 /// The next AMQPS client, or never when AMQPS is off.

@@ -6,6 +6,7 @@ pub mod arguments;
 pub mod dedup;
 pub mod exchange;
 pub mod message;
+pub mod metadata;
 pub mod names;
 pub mod policy;
 pub mod queue;
@@ -15,8 +16,10 @@ pub mod users;
 pub mod vhost;
 
 use crate::config::Config;
+use crate::protocol::AmqpError;
 use crate::store::catalog::{PermissionRecord, UserRecord, VhostRecord};
 use crate::store::{Recovered, Store};
+use metadata::Change;
 use parking_lot::RwLock;
 use queue::paging::PageBudget;
 use std::collections::HashMap;
@@ -83,6 +86,8 @@ pub struct Broker {
     pub alarms: Arc<alarms::Alarms>,
     /// Paging of all its queues: page directory, in-memory bounds and use.
     pub pages: Arc<PageBudget>,
+    /// Whether definitions go through a cluster's metadata group.
+    pub replication: Arc<metadata::Replication>,
     next_connection_id: AtomicU64,
 }
 
@@ -114,10 +119,11 @@ impl Broker {
         if let Some(store) = &store {
             alarms.watch_store(store.log.failures().failing());
         }
+        let replication = Arc::<metadata::Replication>::default();
         let vhosts = vhost_meta
             .keys()
             .map(|name| {
-                let vhost = VHost::new(name, store.clone(), pages.clone());
+                let vhost = VHost::new(name, store.clone(), pages.clone(), replication.clone());
                 vhost.set_max_queues(config.limits.vhost_max_queues(name));
                 vhost.set_max_exchanges(config.limits.vhost_max_exchanges(name));
                 (name.clone(), vhost)
@@ -132,6 +138,7 @@ impl Broker {
             vhosts: RwLock::new(vhosts),
             vhost_meta: RwLock::new(vhost_meta),
             users: RwLock::new(users),
+            replication,
             next_connection_id: AtomicU64::new(1),
         })
     }
@@ -270,8 +277,82 @@ impl Broker {
     }
 
     /// Creates a vhost (usable at once) or updates its metadata; stored
-    /// before it returns. True if it is new.
-    pub fn put_vhost(&self, record: VhostRecord) -> bool {
+    /// (and on a cluster, committed) before it returns. True if it is new.
+    pub fn put_vhost(&self, record: VhostRecord) -> Result<bool, AmqpError> {
+        let what = format!("declare vhost '{}'", record.name);
+        self.change(Change::PutVhost(record), &what)
+    }
+
+    /// Deletes a vhost: its connections are closed with 320, its queues
+    /// (with their messages), exchanges, bindings, policies and permissions
+    /// go. False if there was no such vhost.
+    pub fn delete_vhost(&self, name: &str) -> Result<bool, AmqpError> {
+        let what = format!("delete vhost '{name}'");
+        self.change(
+            Change::DeleteVhost {
+                name: name.to_string(),
+            },
+            &what,
+        )
+    }
+
+    /// Adds or replaces a user (stored before it returns); true if new.
+    pub fn put_user(&self, user: User) -> Result<bool, AmqpError> {
+        let what = format!("put user '{}'", user.name);
+        self.change(Change::PutUser(user), &what)
+    }
+
+    /// Deletes a user with its permissions and closes its connections.
+    pub fn delete_user(&self, name: &str) -> Result<bool, AmqpError> {
+        let what = format!("delete user '{name}'");
+        self.change(
+            Change::DeleteUser {
+                name: name.to_string(),
+            },
+            &what,
+        )
+    }
+
+    /// Sets a user's permission on a vhost (stored before it returns);
+    /// true if the user had none there before.
+    pub fn set_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+        permission: Permission,
+    ) -> Result<bool, AmqpError> {
+        let what = format!("set permissions of user '{user}' in vhost '{vhost}'");
+        let change = Change::SetPermission {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+            permission,
+        };
+        self.change(change, &what)
+    }
+
+    /// Removes a user's permission on a vhost; false if it had none.
+    pub fn clear_permission(&self, user: &str, vhost: &str) -> Result<bool, AmqpError> {
+        let what = format!("clear permissions of user '{user}' in vhost '{vhost}'");
+        let change = Change::ClearPermission {
+            user: user.to_string(),
+            vhost: vhost.to_string(),
+        };
+        self.change(change, &what)
+    }
+
+    /// Makes `change` here, or on a cluster commits it (and so makes it on
+    /// every node); true if it made something new.
+    fn change(&self, change: Change, what: &str) -> Result<bool, AmqpError> {
+        let outcome = match self.replication.replicate(&change, what) {
+            Some(outcome) => outcome?,
+            None => change.apply(self),
+        };
+        outcome.into_result()
+    }
+
+    // The local halves, applied on every node (`metadata::Change::apply`).
+
+    pub(crate) fn apply_put_vhost(&self, record: VhostRecord) -> bool {
         if let Some(store) = &self.store {
             store.catalog.put_vhost(&record);
         }
@@ -281,18 +362,19 @@ impl Broker {
         if vhosts.contains_key(&name) {
             return false;
         }
-        let vhost = VHost::new(&name, self.store.clone(), self.pages.clone());
+        let vhost = VHost::new(
+            &name,
+            self.store.clone(),
+            self.pages.clone(),
+            self.replication.clone(),
+        );
         vhost.set_max_queues(self.config.limits.vhost_max_queues(&name));
         vhost.set_max_exchanges(self.config.limits.vhost_max_exchanges(&name));
         vhosts.insert(name.clone(), vhost);
         true
     }
 
-    /// Deletes a vhost: its connections are closed with 320, its queues
-    /// (with their messages), exchanges, bindings, policies and permissions
-    /// go.
-    /// False if there was no such vhost.
-    pub fn delete_vhost(&self, name: &str) -> bool {
+    pub(crate) fn apply_delete_vhost(&self, name: &str) -> bool {
         let Some(vhost) = self.vhosts.write().remove(name) else {
             return false;
         };
@@ -308,13 +390,13 @@ impl Broker {
         }
         for x in vhost.exchanges() {
             if !x.name.is_empty() && !x.name.starts_with("amq.") {
-                let _ = vhost.delete_exchange(&x.name, false);
+                let _ = vhost.apply_delete_exchange(&x.name, false);
             }
         }
         // Its stored policies go too, or a vhost created again under the
         // same name would find them.
         for p in vhost.policies() {
-            vhost.delete_policy(p.name());
+            vhost.apply_delete_policy(p.name());
         }
         if let Some(store) = &self.store {
             store.catalog.delete_vhost(name);
@@ -322,16 +404,14 @@ impl Broker {
         true
     }
 
-    /// Adds or replaces a user (stored before it returns); true if new.
-    pub fn put_user(&self, user: User) -> bool {
+    pub(crate) fn apply_put_user(&self, user: User) -> bool {
         if let Some(store) = &self.store {
             store.catalog.put_user(&user_record(&user));
         }
         self.users.write().put(user)
     }
 
-    /// Deletes a user with its permissions and closes its connections.
-    pub fn delete_user(&self, name: &str) -> bool {
+    pub(crate) fn apply_delete_user(&self, name: &str) -> bool {
         if self.users.write().remove(name).is_none() {
             return false;
         }
@@ -346,9 +426,12 @@ impl Broker {
         true
     }
 
-    /// Sets a user's permission on a vhost (stored before it returns);
-    /// true if the user had none there before.
-    pub fn set_permission(&self, user: &str, vhost: &str, permission: Permission) -> bool {
+    pub(crate) fn apply_set_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+        permission: Permission,
+    ) -> bool {
         if let Some(store) = &self.store {
             store
                 .catalog
@@ -360,8 +443,7 @@ impl Broker {
         new
     }
 
-    /// Removes a user's permission on a vhost; false if it had none.
-    pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
+    pub(crate) fn apply_clear_permission(&self, user: &str, vhost: &str) -> bool {
         if !self.users.write().clear_permission(user, vhost) {
             return false;
         }
@@ -375,7 +457,9 @@ impl Broker {
     /// the API is opened to its creator, as RabbitMQ does).
     pub fn grant_full(&self, user: &str, vhost: &str) {
         if self.users.read().get(user).is_some() {
-            self.set_permission(user, vhost, full_permission());
+            if let Err(e) = self.set_permission(user, vhost, full_permission()) {
+                tracing::warn!("cannot open vhost '{vhost}' to '{user}': {}", e.text);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! directly; when a running broker holds the data dir's lock, the same
 //! change goes through its management API so that it takes effect at once.
 
+mod cluster;
 mod http;
 mod offline;
 mod online;
@@ -18,6 +19,10 @@ pub enum Command {
     /// Manage vhost permissions (set, list).
     #[command(subcommand)]
     Permissions(PermissionsCommand),
+    /// The cluster this node is in (status, join, leave, forget); through
+    /// the running broker's management API.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -135,13 +140,20 @@ impl Command {
             | Command::User(UserCommand::Delete { api, .. })
             | Command::User(UserCommand::List { api })
             | Command::Permissions(PermissionsCommand::Set { api, .. })
-            | Command::Permissions(PermissionsCommand::List { api, .. }) => api,
+            | Command::Permissions(PermissionsCommand::List { api, .. })
+            | Command::Cluster(cluster::ClusterCommand::Status { api })
+            | Command::Cluster(cluster::ClusterCommand::Join { api, .. })
+            | Command::Cluster(cluster::ClusterCommand::Leave { api })
+            | Command::Cluster(cluster::ClusterCommand::Forget { api, .. }) => api,
         }
     }
 }
 
 /// Runs `command`; the error is what to print before exiting non-zero.
 pub fn run(command: Command, config: &Config) -> Result<(), String> {
+    if let Command::Cluster(command) = command {
+        return cluster::run(command, config);
+    }
     let data_dir = &config.storage.data_dir;
     let mut admin: Box<dyn UserAdmin> = match offline::DataDir::open(config)? {
         Some(dir) => Box::new(dir),
@@ -224,6 +236,8 @@ fn execute(command: Command, admin: &mut dyn UserAdmin) -> Result<(), String> {
                 );
             }
         }
+        // Handled by `run` before a user admin is opened.
+        Command::Cluster(command) => return Err(cluster::not_here(&command)),
     }
     Ok(())
 }

@@ -105,6 +105,33 @@ impl RunningBroker {
     }
 }
 
+/// `broker cluster …`: always through the running broker.
+impl RunningBroker {
+    pub fn cluster_status(&self) -> Result<Value, String> {
+        self.get_json("/cluster")
+    }
+
+    /// A membership change: `POST /cluster/join`, `POST /cluster/leave`,
+    /// `DELETE /cluster/nodes/NODE`.
+    pub fn cluster_change(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        let path = format!("/cluster{path}");
+        let response = self.call(method, &path, body)?;
+        match response.status {
+            200..=299 => Ok(()),
+            _ => Err(failure(method, &path, &response)),
+        }
+    }
+
+    pub fn forget_path(node: &str) -> String {
+        format!("/nodes/{}", encode(node))
+    }
+}
+
 /// An API answer that is not what was asked, as a message: RabbitMQ's
 /// `reason` when there is one.
 fn failure(method: &str, path: &str, response: &Response) -> String {

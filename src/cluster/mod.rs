@@ -390,9 +390,14 @@ impl Cluster {
     /// this node has applied it too, with the leader's `Applier::apply`
     /// result. Fails within `tuning.propose_timeout`.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
-        let deadline = Instant::now() + self.inner.opts.tuning.propose_timeout;
+        let timeout = self.inner.opts.tuning.propose_timeout;
+        let deadline = Instant::now() + timeout;
+        let expires_at_ms = wall_clock_ms() + timeout.as_millis() as u64;
         let resp = self
-            .to_leader(deadline, || Request::Propose(command.clone()))
+            .to_leader(deadline, || Request::Propose {
+                command: command.clone(),
+                expires_at_ms,
+            })
             .await?;
         let proposed = match resp {
             Response::Proposed(Ok(p)) => p,
@@ -624,7 +629,15 @@ async fn serve(inner: Arc<Inner>, req: Request) -> Response {
         Request::AppendEntries(r) => Response::AppendEntries(raft.append_entries(r).await),
         Request::Vote(r) => Response::Vote(raft.vote(r).await),
         Request::InstallSnapshot(r) => Response::InstallSnapshot(raft.install_snapshot(r).await),
-        Request::Propose(cmd) => Response::Proposed(leader_propose(&inner, &raft, cmd).await),
+        Request::Propose {
+            command,
+            expires_at_ms,
+        } => Response::Proposed(if wall_clock_ms() > expires_at_ms {
+            tracing::info!("cluster: dropped a forwarded change that arrived after its deadline");
+            Err(RemoteError::Timeout)
+        } else {
+            leader_propose(&inner, &raft, command).await
+        }),
         Request::Join(node) => Response::Joined(membership::handle_join(&inner, node).await),
         Request::Remove(name) => Response::Removed(membership::handle_remove(&inner, &name).await),
         Request::Discover => Response::Discovered(rpc::Discovery {
@@ -650,6 +663,13 @@ async fn leader_propose(inner: &Inner, raft: &Raft, cmd: Vec<u8>) -> Result<Prop
         Ok(Err(RaftError::APIError(e))) => Err(RemoteError::Rejected(e.to_string())),
         Ok(Err(RaftError::Fatal(e))) => Err(RemoteError::Rejected(format!("Raft stopped: {e}"))),
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Used by `membership` to list members for pings and logs.

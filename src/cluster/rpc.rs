@@ -79,8 +79,15 @@ pub(crate) enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A follower forwards a broker command to the leader.
-    Propose(Vec<u8>),
+    /// A follower forwards a broker command to the leader, to be dropped
+    /// unproposed once `expires_at_ms` (wall clock, ms since the epoch) has
+    /// passed: the proposer has answered its caller with a timeout by
+    /// then, and a request held up in a partition (TCP delivers it when the
+    /// link comes back) must not take effect long after.
+    Propose {
+        command: Vec<u8>,
+        expires_at_ms: u64,
+    },
     /// A node asks the leader to make it a voter.
     Join(NodeInfo),
     /// Remove a node (by name) from the membership: `leave` and `forget`.

@@ -23,7 +23,7 @@ use super::values::table_to_json;
 use super::vhosts::vhost_from_json;
 use super::{arguments_field, bool_field, json_body, no_content, string_field, Ctx};
 use crate::broker::policy::PolicyRecord;
-use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::broker::vhost::{ExchangeDeclare, PolicyError, QueueDeclare, VHost};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -87,13 +87,13 @@ fn import_users(ctx: &Ctx, defs: &Map<String, Value>) -> ApiResult<()> {
         let mut entry = entry.clone();
         entry.entry("tags").or_insert_with(|| json!([]));
         let user = user_from_json(name, &entry).map_err(context(what))?;
-        ctx.broker.put_user(user);
+        ctx.broker.put_user(user)?;
     }
     for entry in section(defs, "vhosts")? {
         let name = required(entry, "vhost", "name")?;
         let record = vhost_from_json(name, entry, ctx.broker.vhost_record(name))
             .map_err(context(format!("vhost '{name}'")))?;
-        ctx.broker.put_vhost(record);
+        ctx.broker.put_vhost(record)?;
     }
     for entry in section(defs, "permissions")? {
         let user = required(entry, "permission", "user")?;
@@ -105,7 +105,7 @@ fn import_users(ctx: &Ctx, defs: &Map<String, Value>) -> ApiResult<()> {
             )));
         }
         let permission = permission_from_json(entry).map_err(context(what))?;
-        ctx.broker.set_permission(user, vhost, permission);
+        ctx.broker.set_permission(user, vhost, permission)?;
     }
     Ok(())
 }
@@ -123,9 +123,10 @@ fn import_objects(
         entry.insert("vhost".into(), json!(vhost.name));
         let record: PolicyRecord = serde_json::from_value(Value::Object(entry))
             .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))?;
-        vhost
-            .put_policy(record)
-            .map_err(|reason| ApiError::bad_request(format!("{what}: {reason}")))?;
+        vhost.put_policy(record).map_err(|e| match e {
+            PolicyError::Invalid(reason) => ApiError::bad_request(format!("{what}: {reason}")),
+            PolicyError::Unavailable(error) => error.into(),
+        })?;
     }
     for entry in section(defs, "exchanges")? {
         let name = required(entry, "exchange", "name")?;

@@ -11,6 +11,7 @@ mod auth;
 mod bindings;
 mod certificate;
 mod channels;
+mod cluster;
 mod connections;
 mod consumer_groups;
 mod consumers;
@@ -79,6 +80,7 @@ pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 pub fn router(ctx: Ctx) -> Router {
     let api = Router::new()
         .merge(overview::routes())
+        .merge(cluster::routes())
         .merge(vhosts::routes())
         .merge(users::routes())
         .merge(exchanges::routes())

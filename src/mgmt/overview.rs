@@ -283,15 +283,36 @@ fn node_json(ctx: &Ctx) -> Value {
     })
 }
 
+/// Every node of the cluster: this one in full, the others as this node
+/// sees them (name, whether they answer).
+fn all_nodes(ctx: &Ctx) -> Vec<Value> {
+    let mut nodes = vec![node_json(ctx)];
+    if let Some(cluster) = ctx.broker.replication.cluster() {
+        for member in cluster.status().members {
+            if member.name != ctx.node {
+                nodes.push(json!({
+                    "name": member.name,
+                    "type": "disc",
+                    "running": member.reachable,
+                    "cluster_links": [],
+                    "partitions": [],
+                }));
+            }
+        }
+    }
+    nodes
+}
+
 async fn nodes(State(ctx): State<Ctx>) -> Json<Value> {
-    Json(Value::Array(vec![node_json(&ctx)]))
+    Json(Value::Array(all_nodes(&ctx)))
 }
 
 async fn node(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    if name != ctx.node {
-        return Err(ApiError::not_found());
-    }
-    Ok(Json(node_json(&ctx)))
+    all_nodes(&ctx)
+        .into_iter()
+        .find(|n| n["name"] == name.as_str())
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
 }
 
 async fn cluster_name(State(ctx): State<Ctx>) -> Json<Value> {

@@ -9,6 +9,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::{created, json_body, list, no_content, string_field, Ctx};
 use crate::broker::policy::{ApplyTo, Policy, PolicyRecord};
+use crate::broker::vhost::PolicyError;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -149,7 +150,8 @@ async fn put_policy(
     match vhost.put_policy(record) {
         Ok(true) => Ok(created()),
         Ok(false) => Ok(no_content()),
-        Err(text) => Err(validation_error(&text)),
+        Err(PolicyError::Invalid(text)) => Err(validation_error(&text)),
+        Err(PolicyError::Unavailable(error)) => Err(error.into()),
     }
 }
 
@@ -159,7 +161,7 @@ async fn delete_policy(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let vhost = caller.policy_vhost(&ctx, &vhost)?;
-    if vhost.delete_policy(&name) {
+    if vhost.delete_policy(&name)? {
         Ok(no_content())
     } else {
         Err(ApiError::not_found())

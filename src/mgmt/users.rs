@@ -267,7 +267,7 @@ async fn put_user(
     caller.require_admin()?;
     let body = json_body(&body)?;
     let user = user_from_json(&name, &body)?;
-    Ok(if ctx.broker.put_user(user) {
+    Ok(if ctx.broker.put_user(user)? {
         created()
     } else {
         no_content()
@@ -280,7 +280,7 @@ async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    if ctx.broker.delete_user(&name) {
+    if ctx.broker.delete_user(&name)? {
         Ok(no_content())
     } else {
         Err(ApiError::not_found())
@@ -300,7 +300,7 @@ async fn bulk_delete_users(
         return Err(ApiError::bad_request("[{key_missing,users}]"));
     };
     for name in names.iter().filter_map(Value::as_str) {
-        ctx.broker.delete_user(name);
+        ctx.broker.delete_user(name)?;
     }
     Ok(no_content())
 }
@@ -332,7 +332,7 @@ async fn put_permission(
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
     let permission = permission_from_json(&body)?;
-    Ok(if ctx.broker.set_permission(&user, &vhost, permission) {
+    Ok(if ctx.broker.set_permission(&user, &vhost, permission)? {
         created()
     } else {
         no_content()
@@ -345,7 +345,7 @@ async fn delete_permission(
     Path((vhost, user)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    if ctx.broker.clear_permission(&user, &vhost) {
+    if ctx.broker.clear_permission(&user, &vhost)? {
         Ok(no_content())
     } else {
         Err(ApiError::not_found())

@@ -174,7 +174,7 @@ async fn put_vhost(
     caller.require_admin()?;
     let body = json_body(&body)?;
     let record = vhost_from_json(&name, &body, ctx.broker.vhost_record(&name))?;
-    if ctx.broker.put_vhost(record) {
+    if ctx.broker.put_vhost(record)? {
         ctx.broker.grant_full(&caller.name, &name);
         Ok(created())
     } else {
@@ -188,7 +188,7 @@ async fn delete_vhost(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    if ctx.broker.delete_vhost(&name) {
+    if ctx.broker.delete_vhost(&name)? {
         Ok(no_content())
     } else {
         Err(ApiError::not_found())

@@ -328,7 +328,8 @@ async fn the_vhost_exchange_limit_refuses_a_new_exchange() {
         .put_vhost(broker::store::catalog::VhostRecord {
             name: "other".into(),
             ..Default::default()
-        });
+        })
+        .expect("stored");
     broker.broker.grant_full("guest", "other");
     let (conn, ch) = broker.channel().await;
     let declare = |ch: lapin::Channel, name: &'static str, passive: bool| async move {

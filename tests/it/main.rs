@@ -14,6 +14,7 @@
 
 mod common;
 mod mgmt_support;
+mod netns;
 mod pki;
 mod sync_gate;
 
@@ -21,6 +22,7 @@ mod alarms;
 mod broker_layers;
 mod catalog_durability;
 mod cli;
+mod cluster;
 mod compaction;
 mod config_startup;
 mod confirms;

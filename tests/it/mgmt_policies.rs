@@ -87,7 +87,8 @@ async fn policies_are_managed_over_http_and_shape_queues() {
             "watcher",
             "pw",
             vec!["monitoring".into()],
-        ));
+        ))
+        .expect("stored");
     let (status, _) = api
         .call_as(("watcher", "pw"), Method::DELETE, "/policies/%2F/cap", None)
         .await;

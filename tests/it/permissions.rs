@@ -14,16 +14,20 @@ const REFUSED: u16 = 403;
 fn restricted_user(broker: &TestBroker) -> String {
     broker
         .broker
-        .put_user(User::with_password("ref", "secret", vec![]));
-    broker.broker.set_permission(
-        "ref",
-        "/",
-        Permission {
-            configure: "^ref-c".into(),
-            write: "^ref-w".into(),
-            read: "^ref-r".into(),
-        },
-    );
+        .put_user(User::with_password("ref", "secret", vec![]))
+        .expect("stored");
+    broker
+        .broker
+        .set_permission(
+            "ref",
+            "/",
+            Permission {
+                configure: "^ref-c".into(),
+                write: "^ref-w".into(),
+                read: "^ref-r".into(),
+            },
+        )
+        .expect("stored");
     format!("amqp://ref:secret@127.0.0.1:{}/%2f", broker.port)
 }
 
@@ -334,7 +338,8 @@ async fn a_user_without_permissions_on_the_vhost_cannot_open_it() {
     let broker = TestBroker::start().await;
     broker
         .broker
-        .put_user(User::with_password("nobody", "pw", vec![]));
+        .put_user(User::with_password("nobody", "pw", vec![]))
+        .expect("stored");
     let url = format!("amqp://nobody:pw@127.0.0.1:{}/%2f", broker.port);
     let err = Connection::connect(&url, Default::default())
         .await

@@ -4,6 +4,7 @@
 
 use crate::common::*;
 use broker::broker::policy::{ApplyTo, PolicyRecord};
+use broker::broker::vhost::PolicyError;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::json;
@@ -17,13 +18,17 @@ fn set_policy(
     priority: i64,
     definition: serde_json::Value,
 ) -> Result<bool, String> {
-    broker.broker.vhost("/").unwrap().put_policy(PolicyRecord {
+    let put = broker.broker.vhost("/").unwrap().put_policy(PolicyRecord {
         vhost: "/".into(),
         name: name.into(),
         pattern: pattern.into(),
         apply_to,
         definition: definition.as_object().cloned().unwrap(),
         priority,
+    });
+    put.map_err(|e| match e {
+        PolicyError::Invalid(text) => text,
+        PolicyError::Unavailable(e) => e.text,
     })
 }
 
@@ -84,7 +89,12 @@ async fn max_length_from_a_policy_applies_at_once_and_the_lower_limit_wins() {
     .unwrap());
     publish_n(&ch, "lim.c", 8).await;
     assert_eq!(ready(&ch, "lim.c").await, 13);
-    assert!(broker.broker.vhost("/").unwrap().delete_policy("cap"));
+    assert!(broker
+        .broker
+        .vhost("/")
+        .unwrap()
+        .delete_policy("cap")
+        .unwrap());
     publish_n(&ch, "lim.b", 3).await;
     assert_eq!(ready(&ch, "lim.b").await, 2);
 }

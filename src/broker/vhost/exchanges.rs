@@ -3,7 +3,44 @@
 use super::*;
 
 impl VHost {
+    /// exchange.declare; on a cluster the declaration is committed to the
+    /// metadata group and so made on every node.
     pub fn declare_exchange(&self, req: ExchangeDeclare) -> Result<Arc<Exchange>, AmqpError> {
+        if !req.passive && self.replication.cluster().is_some() {
+            // What does not depend on the shared state is refused here,
+            // before anything is proposed.
+            if req.name.is_empty() {
+                return Err(default_exchange_error());
+            }
+            crate::broker::check_name_length("exchange name", req.name)?;
+            declared_type(req.kind, req.arguments)?;
+            let change = Change::DeclareExchange {
+                vhost: self.name.clone(),
+                name: req.name.to_string(),
+                kind: req.kind.to_string(),
+                durable: req.durable,
+                auto_delete: req.auto_delete,
+                internal: req.internal,
+                arguments: req.arguments.clone(),
+            };
+            let what = format!("declare {}", self.exchange_resource(req.name));
+            if let Some(outcome) = self.replication.replicate(&change, &what) {
+                outcome?.into_result()?;
+                return self
+                    .exchange(req.name)
+                    .ok_or_else(|| self.no_exchange(req.name));
+            }
+        }
+        self.apply_declare_exchange(req)
+            .map(|(exchange, _)| exchange)
+    }
+
+    /// The declaration made on this node; also whether it made the
+    /// exchange.
+    pub(crate) fn apply_declare_exchange(
+        &self,
+        req: ExchangeDeclare,
+    ) -> Result<(Arc<Exchange>, bool), AmqpError> {
         if req.name.is_empty() {
             return Err(default_exchange_error());
         }
@@ -11,6 +48,7 @@ impl VHost {
         if req.passive {
             return self
                 .exchange(req.name)
+                .map(|x| (x, false))
                 .ok_or_else(|| self.no_exchange(req.name));
         }
         let (kind, delayed) = declared_type(req.kind, req.arguments)?;
@@ -40,7 +78,7 @@ impl VHost {
             if let Some(n) = partitions {
                 self.ensure_partitions(&existing, n, 0)?;
             }
-            return Ok(existing);
+            return Ok((existing, false));
         }
         if req.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -88,7 +126,7 @@ impl VHost {
         if let Some(n) = partitions {
             self.ensure_partitions(&exchange, n, 0)?;
         }
-        Ok(exchange)
+        Ok((exchange, true))
     }
 
     fn check_exchange_equivalence(
@@ -126,7 +164,26 @@ impl VHost {
         Ok(())
     }
 
+    /// exchange.delete; on a cluster, committed to the metadata group.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        let change = Change::DeleteExchange {
+            vhost: self.name.clone(),
+            name: name.to_string(),
+            if_unused,
+        };
+        let what = format!("delete {}", self.exchange_resource(name));
+        match self.replication.replicate(&change, &what) {
+            Some(outcome) => outcome?.into_result().map(|_| ()),
+            None => self.apply_delete_exchange(name, if_unused),
+        }
+    }
+
+    /// The deletion made on this node.
+    pub(crate) fn apply_delete_exchange(
+        &self,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), AmqpError> {
         if name.is_empty() {
             return Err(default_exchange_error());
         }

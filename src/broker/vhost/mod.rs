@@ -9,6 +9,7 @@ use super::exchange::{
 use super::message::Message;
 use super::names;
 use super::policy::{self, Policy, PolicyRecord};
+use crate::broker::metadata::{Change, Replication};
 use crate::broker::queue::paging::PageBudget;
 use crate::broker::queue::{DeclareProperties, Queue, QueueArguments, QueueOptions};
 use crate::broker::super_stream::group::ConsumerGroups;
@@ -23,9 +24,11 @@ use std::sync::{Arc, Weak};
 
 /// The direct reply-to pseudo queue name (RabbitMQ's).
 mod bindings;
+mod changes;
 mod delivery;
 mod exchanges;
 mod policies;
+pub use policies::PolicyError;
 pub mod publish;
 mod queue_host;
 mod queues;
@@ -47,6 +50,8 @@ pub struct VHost {
     store: Option<Arc<Store>>,
     /// The broker's paging budget: its queues take it from here.
     pub pages: Arc<PageBudget>,
+    /// The broker's: on a cluster, exchanges change through it.
+    replication: Arc<Replication>,
     /// Looked up by name on every publish: foldhash (seeded per process,
     /// several times faster than SipHash on short names).
     exchanges: RwLock<NameMap<Arc<Exchange>>>,
@@ -118,8 +123,13 @@ fn default_exchange_error() -> AmqpError {
 }
 
 impl VHost {
-    pub fn new(name: &str, store: Option<Arc<Store>>, pages: Arc<PageBudget>) -> Arc<Self> {
-        Arc::new_cyclic(|self_ref| Self::build(name, self_ref.clone(), store, pages))
+    pub fn new(
+        name: &str,
+        store: Option<Arc<Store>>,
+        pages: Arc<PageBudget>,
+        replication: Arc<Replication>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|self_ref| Self::build(name, self_ref.clone(), store, pages, replication))
     }
 
     fn build(
@@ -127,12 +137,14 @@ impl VHost {
         self_ref: Weak<VHost>,
         store: Option<Arc<Store>>,
         pages: Arc<PageBudget>,
+        replication: Arc<Replication>,
     ) -> Self {
         let vhost = VHost {
             name: name.to_string(),
             self_ref,
             store,
             pages,
+            replication,
             exchanges: RwLock::new(NameMap::default()),
             queues: RwLock::new(NameMap::default()),
             queue_definitions: parking_lot::Mutex::new(()),
@@ -245,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_stored_quorum_queue_with_arguments_quorum_refuses_is_restored_as_classic() {
-        let vhost = VHost::new("/", None, Default::default());
+        let vhost = VHost::new("/", None, Default::default(), Default::default());
         let quorum = AMQPValue::LongString("quorum".into());
         vhost.restore_queue(&record("qq", &[("x-queue-type", quorum.clone())]));
         vhost.restore_queue(&record(

@@ -2,14 +2,55 @@
 
 use super::*;
 
+/// Why a policy was not put.
+#[derive(Debug)]
+pub enum PolicyError {
+    /// RabbitMQ's validation text.
+    Invalid(String),
+    /// The cluster could not commit it.
+    Unavailable(AmqpError),
+}
+
 impl VHost {
     pub fn policies(&self) -> Vec<Arc<Policy>> {
         self.policies.read().clone()
     }
 
-    /// Adds or replaces a policy and applies it at once. Returns whether it
-    /// is new; the error is RabbitMQ's validation text.
-    pub fn put_policy(&self, mut record: PolicyRecord) -> Result<bool, String> {
+    /// Adds or replaces a policy and applies it at once (on a cluster, on
+    /// every node). Returns whether it is new.
+    pub fn put_policy(&self, mut record: PolicyRecord) -> Result<bool, PolicyError> {
+        record.vhost = self.name.clone();
+        // Refused here before anything is proposed.
+        Policy::new(record.clone()).map_err(PolicyError::Invalid)?;
+        let what = format!("put policy '{}' in vhost '{}'", record.name, self.name);
+        match self
+            .replication
+            .replicate(&Change::PutPolicy(record.clone()), &what)
+        {
+            Some(outcome) => outcome
+                .and_then(|o| o.into_result())
+                .map_err(PolicyError::Unavailable),
+            None => self.apply_put_policy(record).map_err(PolicyError::Invalid),
+        }
+    }
+
+    /// Removes a policy (on a cluster, on every node); returns whether it
+    /// existed.
+    pub fn delete_policy(&self, name: &str) -> Result<bool, AmqpError> {
+        let what = format!("delete policy '{name}' in vhost '{}'", self.name);
+        let change = Change::DeletePolicy {
+            vhost: self.name.clone(),
+            name: name.to_string(),
+        };
+        match self.replication.replicate(&change, &what) {
+            Some(outcome) => outcome?.into_result(),
+            None => Ok(self.apply_delete_policy(name)),
+        }
+    }
+
+    /// The policy put on this node; the error is RabbitMQ's validation
+    /// text.
+    pub(crate) fn apply_put_policy(&self, mut record: PolicyRecord) -> Result<bool, String> {
         record.vhost = self.name.clone();
         let policy = Arc::new(Policy::new(record)?);
         let created = {
@@ -33,8 +74,8 @@ impl VHost {
         Ok(created)
     }
 
-    /// Removes a policy; returns whether it existed.
-    pub fn delete_policy(&self, name: &str) -> bool {
+    /// The policy removed on this node.
+    pub(crate) fn apply_delete_policy(&self, name: &str) -> bool {
         let existed = {
             let mut policies = self.policies.write();
             let before = policies.len();

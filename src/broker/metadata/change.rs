@@ -1,0 +1,115 @@
+//! The changes the metadata group carries, and what applying one gave.
+
+use crate::broker::policy::PolicyRecord;
+use crate::broker::users::{Permission, User};
+use crate::protocol::error::ErrorScope;
+use crate::protocol::{AmqpError, FieldTable};
+use crate::store::catalog::VhostRecord;
+use serde::{Deserialize, Serialize};
+
+/// One change of shared definitions. Applied on every node in log order;
+/// applying one twice (after a crash) leaves the same state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Change {
+    PutVhost(VhostRecord),
+    DeleteVhost {
+        name: String,
+    },
+    PutUser(User),
+    DeleteUser {
+        name: String,
+    },
+    SetPermission {
+        user: String,
+        vhost: String,
+        permission: Permission,
+    },
+    ClearPermission {
+        user: String,
+        vhost: String,
+    },
+    DeclareExchange {
+        vhost: String,
+        name: String,
+        kind: String,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    },
+    DeleteExchange {
+        vhost: String,
+        name: String,
+        if_unused: bool,
+    },
+    PutPolicy(PolicyRecord),
+    DeletePolicy {
+        vhost: String,
+        name: String,
+    },
+}
+
+/// What applying a change gave: whether it made something new, or the
+/// AMQP error it was refused with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Outcome {
+    Done {
+        created: bool,
+    },
+    Refused {
+        connection: bool,
+        code: u16,
+        text: String,
+    },
+}
+
+impl Outcome {
+    /// What a local apply gave.
+    pub fn of(result: Result<bool, AmqpError>) -> Outcome {
+        match result {
+            Ok(created) => Outcome::Done { created },
+            Err(e) => Outcome::Refused {
+                connection: e.scope == ErrorScope::Connection,
+                code: e.code,
+                text: e.text,
+            },
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// An outcome sent back by the node that applied it.
+    pub fn decode(bytes: &[u8]) -> Outcome {
+        serde_json::from_slice::<Outcome>(bytes).unwrap_or_else(|e| {
+            Outcome::of(Err(AmqpError::internal(format!(
+                "unreadable cluster reply: {e}"
+            ))))
+        })
+    }
+
+    /// As the caller's result: whether something new was made, or the
+    /// error.
+    pub fn into_result(self) -> Result<bool, AmqpError> {
+        match self {
+            Outcome::Done { created } => Ok(created),
+            Outcome::Refused {
+                connection,
+                code,
+                text,
+            } => Err(AmqpError {
+                scope: if connection {
+                    ErrorScope::Connection
+                } else {
+                    ErrorScope::Channel
+                },
+                code,
+                // Already starts with the reply code's name.
+                text,
+                class_id: 0,
+                method_id: 0,
+            }),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Definitions that a cluster shares: vhosts, users, permissions and
+//! exchanges are changed through the cluster's metadata group (Raft, in
+//! `crate::cluster`), so every node applies the same changes in the same
+//! order; RabbitMQ's Khepri. On a single node nothing changes: a change is
+//! applied directly, as before.
+//!
+//! The path of a change on a cluster node: the broker method that a
+//! channel or the HTTP API calls (`VHost::declare_exchange`,
+//! `Broker::put_user`, ...) makes a [`Change`], [`Replication::replicate`]
+//! commits it on a majority, and every node's [`applier::BrokerApplier`]
+//! applies it with the same method's local half (`apply_*`). The result of
+//! the proposer's own apply (a 406 for an inequivalent redeclare, say) is
+//! the caller's result.
+
+pub mod applier;
+mod change;
+
+pub use change::{Change, Outcome};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::protocol::error::code;
+use crate::protocol::AmqpError;
+use std::sync::OnceLock;
+
+/// Whether definitions go through a cluster (set once, at start).
+#[derive(Default)]
+pub struct Replication {
+    cluster: OnceLock<Cluster>,
+}
+
+impl Replication {
+    /// From now on, changes are committed through `cluster`.
+    pub fn attach(&self, cluster: Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// Commits `change` through the cluster and returns the outcome of
+    /// applying it on this node; `None` on a single node (the caller
+    /// applies it itself). `what` names the operation for the timeout
+    /// error, e.g. `declare exchange 'x' in vhost '/'`.
+    ///
+    /// Blocks the calling thread until the change is committed (a few
+    /// milliseconds on a LAN, the propose timeout without a majority): on
+    /// tokio's multi-thread runtime the worker's other tasks move to
+    /// another thread meanwhile. No broker lock may be held across it.
+    pub fn replicate(&self, change: &Change, what: &str) -> Option<Result<Outcome, AmqpError>> {
+        let cluster = self.cluster.get()?.clone();
+        let command = match serde_json::to_vec(change) {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(Err(AmqpError::internal(format!("{what}: {e}")))),
+        };
+        let result = block_on(async move { cluster.propose(command).await })
+            .unwrap_or_else(|| Err(ClusterError::Internal("no runtime to wait on".into())));
+        Some(match result {
+            Ok(bytes) => Ok(Outcome::decode(&bytes)),
+            Err(error) => Err(unavailable(what, &error)),
+        })
+    }
+}
+
+/// RabbitMQ's (Khepri's) error when the metadata store cannot commit: a
+/// connection error, 541.
+fn unavailable(what: &str, error: &ClusterError) -> AmqpError {
+    tracing::warn!("cannot {what}: {error}");
+    AmqpError::connection(
+        code::INTERNAL_ERROR,
+        format!("failed to {what} because the operation timed out"),
+    )
+}
+
+/// Runs `future` to completion from synchronous broker code; `None` if
+/// no runtime could be had to wait on.
+fn block_on<F: std::future::Future + Send>(future: F) -> Option<F::Output>
+where
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            Some(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        // A current-thread runtime cannot block in place: wait on a thread
+        // of its own (the cluster's tasks run on the server's runtime).
+        _ => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()
+                        .map(|rt| rt.block_on(future))
+                })
+                .join()
+                .ok()
+                .flatten()
+        }),
+    }
+}

@@ -1,0 +1,572 @@
+//! A real three-node cluster: each broker process in its own network
+//! namespace (`crate::netns`), faults injected from outside (SIGKILL, a
+//! cluster link taken down). What is checked is what clients see over AMQP
+//! and the management API of each node.
+//!
+//! Needs root and iproute2, as CI has; elsewhere each test says so and
+//! returns.
+
+use crate::netns::{self, Net, AMQP_PORT, CLUSTER_PORT, MGMT_PORT};
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const SECRET: &str = "cluster-test-secret";
+
+/// Brokers in namespaces, with their data dirs.
+struct Nodes {
+    net: Net,
+    dirs: Vec<TempDir>,
+    http: reqwest::Client,
+    /// Per node: extra settings (e.g. a wrong secret).
+    extra: Vec<Vec<(String, String)>>,
+}
+
+fn skip() -> bool {
+    if netns::available() {
+        return false;
+    }
+    // CI has both (.ci/run installs iproute2 and runs as root): there a
+    // missing prerequisite is a failure, not a skip.
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the cluster tests need root and iproute2 (ip, tc) under CI"
+    );
+    eprintln!("skipped: needs root and iproute2 (network namespaces)");
+    true
+}
+
+impl Nodes {
+    /// `count` namespaces; nothing started yet.
+    fn new(count: usize) -> Nodes {
+        Nodes {
+            net: Net::new(count),
+            dirs: (0..count)
+                .map(|_| tempfile::tempdir().expect("tempdir"))
+                .collect(),
+            http: reqwest::Client::new(),
+            extra: vec![Vec::new(); count],
+        }
+    }
+
+    fn seeds(&self) -> String {
+        self.net
+            .nodes
+            .iter()
+            .map(|n| format!("{}:{CLUSTER_PORT}", n.cluster_addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts node `i` with every node as a seed (`seeds: false`: alone).
+    async fn start(&mut self, i: usize, seeds: bool) {
+        let addr = self.net.nodes[i].cluster_addr;
+        let mut env: Vec<(String, String)> = [
+            ("BROKER__AMQP__BIND", "0.0.0.0".to_string()),
+            ("BROKER__AMQP__PORT", AMQP_PORT.to_string()),
+            ("BROKER__MANAGEMENT__BIND", "0.0.0.0".to_string()),
+            ("BROKER__MANAGEMENT__PORT", MGMT_PORT.to_string()),
+            ("BROKER__PROMETHEUS__PORT", "0".to_string()),
+            // guest may log in from the test's address.
+            ("BROKER__AUTH__LOOPBACK_USERS", "nobody".to_string()),
+            (
+                "BROKER__STORAGE__DATA_DIR",
+                self.dirs[i].path().display().to_string(),
+            ),
+            ("BROKER__CLUSTER__ENABLED", "true".to_string()),
+            ("BROKER__CLUSTER__NODE_NAME", format!("broker@n{i}")),
+            ("BROKER__CLUSTER__LISTEN", format!("{addr}:{CLUSTER_PORT}")),
+            (
+                "BROKER__CLUSTER__ADVERTISE",
+                format!("{addr}:{CLUSTER_PORT}"),
+            ),
+            ("BROKER__CLUSTER__SECRET", SECRET.to_string()),
+            ("RUST_LOG", "warn,broker::cluster=info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if seeds {
+            env.push(("BROKER__CLUSTER__SEED_NODES".into(), self.seeds()));
+        }
+        env.extend(self.extra[i].iter().cloned());
+        self.net.spawn(i, env!("CARGO_BIN_EXE_broker"), &[], &env);
+        assert!(
+            self.net
+                .wait_listening(i, MGMT_PORT, Duration::from_secs(20))
+                .await,
+            "node {i} did not start"
+        );
+    }
+
+    fn api(&self, i: usize, path: &str) -> String {
+        format!(
+            "http://{}:{MGMT_PORT}/api{path}",
+            self.net.nodes[i].client_addr
+        )
+    }
+
+    fn amqp_url(&self, i: usize) -> String {
+        format!(
+            "amqp://guest:guest@{}:{AMQP_PORT}/%2f",
+            self.net.nodes[i].client_addr
+        )
+    }
+
+    async fn get(&self, i: usize, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.api(i, path))
+            .basic_auth("guest", Some("guest"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn put(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .put(self.api(i, path))
+            .basic_auth("guest", Some("guest"))
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("PUT");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Node `i`'s view: (leader, names of voting members).
+    async fn view(&self, i: usize) -> (Option<String>, Vec<String>) {
+        let (_, status) = self.get(i, "/cluster").await;
+        let leader = status["leader"].as_str().map(String::from);
+        let mut voters: Vec<String> = status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect();
+        voters.sort();
+        (leader, voters)
+    }
+
+    /// Waits until every node in `nodes` reports the same leader and
+    /// exactly `members` as voters.
+    async fn formed(&self, nodes: &[usize], members: &[&str]) {
+        let want: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        let mut last = Vec::new();
+        for _ in 0..200 {
+            let mut views = Vec::new();
+            for &i in nodes {
+                views.push(self.view(i).await);
+            }
+            let leader = &views[0].0;
+            if leader.is_some() && views.iter().all(|(l, v)| l == leader && *v == want) {
+                return;
+            }
+            last = views;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cluster did not form as {want:?}; views: {last:?}");
+    }
+
+    /// Names of the exchanges declared on node `i` (not the predeclared).
+    async fn exchanges(&self, i: usize) -> Vec<String> {
+        let (status, list) = self.get(i, "/exchanges/%2F").await;
+        assert_eq!(status, 200, "{list}");
+        let mut names: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["name"].as_str().map(String::from))
+            .filter(|n| !n.is_empty() && !n.starts_with("amq."))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until node `i` has exactly `want` declared exchanges.
+    async fn exchanges_become(&self, i: usize, want: &[&str]) {
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        let mut seen = Vec::new();
+        for _ in 0..150 {
+            seen = self.exchanges(i).await;
+            if seen == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {i} has exchanges {seen:?}, expected {want:?}");
+    }
+
+    async fn connect(&self, i: usize) -> Connection {
+        Connection::connect(&self.amqp_url(i), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect to node {i}: {e}"))
+    }
+}
+
+async fn declare(conn: &Connection, name: &str, kind: ExchangeKind) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+const ALL: [&str; 3] = ["broker@n0", "broker@n1", "broker@n2"];
+
+async fn three_nodes() -> Nodes {
+    let mut nodes = Nodes::new(3);
+    for i in 0..3 {
+        nodes.start(i, true).await;
+    }
+    nodes.formed(&[0, 1, 2], &ALL).await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_from_config_and_share_definitions() {
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    // An exchange declared over AMQP on one node is on every node.
+    let conn = nodes.connect(0).await;
+    declare(&conn, "orders", ExchangeKind::Topic)
+        .await
+        .expect("declare on node 0");
+    for i in 0..3 {
+        nodes.exchanges_become(i, &["orders"]).await;
+    }
+    // Its definition is the same everywhere: an inequivalent redeclare on
+    // another node is refused with RabbitMQ's 406 and text.
+    let other = nodes.connect(2).await;
+    let err = declare(&other, "orders", ExchangeKind::Direct)
+        .await
+        .expect_err("inequivalent redeclare on node 2");
+    let text = err.to_string();
+    assert!(
+        text.contains("PRECONDITION_FAILED")
+            && text.contains(
+                "inequivalent arg 'type' for exchange 'orders' in vhost '/': received 'direct' but current is 'topic'"
+            ),
+        "{text}"
+    );
+    // A user made through one node's API logs in on another node.
+    let (status, body) = nodes
+        .put(
+            1,
+            "/users/carol",
+            serde_json::json!({"password": "pw", "tags": ""}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = nodes
+        .put(
+            1,
+            "/permissions/%2F/carol",
+            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let url = format!(
+        "amqp://carol:pw@{}:{AMQP_PORT}/%2f",
+        nodes.net.nodes[2].client_addr
+    );
+    let mut login = None;
+    for _ in 0..50 {
+        login = Some(Connection::connect(&url, ConnectionProperties::default()).await);
+        if login.as_ref().is_some_and(|l| l.is_ok()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        login.is_some_and(|l| l.is_ok()),
+        "carol cannot log in on node 2"
+    );
+    // So does a policy.
+    let (status, body) = nodes
+        .put(
+            0,
+            "/policies/%2F/short-lived",
+            serde_json::json!({"pattern": "^tmp", "definition": {"message-ttl": 1000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = nodes.get(2, "/policies/%2F/short-lived").await.0;
+        if seen == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 200, "the policy did not reach node 2");
+    // /api/nodes lists all three, running (once each has answered a ping).
+    let mut running = Vec::new();
+    for _ in 0..50 {
+        let (_, list) = nodes.get(1, "/nodes").await;
+        running = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["running"] == true)
+            .filter_map(|n| n["name"].as_str().map(String::from))
+            .collect();
+        running.sort();
+        if running == ALL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(running, ALL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_refuses_changes_and_catches_up_after_the_heal() {
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let cut_off = nodes.connect(2).await;
+    nodes.net.partition(2);
+    // The majority side goes on: a declare on node 0 commits.
+    let majority = nodes.connect(0).await;
+    declare(&majority, "while-cut", ExchangeKind::Fanout)
+        .await
+        .expect("declare on the majority side");
+    nodes.exchanges_become(1, &["while-cut"]).await;
+    // The cut-off node refuses: RabbitMQ's (Khepri's) connection error.
+    let err = declare(&cut_off, "lost", ExchangeKind::Fanout)
+        .await
+        .expect_err("a declare on the cut-off node must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains("INTERNAL_ERROR")
+            && text.contains(
+                "failed to declare exchange 'lost' in vhost '/' because the operation timed out"
+            ),
+        "{text}"
+    );
+    // It still answers what it can: its management API, with what it had.
+    assert_eq!(nodes.exchanges(2).await, Vec::<String>::new());
+    // Past the refused change's deadline: held up in the partition, it
+    // must not take effect when the link comes back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes.net.heal(2);
+    // After the heal: no divergence, every node has exactly the committed
+    // change, and the cluster is whole again.
+    for i in 0..3 {
+        nodes.exchanges_become(i, &["while-cut"]).await;
+    }
+    nodes.formed(&[0, 1, 2], &ALL).await;
+    let conn = nodes.connect(2).await;
+    declare(&conn, "after-heal", ExchangeKind::Direct)
+        .await
+        .expect("declare on the healed node");
+    for i in 0..3 {
+        nodes
+            .exchanges_become(i, &["after-heal", "while-cut"])
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_restarts_and_catches_up_while_the_others_go_on() {
+    if skip() {
+        return;
+    }
+    let mut nodes = Nodes::new(3);
+    // Small snapshots: the restarted node must also catch up from one.
+    for extra in &mut nodes.extra {
+        extra.push(("BROKER__CLUSTER__SNAPSHOT_EVERY".into(), "10".into()));
+    }
+    for i in 0..3 {
+        nodes.start(i, true).await;
+    }
+    nodes.formed(&[0, 1, 2], &ALL).await;
+    nodes.net.kill(1);
+    // One node of three down: declares still commit.
+    let conn = nodes.connect(0).await;
+    let mut names = Vec::new();
+    for n in 0..30 {
+        let name = format!("x{n:02}");
+        declare(&conn, &name, ExchangeKind::Direct)
+            .await
+            .unwrap_or_else(|e| panic!("declare {name} with a node down: {e}"));
+        names.push(name);
+    }
+    let want: Vec<&str> = names.iter().map(String::as_str).collect();
+    nodes.exchanges_become(2, &want).await;
+    nodes.start(1, true).await;
+    nodes.exchanges_become(1, &want).await;
+    nodes.formed(&[0, 1, 2], &ALL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_cannot_join() {
+    if skip() {
+        return;
+    }
+    let mut nodes = Nodes::new(3);
+    nodes.extra[2].push(("BROKER__CLUSTER__SECRET".into(), "not-the-secret".into()));
+    for i in 0..3 {
+        nodes.start(i, true).await;
+    }
+    nodes.formed(&[0, 1], &["broker@n0", "broker@n1"]).await;
+    // The good nodes work together; the impostor never becomes a member.
+    let conn = nodes.connect(0).await;
+    declare(&conn, "private", ExchangeKind::Direct)
+        .await
+        .expect("declare");
+    nodes.exchanges_become(1, &["private"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..2 {
+        let (_, members) = nodes.view(i).await;
+        assert_eq!(members, ["broker@n0", "broker@n1"]);
+    }
+    assert_eq!(nodes.exchanges(2).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_with_the_cli_and_gets_what_was_declared_before() {
+    if skip() {
+        return;
+    }
+    let mut nodes = Nodes::new(2);
+    nodes.start(0, false).await;
+    nodes.start(1, false).await;
+    nodes.formed(&[0], &["broker@n0"]).await;
+    let conn = nodes.connect(0).await;
+    declare(&conn, "before-join", ExchangeKind::Topic)
+        .await
+        .expect("declare on node 0 alone");
+    // `broker cluster join` on node 1 (inside its namespace, against its
+    // own management API).
+    let seed = format!("{}:{CLUSTER_PORT}", nodes.net.nodes[0].cluster_addr);
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", &nodes.net.nodes[1].ns])
+        .arg(env!("CARGO_BIN_EXE_broker"))
+        .args([
+            "cluster",
+            "join",
+            &seed,
+            "--api-port",
+            &MGMT_PORT.to_string(),
+        ])
+        .env("BROKER__STORAGE__DATA_DIR", nodes.dirs[1].path())
+        .output()
+        .expect("run broker cluster join");
+    assert!(
+        output.status.success(),
+        "join failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    nodes.formed(&[0, 1], &["broker@n0", "broker@n1"]).await;
+    nodes.exchanges_become(1, &["before-join"]).await;
+    // `broker cluster status` prints both members.
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", &nodes.net.nodes[1].ns])
+        .arg(env!("CARGO_BIN_EXE_broker"))
+        .args(["cluster", "status", "--api-port", &MGMT_PORT.to_string()])
+        .env("BROKER__STORAGE__DATA_DIR", nodes.dirs[1].path())
+        .output()
+        .expect("run broker cluster status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("broker@n0") && stdout.contains("broker@n1"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_rejoins_as_a_follower() {
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let (leader, _) = nodes.view(0).await;
+    let leader = leader.expect("a leader");
+    let index = ALL
+        .iter()
+        .position(|n| *n == leader)
+        .expect("leader is a member");
+    let others: Vec<usize> = (0..3).filter(|i| *i != index).collect();
+    // SIGSTOP for longer than the election timeout (1-2 s).
+    nodes.net.pause(index);
+    let mut new_leader = None;
+    for _ in 0..100 {
+        let (l, _) = nodes.view(others[0]).await;
+        if l.as_ref().is_some_and(|l| *l != leader) {
+            new_leader = l;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        new_leader.is_some(),
+        "no new leader while {leader} is paused"
+    );
+    let conn = nodes.connect(others[1]).await;
+    declare(&conn, "during-pause", ExchangeKind::Headers)
+        .await
+        .expect("declare while the old leader is paused");
+    nodes.net.resume(index);
+    // It comes back as a follower of the new leader and has the change.
+    nodes.exchanges_become(index, &["during-pause"]).await;
+    nodes.formed(&[0, 1, 2], &ALL).await;
+    assert_ne!(nodes.view(index).await.0, Some(leader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declares_commit_over_a_slow_lossy_link_and_a_node_stops_cleanly() {
+    if skip() {
+        return;
+    }
+    let mut nodes = three_nodes().await;
+    // 30 ms each way with jitter and 5 % loss on node 2's cluster link,
+    // where the kernel has netem (it is a module some kernels leave out).
+    let netem = nodes.net.netem_available();
+    if netem {
+        nodes.net.netem(2, Some("delay 30ms 10ms loss 5%"));
+    } else {
+        eprintln!("this kernel has no sch_netem: declares go over a plain link");
+    }
+    let conn = nodes.connect(2).await;
+    let mut names = Vec::new();
+    for n in 0..10 {
+        let name = format!("slow{n}");
+        declare(&conn, &name, ExchangeKind::Fanout)
+            .await
+            .unwrap_or_else(|e| panic!("declare {name} over the lossy link: {e}"));
+        names.push(name);
+    }
+    let want: Vec<&str> = names.iter().map(String::as_str).collect();
+    for i in 0..3 {
+        nodes.exchanges_become(i, &want).await;
+    }
+    if netem {
+        nodes.net.netem(2, None);
+    }
+    // SIGTERM: the node leaves its Raft group's work cleanly and exits 0.
+    drop(conn);
+    let status = nodes.net.stop(2).expect("node 2 was running");
+    assert!(status.success(), "node 2 exited with {status}");
+}
