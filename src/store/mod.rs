@@ -2,6 +2,7 @@
 //! segment files with group commit). See docs/storage.md.
 
 pub mod catalog;
+mod catalog_wal;
 mod compaction;
 mod inbox;
 pub mod message_log;

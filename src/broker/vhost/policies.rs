@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The catalog tree of policies. A change goes through the catalog's
+/// `put_raw` / `remove_raw`: its log makes it durable, and the HTTP API's
+/// answer waits for that.
+const POLICY_TREE: &str = "policies";
+
 /// Why a policy was not put.
 #[derive(Debug)]
 pub enum PolicyError {
@@ -61,11 +66,11 @@ impl VHost {
             policies.push(policy.clone());
             created
         };
-        if let Some(tree) = self.policy_tree() {
+        if let Some(store) = &self.store {
             match serde_json::to_vec(&policy.record) {
                 Ok(json) => {
-                    let _ = tree.insert(policy_key(&self.name, policy.name()), json);
-                    self.note_catalog_change();
+                    let key = policy_key(&self.name, policy.name());
+                    store.catalog.put_raw(POLICY_TREE, &key, &json);
                 }
                 Err(e) => tracing::error!("policy not storable: {e}"),
             }
@@ -83,9 +88,10 @@ impl VHost {
             policies.len() != before
         };
         if existed {
-            if let Some(tree) = self.policy_tree() {
-                let _ = tree.remove(policy_key(&self.name, name));
-                self.note_catalog_change();
+            if let Some(store) = &self.store {
+                store
+                    .catalog
+                    .remove_raw(POLICY_TREE, &policy_key(&self.name, name));
             }
             self.apply_policies();
         }
@@ -110,18 +116,11 @@ impl VHost {
         }
     }
 
-    /// The HTTP API's answer waits for the catalog's flush of it.
-    fn note_catalog_change(&self) {
-        if let Some(store) = &self.store {
-            store.catalog.note_change();
-        }
-    }
-
     fn policy_tree(&self) -> Option<sled::Tree> {
         let store = self.store.as_ref()?;
         store
             .catalog
-            .tree("policies")
+            .tree(POLICY_TREE)
             .map_err(|e| tracing::error!("cannot open the policies tree: {e:#}"))
             .ok()
     }

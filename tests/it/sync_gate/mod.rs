@@ -10,7 +10,9 @@ use crate::common::BrokerProcess;
 /// An `LD_PRELOAD` library whose `fdatasync` waits while a gate file
 /// exists: the message log's sync is held as long as the test wants. A
 /// pass file (`pass_file`) lets one waiting sync through, then is gone.
-/// `None` without a C compiler.
+/// The catalog's syncs (`fsync`, `sync_file_range`, and `fdatasync` of a
+/// file in `catalog-wal/`, its log) have a gate of their own
+/// (`start_fsync_gated`). `None` without a C compiler.
 pub fn build_sync_gate(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let source = dir.join("sync_gate.c");
     std::fs::write(
@@ -18,13 +20,37 @@ pub fn build_sync_gate(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         r#"#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* The catalog's syncs, fsync and sync_file_range (sled) and the
+   fdatasync of its log (a file in catalog-wal/), are held while
+   FSYNC_GATE exists. */
+static void wait_fsync_gate(void) {
+    const char *gate = getenv("FSYNC_GATE");
+    struct stat st;
+    while (gate && stat(gate, &st) == 0) usleep(5000);
+}
+
+static int is_catalog_log(int fd) {
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0) return 0;
+    path[n] = 0;
+    return strstr(path, "/catalog-wal/") != NULL;
+}
 
 int fdatasync(int fd) {
     static int (*real)(int);
     if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (is_catalog_log(fd)) {
+        wait_fsync_gate();
+        return real(fd);
+    }
     const char *gate = getenv("SYNC_GATE");
     const char *pass = getenv("SYNC_GATE_PASS");
     struct stat st;
@@ -33,14 +59,6 @@ int fdatasync(int fd) {
         usleep(5000);
     }
     return real(fd);
-}
-
-/* The catalog's (sled's) syncs, fsync and sync_file_range, are held
-   while FSYNC_GATE exists. */
-static void wait_fsync_gate(void) {
-    const char *gate = getenv("FSYNC_GATE");
-    struct stat st;
-    while (gate && stat(gate, &st) == 0) usleep(5000);
 }
 
 int fsync(int fd) {
@@ -94,9 +112,9 @@ pub async fn start_gated(
     .await
 }
 
-/// The broker binary with the gate preloaded holding `fsync` (the
-/// catalog's flush) while `gate` exists; the message log's `fdatasync`
-/// runs freely.
+/// The broker binary with the gate preloaded holding the catalog's syncs
+/// (its log's `fdatasync`, sled's `fsync`) while `gate` exists; the
+/// message log's `fdatasync` runs freely.
 pub async fn start_fsync_gated(
     data_dir: &std::path::Path,
     library: &std::path::Path,
