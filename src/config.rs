@@ -489,8 +489,17 @@ fn check_environment(
 
 impl Config {
     /// The node name shown to clients, RabbitMQ style (`broker@host`).
-    /// This node's name (`cluster.node_name`, or `broker@<hostname>`).
+    /// The cluster's name (`cluster.name`); a node alone is a cluster
+    /// named after itself, as RabbitMQ's default `cluster_name`.
     pub fn cluster_name(&self) -> String {
+        if self.cluster.enabled {
+            return self.cluster.name.clone();
+        }
+        self.node_name()
+    }
+
+    /// This node's name (`cluster.node_name`, or `broker@<hostname>`).
+    pub fn node_name(&self) -> String {
         if !self.cluster.node_name.is_empty() {
             return self.cluster.node_name.clone();
         }

@@ -203,7 +203,7 @@ async fn join_cluster(broker: &Arc<Broker>) -> anyhow::Result<()> {
     };
     let options = crate::cluster::ClusterOptions {
         cluster_name: config.name.clone(),
-        node_name: broker.config.cluster_name(),
+        node_name: broker.config.node_name(),
         listen,
         advertise,
         seed_nodes: config.seed_nodes.clone(),

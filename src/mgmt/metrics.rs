@@ -726,7 +726,8 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         ],
         1.0,
     );
-    let node = broker.config.cluster_name();
+    let node = broker.config.node_name();
+    let cluster = broker.config.cluster_name();
     family(
         &mut out,
         "rabbitmq_identity_info",
@@ -736,7 +737,7 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
     .sample(
         &[
             ("rabbitmq_node", &node),
-            ("rabbitmq_cluster", &node),
+            ("rabbitmq_cluster", &cluster),
             (
                 "rabbitmq_endpoint",
                 if per_object {

@@ -60,7 +60,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(broker: Arc<Broker>, sample_interval: std::time::Duration) -> Self {
-        let node = broker.config.cluster_name();
+        let node = broker.config.node_name();
         Ctx {
             broker,
             node,

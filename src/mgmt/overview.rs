@@ -222,7 +222,7 @@ async fn overview(
         "product_version": VERSION,
         "product_name": "Broker",
         "rabbitmq_version": VERSION,
-        "cluster_name": ctx.node,
+        "cluster_name": broker.config.cluster_name(),
         "erlang_version": "none",
         "erlang_full_version": "none (Rust)",
         "release_series_support_status": "supported",
@@ -316,5 +316,5 @@ async fn node(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Jso
 }
 
 async fn cluster_name(State(ctx): State<Ctx>) -> Json<Value> {
-    Json(json!({"name": ctx.node}))
+    Json(json!({"name": ctx.broker.config.cluster_name()}))
 }
