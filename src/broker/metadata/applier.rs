@@ -194,3 +194,191 @@ impl crate::cluster::Applier for BrokerApplier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::vhost::ExchangeDeclare;
+    use crate::cluster::Applier;
+    use crate::config::Config;
+    use crate::store::catalog::VhostRecord;
+    use std::sync::Arc;
+
+    fn declare(broker: &Broker, vhost: &str, name: &str, kind: &str) {
+        broker
+            .vhost(vhost)
+            .expect("vhost")
+            .declare_exchange(ExchangeDeclare {
+                name,
+                kind,
+                passive: false,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: &FieldTable::default(),
+            })
+            .expect("declare");
+    }
+
+    fn policy(vhost: &str, name: &str) -> PolicyRecord {
+        serde_json::from_value(serde_json::json!({
+            "vhost": vhost, "name": name, "pattern": "^x", "apply-to": "queues",
+            "definition": {"message-ttl": 1000}, "priority": 0,
+        }))
+        .expect("policy record")
+    }
+
+    /// Names of the declared exchanges of every vhost, with their types.
+    fn exchanges(broker: &Broker) -> Vec<(String, String, String)> {
+        let mut all: Vec<_> = broker
+            .vhosts()
+            .iter()
+            .flat_map(|v| {
+                v.exchanges()
+                    .into_iter()
+                    .filter(|x| declared(&x.name))
+                    .map(|x| (v.name.clone(), x.name.clone(), x.type_name().to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn users(broker: &Broker) -> Vec<String> {
+        let mut names: Vec<String> = broker
+            .users
+            .read()
+            .list()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_snapshot_installed_on_another_broker_makes_its_definitions_the_same() {
+        let source = Broker::new(Config::default(), None);
+        source
+            .put_vhost(VhostRecord {
+                name: "shop".into(),
+                ..Default::default()
+            })
+            .expect("vhost");
+        source
+            .put_user(User::with_password("ann", "pw", vec!["management".into()]))
+            .expect("user");
+        source
+            .set_permission(
+                "ann",
+                "shop",
+                Permission {
+                    configure: "^ann-".into(),
+                    write: ".*".into(),
+                    read: ".*".into(),
+                },
+            )
+            .expect("permission");
+        declare(&source, "shop", "orders", "topic");
+        declare(&source, "/", "events", "fanout");
+        declare(&source, "/", "retyped", "direct");
+        source
+            .vhost("/")
+            .expect("vhost")
+            .put_policy(policy("/", "ttl"))
+            .expect("policy");
+
+        // The target has things the snapshot does not, and one exchange of
+        // the same name with another type.
+        let target = Broker::new(Config::default(), None);
+        target
+            .put_vhost(VhostRecord {
+                name: "stale".into(),
+                ..Default::default()
+            })
+            .expect("vhost");
+        target
+            .put_user(User::with_password("bob", "pw", vec![]))
+            .expect("user");
+        declare(&target, "/", "old", "direct");
+        declare(&target, "/", "retyped", "topic");
+        target
+            .vhost("/")
+            .expect("vhost")
+            .put_policy(policy("/", "stale-policy"))
+            .expect("policy");
+
+        let snapshot = BrokerApplier::new(Arc::downgrade(&source)).snapshot();
+        BrokerApplier::new(Arc::downgrade(&target)).install(&snapshot);
+
+        assert_eq!(exchanges(&target), exchanges(&source));
+        assert!(exchanges(&target).contains(&("/".into(), "retyped".into(), "direct".into())));
+        assert_eq!(users(&target), users(&source));
+        assert!(target.vhost("stale").is_none());
+        assert_eq!(
+            target
+                .users
+                .read()
+                .permission("ann", "shop")
+                .map(|p| p.configure.clone()),
+            Some("^ann-".to_string())
+        );
+        let policies: Vec<String> = target
+            .vhost("/")
+            .expect("vhost")
+            .policies()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        assert_eq!(policies, ["ttl"]);
+    }
+
+    #[test]
+    fn a_change_applied_twice_leaves_the_same_state() {
+        let broker = Broker::new(Config::default(), None);
+        let applier = BrokerApplier::new(Arc::downgrade(&broker));
+        let change = serde_json::to_vec(&Change::DeclareExchange {
+            vhost: "/".into(),
+            name: "twice".into(),
+            kind: "topic".into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        })
+        .expect("encode");
+        let first = Outcome::decode(&applier.apply(&change));
+        let second = Outcome::decode(&applier.apply(&change));
+        assert!(
+            matches!(first, Outcome::Done { created: true }),
+            "{first:?}"
+        );
+        assert!(
+            matches!(second, Outcome::Done { created: false }),
+            "{second:?}"
+        );
+        assert_eq!(
+            exchanges(&broker),
+            [("/".into(), "twice".into(), "topic".into())]
+        );
+        // An inequivalent one is refused the same way on every node.
+        let other = serde_json::to_vec(&Change::DeclareExchange {
+            vhost: "/".into(),
+            name: "twice".into(),
+            kind: "direct".into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        })
+        .expect("encode");
+        match Outcome::decode(&applier.apply(&other)).into_result() {
+            Err(e) => assert_eq!(
+                e.text,
+                "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'twice' in vhost '/': received 'direct' but current is 'topic'"
+            ),
+            Ok(created) => panic!("applied an inequivalent redeclare: {created}"),
+        }
+    }
+}
