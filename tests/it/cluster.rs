@@ -570,3 +570,75 @@ async fn declares_commit_over_a_slow_lossy_link_and_a_node_stops_cleanly() {
     let status = nodes.net.stop(2).expect("node 2 was running");
     assert!(status.success(), "node 2 exited with {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_forgotten_with_the_cli_and_the_rest_go_on() {
+    if skip() {
+        return;
+    }
+    let mut nodes = three_nodes().await;
+    nodes.net.kill(2);
+    // `broker cluster forget` on node 0, against its management API.
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", &nodes.net.nodes[0].ns])
+        .arg(env!("CARGO_BIN_EXE_broker"))
+        .args([
+            "cluster",
+            "forget",
+            "broker@n2",
+            "--api-port",
+            &MGMT_PORT.to_string(),
+        ])
+        .env("BROKER__STORAGE__DATA_DIR", nodes.dirs[0].path())
+        .output()
+        .expect("run broker cluster forget");
+    assert!(
+        output.status.success(),
+        "forget failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    nodes.formed(&[0, 1], &["broker@n0", "broker@n1"]).await;
+    // Two members now: both are needed, and both are there.
+    let conn = nodes.connect(1).await;
+    declare(&conn, "after-forget", ExchangeKind::Direct)
+        .await
+        .expect("declare with two members");
+    nodes.exchanges_become(0, &["after-forget"]).await;
+    // Forgetting a node that is not a member is refused, with a reason.
+    let response = nodes
+        .http
+        .delete(nodes.api(0, "/cluster/nodes/broker@nowhere"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    // `broker cluster leave` on node 1: node 0 goes on alone.
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", &nodes.net.nodes[1].ns])
+        .arg(env!("CARGO_BIN_EXE_broker"))
+        .args(["cluster", "leave", "--api-port", &MGMT_PORT.to_string()])
+        .env("BROKER__STORAGE__DATA_DIR", nodes.dirs[1].path())
+        .output()
+        .expect("run broker cluster leave");
+    assert!(
+        output.status.success(),
+        "leave failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    nodes.formed(&[0], &["broker@n0"]).await;
+    let conn = nodes.connect(0).await;
+    declare(&conn, "alone-now", ExchangeKind::Direct)
+        .await
+        .expect("declare on the last member");
+    nodes
+        .exchanges_become(0, &["after-forget", "alone-now"])
+        .await;
+}
