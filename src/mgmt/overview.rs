@@ -256,6 +256,18 @@ async fn overview(
 }
 
 fn node_json(ctx: &Ctx) -> Value {
+    // The members this node cannot reach now (RabbitMQ lists the nodes it
+    // has seen a partition with).
+    let partitions: Vec<String> = ctx
+        .broker
+        .replication
+        .cluster()
+        .map(|c| c.status().members)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !m.reachable && m.name != ctx.node)
+        .map(|m| m.name)
+        .collect();
     let p = ProcessStats::read();
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     json!({
@@ -278,7 +290,7 @@ fn node_json(ctx: &Ctx) -> Value {
         "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
         "applications": [{"name": "rabbit", "description": "RabbitMQ-compatible broker", "version": VERSION}],
         "rabbitmq_version": VERSION,
-        "partitions": [],
+        "partitions": partitions,
         "exchange_types": exchange_types(),
     })
 }

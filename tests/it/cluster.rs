@@ -366,6 +366,16 @@ async fn a_cut_off_node_refuses_changes_and_catches_up_after_the_heal() {
     );
     // It still answers what it can: its management API, with what it had.
     assert_eq!(nodes.exchanges(2).await, Vec::<String>::new());
+    // And it reports the partition: the others in its own node entry.
+    let (_, list) = nodes.get(2, "/nodes/broker@n2").await;
+    let mut partitions: Vec<&str> = list["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, ["broker@n0", "broker@n1"], "{list}");
     // Past the refused change's deadline: held up in the partition, it
     // must not take effect when the link comes back.
     tokio::time::sleep(Duration::from_millis(500)).await;
