@@ -6,7 +6,10 @@ The test logs in, declares a queue through the UI's form, publishes
 messages through the UI, and sees the queue's count in the list and the
 overview's queue-depth chart change; and on a queue's page browses and
 gets messages; and a user without read permission on the queue sees the
-API's refusal when it tries to get them. On failure the browser's screen is
+API's refusal when it tries to get them. The Nodes view shows this node
+running and alone (no cluster configured); the Streams view shows a stream
+queue's message count and a consumer group's partitions with their owner,
+committed offset and lag. On failure the browser's screen is
 saved to ``target/ui-failure.png``.
 
 Without Chromium the test is skipped locally but fails when ``CI=true``,
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, BrokerProcess, _broker_binary, _find_free_port
+from conftest import REPO_ROOT, BrokerProcess, _broker_binary, _find_free_port, connection_params
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
@@ -295,6 +298,146 @@ def test_a_refused_get_shows_the_reason(ui_broker, browser):
     except BaseException:
         save_failure(driver, ui_broker)
         raise
+
+
+def cell(driver, selector) -> str | None:
+    """The text of the first element matching `selector`, or None."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, selector)
+    return found[0].text if found else None
+
+
+def summary_value(driver, container, term) -> str | None:
+    """The value of `term` in a summary list (<dd data-field=term>) under `container`."""
+    return cell(driver, f'{container} dd[data-field="{term}"]')
+
+
+def test_the_nodes_view_shows_this_node_running_and_alone(ui_broker, browser):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    status, nodes = api(ui_broker, "GET", "/nodes")
+    assert status == 200 and len(nodes) == 1
+    node = nodes[0]["name"]
+    assert node
+    try:
+        log_in(driver, ui_broker.management_url())
+        driver.find_element(By.CSS_SELECTOR, "#tabs a[data-tab=nodes]").click()
+        row = f'#node-list tr[data-key="{node}"]'
+        wait_for(driver, lambda d: cell(d, f"{row} td.state") == "running", what="this node running")
+        assert cell(driver, f"{row} td.name") == node
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#node-list tbody tr")) == 1
+        assert re.fullmatch(r"\d+(s|m \d+s|h \d+m|d \d+h)", cell(driver, f"{row} td.uptime")), \
+            cell(driver, f"{row} td.uptime")
+        assert re.fullmatch(r"[\d.]+ (B|KiB|MiB|GiB)", cell(driver, f"{row} td.memory")), \
+            cell(driver, f"{row} td.memory")
+        used, total = cell(driver, f"{row} td.fds").replace(",", "").split(" / ")
+        assert 0 < int(used) <= int(total)
+        assert cell(driver, f"{row} td.partitions") == "none"
+
+        # No [cluster] configuration: alone, its own leader, one member.
+        summary = "#cluster-summary"
+        assert summary_value(driver, summary, "State") == "alone"
+        assert summary_value(driver, summary, "This node") == node
+        assert summary_value(driver, summary, "Leader") == node
+        assert summary_value(driver, summary, "Members") == "1"
+        assert summary_value(driver, summary, "Term") is None
+        assert driver.find_element(By.ID, "cluster-alone").text.startswith("This node runs alone")
+        member = f'#cluster-members tr[data-key="{node}"]'
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#cluster-members tbody tr")) == 1
+        assert cell(driver, f"{member} td.voter") == "yes"
+        assert cell(driver, f"{member} td.reachable") == "yes"
+        assert "this node" in cell(driver, f"{member} td.name")
+        screenshot(driver, "nodes")
+    except BaseException:
+        save_failure(driver, ui_broker)
+        raise
+
+
+def test_the_streams_view_shows_a_stream_and_a_consumer_groups_lag(ui_broker, browser):
+    import pika
+
+    driver = browser
+    suffix = uuid.uuid4().hex[:8]
+    stream, super_stream, group = f"ui-stream-{suffix}", f"ui-orders-{suffix}", "ui-group"
+    publisher = pika.BlockingConnection(connection_params(ui_broker))
+    member = None
+    try:
+        ch = publisher.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+        for i in range(4):
+            ch.basic_publish("", stream, f"event {i}".encode(), mandatory=True)
+        # A super stream of two partitions: 5 messages to partition 0, 3 to 1.
+        ch.exchange_declare(super_stream, exchange_type="x-super-stream", durable=True,
+                            arguments={"x-partitions": 2})
+        for partition, count in ((0, 5), (1, 3)):
+            for i in range(count):
+                ch.basic_publish(super_stream, "", f"p{partition}-{i}".encode(), mandatory=True,
+                                 properties=pika.BasicProperties(headers={"x-partition": partition}))
+
+        log_in(driver, ui_broker.management_url())
+        driver.get(f"{ui_broker.management_url()}#/streams")
+        row = f'#stream-list tr[data-key="/|{stream}"]'
+        wait_for(driver, lambda d: cell(d, f"{row} td.retained") == "4", what="4 messages in the stream")
+        assert cell(driver, f"{row} td.name") == stream
+        assert cell(driver, f"{row} td.unacked") == "0"
+        assert cell(driver, f"{row} td.consumers") == "0"
+        assert cell(driver, f"{row} td.bytes").endswith("B")
+        # The partitions are stream queues too.
+        for partition in (0, 1):
+            assert cell(driver, f'#stream-list tr[data-key="/|{super_stream}-{partition}"] td.name') \
+                == f"{super_stream}-{partition}"
+        assert "No consumer groups" in cell(driver, "#group-list")
+
+        # One member joins the group from the first offset, gets all eight
+        # messages, and acks the first three of partition 0 only.
+        member = pika.BlockingConnection(connection_params(ui_broker))
+        mch = member.channel()
+        mch.basic_qos(prefetch_count=20)
+        received = []
+        mch.basic_consume(super_stream, lambda c, method, props, body: received.append((
+            props.headers["x-stream-partition"], props.headers["x-stream-offset"], method.delivery_tag)),
+            consumer_tag="ui-member",
+            arguments={"x-consumer-group": group, "x-stream-offset": "first"})
+        deadline = time.monotonic() + WAIT
+        while len(received) < 8 and time.monotonic() < deadline:
+            member.process_data_events(time_limit=0.2)
+        assert sorted((p, o) for p, o, _ in received) == \
+            sorted([(0, o) for o in range(5)] + [(1, o) for o in range(3)]), received
+        first_three = sorted((o, tag) for p, o, tag in received if p == 0)[:3]
+        for _, tag in first_three:
+            mch.basic_ack(tag)
+        member.process_data_events(time_limit=0.2)
+        committed = first_three[-1][0]
+
+        # The view refreshes by itself: the group's card appears.
+        card = f'#group-list [data-group="/|{super_stream}|{group}"]'
+        p0, p1 = f"{card} .partitions tr[data-key='0']", f"{card} .partitions tr[data-key='1']"
+        wait_for(driver, lambda d: cell(d, f"{p0} td.lag") == "2", what="lag 2 on partition 0")
+        assert cell(driver, f"{p0} td.queue") == f"{super_stream}-0"
+        assert cell(driver, f"{p0} td.owner") == "ui-member"
+        assert cell(driver, f"{p0} td.committed") == str(committed)
+        # Partition 0's stream retains all five; two are still unacked.
+        partition0 = f'#stream-list tr[data-key="/|{super_stream}-0"]'
+        wait_for(driver, lambda d: cell(d, f"{partition0} td.unacked") == "2", what="2 unacked on partition 0")
+        assert cell(driver, f"{partition0} td.retained") == "5"
+        assert cell(driver, f"{p1} td.queue") == f"{super_stream}-1"
+        assert cell(driver, f"{p1} td.owner") == "ui-member"
+        assert cell(driver, f"{p1} td.committed") == "none"
+        assert cell(driver, f"{p1} td.lag") == "3"
+        assert summary_value(driver, card, "Members") == "1"
+        assert summary_value(driver, card, "Total lag") == "5"
+        assert cell(driver, f"{card} .members tr[data-key='ui-member'] td.assigned") == "0, 1"
+        screenshot(driver, "streams")
+    except BaseException:
+        save_failure(driver, ui_broker)
+        raise
+    finally:
+        for connection in (member, publisher):
+            if connection is not None and connection.is_open:
+                connection.close()
 
 
 def save_failure(driver, broker):

@@ -45,6 +45,29 @@ function fmtNumber(n) {
   return typeof n === "number" ? n.toLocaleString("en") : "";
 }
 
+// "12.3 MiB" from a byte count; empty when there is none.
+function fmtBytes(n) {
+  if (typeof n !== "number") return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return i === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+// "2d 3h", "3h 4m", "4m 5s" or "5s" from milliseconds; empty when none.
+function fmtDuration(ms) {
+  if (typeof ms !== "number") return "";
+  const s = Math.floor(ms / 1000);
+  const [d, hr, m, sec] = [Math.floor(s / 86400), Math.floor(s / 3600) % 24, Math.floor(s / 60) % 60, s % 60];
+  if (d) return `${d}d ${hr}h`;
+  if (hr) return `${hr}h ${m}m`;
+  if (m) return `${m}m ${sec}s`;
+  return `${sec}s`;
+}
+
 // "1.2/s" from a `*_details` object; empty when there is no rate.
 function fmtRate(details) {
   const rate = details && typeof details.rate === "number" ? details.rate : null;

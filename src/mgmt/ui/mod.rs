@@ -64,6 +64,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("queues.js"),
     },
     Asset {
+        name: "streams.js",
+        content_type: JS,
+        body: include_str!("streams.js"),
+    },
+    Asset {
         name: "exchanges.js",
         content_type: JS,
         body: include_str!("exchanges.js"),
@@ -72,6 +77,11 @@ const ASSETS: &[Asset] = &[
         name: "connections.js",
         content_type: JS,
         body: include_str!("connections.js"),
+    },
+    Asset {
+        name: "nodes.js",
+        content_type: JS,
+        body: include_str!("nodes.js"),
     },
     Asset {
         name: "admin.js",
