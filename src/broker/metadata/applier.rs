@@ -198,26 +198,24 @@ impl crate::cluster::Applier for BrokerApplier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::vhost::ExchangeDeclare;
     use crate::cluster::Applier;
     use crate::config::Config;
     use crate::store::catalog::VhostRecord;
     use std::sync::Arc;
 
     fn declare(broker: &Broker, vhost: &str, name: &str, kind: &str) {
-        broker
-            .vhost(vhost)
-            .expect("vhost")
-            .declare_exchange(ExchangeDeclare {
-                name,
-                kind,
-                passive: false,
-                durable: true,
-                auto_delete: false,
-                internal: false,
-                arguments: &FieldTable::default(),
-            })
-            .expect("declare");
+        // Through the change itself: this module must not import the
+        // vhost (which imports it).
+        let change = Change::DeclareExchange {
+            vhost: vhost.into(),
+            name: name.into(),
+            kind: kind.into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        };
+        change.apply(broker).into_result().expect("declare");
     }
 
     fn policy(vhost: &str, name: &str) -> PolicyRecord {
