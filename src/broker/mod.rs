@@ -343,11 +343,8 @@ impl Broker {
     /// Makes `change` here, or on a cluster commits it (and so makes it on
     /// every node); true if it made something new.
     fn change(&self, change: Change, what: &str) -> Result<bool, AmqpError> {
-        let outcome = match self.replication.replicate(&change, what) {
-            Some(outcome) => outcome?,
-            None => change.apply(self),
-        };
-        outcome.into_result()
+        self.replication
+            .commit(&change, what, || change.clone().apply(self).into_result())
     }
 
     // The local halves, applied on every node (`metadata::Change::apply`).
@@ -389,7 +386,7 @@ impl Broker {
             vhost.remove_queue(&q);
         }
         for x in vhost.exchanges() {
-            if !x.name.is_empty() && !x.name.starts_with("amq.") {
+            if !x.is_predeclared() {
                 let _ = vhost.apply_delete_exchange(&x.name, false);
             }
         }

@@ -92,10 +92,7 @@ fn own_definitions(ctx: &Ctx) -> Option<String> {
             own.push(format!("vhost '{}'", vhost.name));
         }
         let exchanges = vhost.exchanges();
-        if let Some(x) = exchanges
-            .iter()
-            .find(|x| !x.name.is_empty() && !x.name.starts_with("amq."))
-        {
+        if let Some(x) = exchanges.iter().find(|x| !x.is_predeclared()) {
             own.push(format!("exchange '{}'", x.name));
         }
         if let Some(q) = vhost.queues().first() {

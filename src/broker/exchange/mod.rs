@@ -355,6 +355,12 @@ impl Exchange {
             .route(routing_key, headers, self.hash_header.as_deref(), out);
     }
 
+    /// The default exchange or one of the `amq.*` every vhost has: not
+    /// declared by a client.
+    pub fn is_predeclared(&self) -> bool {
+        self.name.is_empty() || self.name.starts_with("amq.")
+    }
+
     /// The declared type: `x-delayed-message` for a delaying exchange,
     /// otherwise the routing type.
     pub fn type_name(&self) -> &'static str {

@@ -33,10 +33,6 @@ struct Definitions {
     policies: Vec<PolicyRecord>,
 }
 
-fn declared(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with("amq.")
-}
-
 impl crate::cluster::Applier for BrokerApplier {
     /// The catalog's flush thread has written what was applied so far.
     fn persisted(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
@@ -75,7 +71,7 @@ impl crate::cluster::Applier for BrokerApplier {
                 .policies
                 .extend(vhost.policies().iter().map(|p| p.record.clone()));
             for x in vhost.exchanges() {
-                if declared(&x.name) {
+                if !x.is_predeclared() {
                     definitions.exchanges.push((
                         vhost.name.clone(),
                         x.name.clone(),
@@ -133,7 +129,7 @@ impl crate::cluster::Applier for BrokerApplier {
                     .exchanges
                     .iter()
                     .any(|e| e.0 == vhost.name && e.1 == x.name);
-                if declared(&x.name) && !kept {
+                if !x.is_predeclared() && !kept {
                     changes.push(Change::DeleteExchange {
                         vhost: vhost.name.clone(),
                         name: x.name.clone(),
@@ -234,7 +230,7 @@ mod tests {
             .flat_map(|v| {
                 v.exchanges()
                     .into_iter()
-                    .filter(|x| declared(&x.name))
+                    .filter(|x| !x.is_predeclared())
                     .map(|x| (v.name.clone(), x.name.clone(), x.type_name().to_string()))
                     .collect::<Vec<_>>()
             })

@@ -62,6 +62,23 @@ impl Replication {
     }
 }
 
+impl Replication {
+    /// Commits `change` through the cluster, or on a single node makes it
+    /// with `here` (the local half of the same method); true if it made
+    /// something new.
+    pub fn commit(
+        &self,
+        change: &Change,
+        what: &str,
+        here: impl FnOnce() -> Result<bool, AmqpError>,
+    ) -> Result<bool, AmqpError> {
+        match self.replicate(change, what) {
+            Some(outcome) => outcome?.into_result(),
+            None => here(),
+        }
+    }
+}
+
 /// RabbitMQ's (Khepri's) error when the metadata store cannot commit: a
 /// connection error, 541.
 fn unavailable(what: &str, error: &ClusterError) -> AmqpError {

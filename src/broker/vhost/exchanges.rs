@@ -172,10 +172,11 @@ impl VHost {
             if_unused,
         };
         let what = format!("delete {}", self.exchange_resource(name));
-        match self.replication.replicate(&change, &what) {
-            Some(outcome) => outcome?.into_result().map(|_| ()),
-            None => self.apply_delete_exchange(name, if_unused),
-        }
+        self.replication
+            .commit(&change, &what, || {
+                self.apply_delete_exchange(name, if_unused).map(|_| false)
+            })
+            .map(|_| ())
     }
 
     /// The deletion made on this node.

@@ -47,10 +47,8 @@ impl VHost {
             vhost: self.name.clone(),
             name: name.to_string(),
         };
-        match self.replication.replicate(&change, &what) {
-            Some(outcome) => outcome?.into_result(),
-            None => Ok(self.apply_delete_policy(name)),
-        }
+        self.replication
+            .commit(&change, &what, || Ok(self.apply_delete_policy(name)))
     }
 
     /// The policy put on this node; the error is RabbitMQ's validation
