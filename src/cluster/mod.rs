@@ -9,6 +9,7 @@
 //!
 //! See DESIGN.md, "The cluster".
 
+mod calls;
 mod log_store;
 mod membership;
 mod network;
@@ -34,6 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+pub use self::calls::BrokerHandler;
 use self::log_store::LogStore;
 use self::rpc::{Proposed, RemoteError, Request, Response};
 use self::state_machine::StateMachine;
@@ -213,6 +215,8 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
     left: AtomicBool,
+    /// Serves `Request::Broker` (see `calls`); set once by the broker.
+    broker_handler: std::sync::OnceLock<calls::BrokerHandler>,
 }
 
 impl Inner {
@@ -356,6 +360,7 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            broker_handler: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&inner);
         transport.set_handler(Arc::new(move |req| {
@@ -646,6 +651,7 @@ async fn serve(inner: Arc<Inner>, req: Request) -> Response {
             leader: inner.leader().map(|(_, n)| n),
         }),
         Request::Ping => Response::Pong,
+        Request::Broker { from, body } => calls::serve_broker(&inner, from, body).await,
     }
 }
 

@@ -96,6 +96,13 @@ pub(crate) enum Request {
     Discover,
     /// Liveness, for `status().members[].reachable`.
     Ping,
+    /// A broker-level message (publishes forwarded to a queue's node,
+    /// deliveries relayed to a consumer's node), opaque here; `from` is the
+    /// sending node's name.
+    Broker {
+        from: String,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,6 +117,7 @@ pub(crate) enum Response {
     Removed(Result<(), RemoteError>),
     Discovered(Discovery),
     Pong,
+    Broker(Vec<u8>),
     /// This node cannot serve requests (starting, shutting down, or left).
     Unavailable(String),
 }
