@@ -47,6 +47,12 @@ pub struct ClusterConfig {
     /// log before a snapshot is dropped; a node that fell further behind
     /// is sent the snapshot).
     pub snapshot_every: u64,
+    /// Node-to-node traffic over TLS, with the `[tls]` section's
+    /// `cert_file` and `key_file` (presented to peers both as server and
+    /// as client) and `ca_file` (that peers' certificates are checked
+    /// against; required). Independent of `tls.enabled` (AMQPS). Every
+    /// node of a cluster must agree.
+    pub tls: bool,
 }
 
 impl Default for ClusterConfig {
@@ -60,7 +66,38 @@ impl Default for ClusterConfig {
             seed_nodes: Vec::new(),
             secret: String::new(),
             snapshot_every: 5000,
+            tls: false,
         }
+    }
+}
+
+impl ClusterConfig {
+    /// With `tls` on, the `[tls]` files node traffic uses: certificate
+    /// chain, key and CA. `None` with `tls` off; an error naming the
+    /// missing key when one is not set.
+    pub fn tls_files<'a>(
+        &self,
+        tls: &'a TlsConfig,
+    ) -> anyhow::Result<Option<(&'a Path, &'a Path, &'a Path)>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let missing = |key: &str, why: &str| {
+            anyhow::anyhow!("cluster.tls is on but tls.{key} is not set ({why})")
+        };
+        if tls.cert_file.as_os_str().is_empty() {
+            return Err(missing("cert_file", "this node's certificate chain"));
+        }
+        if tls.key_file.as_os_str().is_empty() {
+            return Err(missing("key_file", "this node's private key"));
+        }
+        let Some(ca_file) = tls.ca_file.as_deref() else {
+            return Err(missing(
+                "ca_file",
+                "the CA that signs every node's certificate, which peers are checked against",
+            ));
+        };
+        Ok(Some((&tls.cert_file, &tls.key_file, ca_file)))
     }
 }
 

@@ -15,6 +15,7 @@ mod membership;
 mod network;
 mod rpc;
 mod state_machine;
+pub mod tls;
 mod transport;
 mod types;
 
@@ -61,6 +62,9 @@ pub struct ClusterOptions {
     /// Raft log, vote and state-machine bookkeeping (e.g. `<data>/cluster`).
     pub data_dir: PathBuf,
     pub tuning: Tuning,
+    /// Node traffic over TLS (`cluster.tls`, with the `[tls]` files);
+    /// `None`: plain TCP. Every node of a cluster must agree.
+    pub tls: Option<tls::NodeTls>,
 }
 
 /// Timings and log-compaction knobs; the defaults suit a LAN.
@@ -337,7 +341,7 @@ impl Cluster {
             secret: opts.secret.clone(),
             incarnation: rand::random(),
         };
-        let transport = Transport::bind(local, opts.listen)
+        let transport = Transport::bind(local, opts.listen, opts.tls.clone())
             .await
             .with_context(|| format!("cluster: cannot listen on {}", opts.listen))?;
         let raft = match new_raft(&opts, id, &db, &transport, applier.clone()).await {

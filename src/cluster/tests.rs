@@ -62,6 +62,7 @@ struct Node {
     seeds: Vec<String>,
     secret: String,
     tuning: Tuning,
+    tls: Option<tls::NodeTls>,
     cluster: Option<Cluster>,
 }
 
@@ -85,6 +86,7 @@ impl Node {
             seeds,
             secret: "cookie".into(),
             tuning: test_tuning(),
+            tls: None,
             cluster: None,
         }
     }
@@ -103,6 +105,7 @@ impl Node {
             secret: self.secret.clone(),
             data_dir: self.dir.path().join("cluster"),
             tuning: self.tuning.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -161,15 +164,25 @@ async fn propose_eventually(c: &Cluster, cmd: &str, timeout: Duration) -> Vec<u8
 
 /// Three nodes started at once with every node's address as seeds.
 async fn three_nodes(tuning: Tuning) -> Vec<Node> {
+    three_nodes_with(tuning, |_| None).await
+}
+
+/// Three nodes as [`three_nodes`], node `i` with TLS `tls(i)`.
+async fn three_nodes_with(
+    tuning: Tuning,
+    tls: impl Fn(usize) -> Option<tls::NodeTls>,
+) -> Vec<Node> {
     init_tracing();
     let ports = [free_port(), free_port(), free_port()];
     let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
         .zip(ports)
-        .map(|(name, port)| {
+        .enumerate()
+        .map(|(i, (name, port))| {
             let mut n = Node::new(name, port, seeds.clone());
             n.tuning = tuning.clone();
+            n.tls = tls(i);
             n
         })
         .collect();
@@ -481,4 +494,175 @@ async fn h_garbage_peer_is_disconnected() {
     }
     n.c().propose(b"still=ok".to_vec()).await.expect("propose");
     n.stop().await;
+}
+
+/// A test CA (in its own tempdir) signing node certificates.
+struct TestCa {
+    dir: TempDir,
+    ca_file: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = TempDir::new().expect("tempdir");
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA cert");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, cert.pem()).expect("write CA");
+        TestCa {
+            dir,
+            ca_file,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A node's TLS: a certificate for `name` (a DNS name that is not the
+    /// address the node is dialed at: names are not checked), signed by
+    /// this CA, checked against `ca_file`.
+    fn node_tls(&self, name: &str, ca_file: &std::path::Path) -> tls::NodeTls {
+        let key = rcgen::KeyPair::generate().expect("node key");
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{name}.cluster.test")]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("node cert");
+        let cert_file = self.dir.path().join(format!("{name}.pem"));
+        let key_file = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        tls::NodeTls::load(&cert_file, &key_file, ca_file).expect("node TLS")
+    }
+
+    fn tls(&self, name: &str) -> tls::NodeTls {
+        self.node_tls(name, &self.ca_file)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i_three_nodes_form_over_tls() {
+    let ca = TestCa::new("cluster CA");
+    let mut nodes = three_nodes_with(test_tuning(), |i| Some(ca.tls(&format!("n{}", i + 1)))).await;
+    let leader = leader_index(&nodes);
+    let follower = (leader + 1) % 3;
+    propose_eventually(nodes[follower].c(), "tls=yes", Duration::from_secs(10)).await;
+    wait_until("replicated over TLS", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| n.applier.get("tls").as_deref() == Some("yes"))
+    })
+    .await;
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
+
+/// TLS on one side only, either way round, or a certificate from another
+/// CA: refused (with a warning) rather than hanging, and the node stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_plain_or_foreign_node_cannot_join_tls_cluster() {
+    init_tracing();
+    let ca = TestCa::new("cluster CA");
+    let mut n1 = Node::new("n1", free_port(), vec![]);
+    n1.tls = Some(ca.tls("n1"));
+    n1.start().await;
+    propose_eventually(n1.c(), "x=1", Duration::from_secs(10)).await;
+
+    // A plain node dialing the TLS node.
+    let mut plain = Node::new("n2", free_port(), vec![]);
+    plain.start().await;
+    let started = Instant::now();
+    let err = plain
+        .c()
+        .join(&n1.addr())
+        .await
+        .expect_err("plain node must be refused");
+    assert!(started.elapsed() < Duration::from_secs(10), "took too long");
+    assert!(
+        matches!(err, ClusterError::Refused(_)),
+        "unexpected error {err}"
+    );
+    assert!(
+        err.to_string().contains("TLS"),
+        "error should say why: {err}"
+    );
+
+    // The TLS node dialing a plain node.
+    let started = Instant::now();
+    let err = n1
+        .c()
+        .join(&plain.addr())
+        .await
+        .expect_err("TLS node must not get into a plain node");
+    assert!(started.elapsed() < Duration::from_secs(10), "took too long");
+    assert!(
+        matches!(err, ClusterError::Refused(_)),
+        "unexpected error {err}"
+    );
+    assert!(
+        err.to_string().contains("TLS"),
+        "error should say why: {err}"
+    );
+
+    // A TLS node whose certificate another CA signed (it trusts ours, so
+    // it is the cluster node that refuses it).
+    let other = TestCa::new("other CA");
+    let mut foreign = Node::new("n3", free_port(), vec![]);
+    foreign.tls = Some(other.node_tls("n3", &ca.ca_file));
+    foreign.start().await;
+    let err = foreign
+        .c()
+        .join(&n1.addr())
+        .await
+        .expect_err("foreign certificate must be refused");
+    assert!(
+        matches!(err, ClusterError::Refused(_)),
+        "unexpected error {err}"
+    );
+
+    // And with seeds: neither ever gets in.
+    let mut plain2 = Node::new("n0", free_port(), vec![n1.addr()]);
+    plain2.start().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(n1.voters(), vec!["n1".to_string()]);
+    assert_eq!(n1.c().status().members.len(), 1);
+    n1.c().propose(b"still=ok".to_vec()).await.expect("propose");
+    for n in [&mut n1, &mut plain, &mut foreign, &mut plain2] {
+        n.stop().await;
+    }
+}
+
+#[test]
+fn k_cluster_tls_needs_the_tls_files() {
+    let mut config = crate::config::Config::default();
+    assert!(config
+        .cluster
+        .tls_files(&config.tls)
+        .expect("off")
+        .is_none());
+    config.cluster.tls = true;
+    config.tls.cert_file = "node.pem".into();
+    config.tls.key_file = "node.key".into();
+    let err = config
+        .cluster
+        .tls_files(&config.tls)
+        .expect_err("no CA")
+        .to_string();
+    assert!(err.contains("tls.ca_file"), "{err}");
+    config.tls.ca_file = Some("ca.pem".into());
+    let files = config.cluster.tls_files(&config.tls).expect("complete");
+    assert!(files.is_some());
+    let err = tls::NodeTls::load(
+        std::path::Path::new("/nonexistent/node.pem"),
+        std::path::Path::new("/nonexistent/node.key"),
+        std::path::Path::new("/nonexistent/ca.pem"),
+    )
+    .expect_err("no files")
+    .to_string();
+    assert!(err.contains("tls.cert_file"), "{err}");
 }

@@ -9,6 +9,12 @@
 //! lower is kept on both sides and the other one is retired (closed once it
 //! has nothing in flight). Failed dials back off (100 ms doubling to 2 s) so
 //! that callers fail fast while a peer is down.
+//!
+//! With `cluster.tls` ([`NodeTls`]) both sides run a TLS handshake first
+//! (each presenting its certificate, each checking the other's against the
+//! CA) and the handshake above then runs inside TLS, unchanged. A node
+//! without TLS that meets one with it (either way round) is refused with a
+//! warning saying so.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,13 +27,13 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::rpc::{self, Frame, Handshake, Request, Response, MAX_FRAME, PROTOCOL_VERSION};
+use super::tls::{self, NodeTls};
 use super::types::NodeInfo;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +46,10 @@ const HANDSHAKE_MAX: usize = 64 * 1024;
 const WRITE_QUEUE: usize = 1024;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// A connection's two directions, over plain TCP or TLS.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Serves requests that peers send us (set once Raft exists).
 pub(crate) type Handler =
@@ -100,6 +110,8 @@ struct DialState {
 
 pub(crate) struct Transport {
     local: Local,
+    /// Node traffic over TLS (`cluster.tls`), dialing and accepting.
+    tls: Option<NodeTls>,
     /// Live connections by peer node name.
     peers: Mutex<HashMap<String, Arc<Conn>>>,
     /// Peer addresses (as dialed or advertised) to node names, learned at handshake.
@@ -114,10 +126,15 @@ pub(crate) struct Transport {
 impl Transport {
     /// Binds the node-to-node listener and starts accepting. Requests that
     /// arrive before [`Transport::set_handler`] get `Unavailable`.
-    pub(crate) async fn bind(local: Local, listen: SocketAddr) -> std::io::Result<Arc<Transport>> {
+    pub(crate) async fn bind(
+        local: Local,
+        listen: SocketAddr,
+        tls: Option<NodeTls>,
+    ) -> std::io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen).await?;
         let transport = Arc::new_cyclic(|me| Transport {
             local,
+            tls,
             peers: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             dials: Mutex::new(HashMap::new()),
@@ -222,13 +239,17 @@ impl Transport {
             Err(_) => return Err(CallError::Unreachable(format!("{addr}: connect timed out"))),
         };
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let peer = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            self.handshake_dialer(addr, &mut rd, &mut wr),
-        )
-        .await
-        {
+        let handshake = async {
+            let (mut rd, mut wr) = self.open_dialed(addr, stream).await?;
+            let peer = match self.handshake_dialer(addr, &mut rd, &mut wr).await {
+                Err(CallError::Unreachable(e)) if self.tls.is_some() => {
+                    return Err(refusal_behind(addr, &mut rd, e).await)
+                }
+                peer => peer?,
+            };
+            Ok::<_, CallError>((peer, rd, wr))
+        };
+        let (peer, rd, wr) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(CallError::Unreachable(format!(
@@ -243,13 +264,65 @@ impl Transport {
         Ok(self.register(conn))
     }
 
+    /// The dialed stream, after the TLS handshake when `cluster.tls` is on.
+    async fn open_dialed(
+        &self,
+        addr: &str,
+        stream: TcpStream,
+    ) -> Result<(Reader, Writer), CallError> {
+        let Some(node_tls) = &self.tls else {
+            return Ok(plain(stream));
+        };
+        match node_tls
+            .connector
+            .connect(tls::server_name(addr), stream)
+            .await
+        {
+            Ok(stream) => {
+                let (rd, wr) = tokio::io::split(stream);
+                Ok((Box::new(rd), Box::new(wr)))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    peer = %addr,
+                    "TLS handshake with cluster peer failed: {e} (cluster.tls must be on on \
+                     every node, each with a certificate signed by the same tls.ca_file)"
+                );
+                Err(CallError::Refused(format!(
+                    "{addr}: TLS handshake failed: {e}"
+                )))
+            }
+        }
+    }
+
     async fn handshake_dialer(
         &self,
         addr: &str,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        rd: &mut Reader,
+        wr: &mut Writer,
     ) -> Result<PeerIdentity, CallError> {
-        let lost = |e: std::io::Error| CallError::Unreachable(format!("{addr}: {e}"));
+        let lost = |e: std::io::Error| {
+            if is_tls_mismatch(&e) {
+                tracing::warn!(
+                    peer = %addr,
+                    "cluster peer answered with TLS: cluster.tls is on there but off on this node"
+                );
+                CallError::Refused(format!(
+                    "{addr}: the peer speaks TLS (cluster.tls is off on this node)"
+                ))
+            } else if let Some(alert) = tls_alert(&e) {
+                // TLS 1.3: the server checks our certificate after our side
+                // of the TLS handshake is done; its refusal arrives here.
+                tracing::warn!(
+                    peer = %addr,
+                    "cluster peer refused our TLS connection: {alert} (is this node's \
+                     certificate signed by the tls.ca_file the peer uses?)"
+                );
+                CallError::Refused(format!("{addr}: TLS: {alert}"))
+            } else {
+                CallError::Unreachable(format!("{addr}: {e}"))
+            }
+        };
         let nonce_d: [u8; 32] = rand::random();
         send_handshake(
             wr,
@@ -311,14 +384,13 @@ impl Transport {
 
     async fn accept(&self, stream: TcpStream, from: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let peer = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            self.handshake_acceptor(from, &mut rd, &mut wr),
-        )
-        .await
-        {
-            Ok(Some(peer)) => peer,
+        let handshake = async {
+            let (mut rd, mut wr) = self.open_accepted(from, stream).await?;
+            let peer = self.handshake_acceptor(from, &mut rd, &mut wr).await?;
+            Some((peer, rd, wr))
+        };
+        let (peer, rd, wr) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Some(accepted)) => accepted,
             Ok(None) => return,
             Err(_) => {
                 tracing::warn!(peer = %from, "cluster handshake timed out; disconnecting");
@@ -333,16 +405,51 @@ impl Transport {
         self.register(conn);
     }
 
+    /// The accepted stream, after the TLS handshake when `cluster.tls` is
+    /// on; `None` (logged) when that fails.
+    async fn open_accepted(&self, from: SocketAddr, stream: TcpStream) -> Option<(Reader, Writer)> {
+        let Some(node_tls) = &self.tls else {
+            return Some(plain(stream));
+        };
+        match node_tls.acceptor.accept(stream).await {
+            Ok(stream) => {
+                let (rd, wr) = tokio::io::split(stream);
+                Some((Box::new(rd), Box::new(wr)))
+            }
+            // Connected and closed without a word (a port check): as a
+            // plain connection that says nothing, not worth a warning.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(peer = %from, "cluster TLS handshake failed: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    peer = %from,
+                    "refused cluster peer: TLS handshake failed: {e} (cluster.tls must be on on \
+                     every node, each with a certificate signed by the same tls.ca_file)"
+                );
+                None
+            }
+        }
+    }
+
     /// The acceptor side of the handshake; `None` when the peer was refused
     /// (already logged and told).
     async fn handshake_acceptor(
         &self,
         from: SocketAddr,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        rd: &mut Reader,
+        wr: &mut Writer,
     ) -> Option<PeerIdentity> {
         let hello = match recv_handshake(rd).await {
             Ok(h) => h,
+            Err(e) if is_tls_mismatch(&e) => {
+                tracing::warn!(
+                    peer = %from,
+                    "refused cluster peer: it speaks TLS, but cluster.tls is off on this node"
+                );
+                return None;
+            }
             Err(e) => {
                 tracing::debug!(peer = %from, "cluster handshake failed: {e}");
                 return None;
@@ -564,8 +671,8 @@ impl Conn {
         transport: Weak<Transport>,
         peer: PeerIdentity,
         dialed_by: String,
-        rd: OwnedReadHalf,
-        wr: OwnedWriteHalf,
+        rd: Reader,
+        wr: Writer,
     ) -> Arc<Conn> {
         let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
         let (stop, _) = watch::channel(false);
@@ -644,7 +751,7 @@ impl Conn {
     }
 }
 
-async fn write_loop(conn: Arc<Conn>, wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop(conn: Arc<Conn>, wr: Writer, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut stop = conn.stop.subscribe();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let result: std::io::Result<()> = async {
@@ -672,7 +779,7 @@ async fn write_loop(conn: Arc<Conn>, wr: OwnedWriteHalf, mut rx: mpsc::Receiver<
     }
 }
 
-async fn read_loop(conn: Arc<Conn>, mut rd: OwnedReadHalf) {
+async fn read_loop(conn: Arc<Conn>, mut rd: Reader) {
     let mut stop = conn.stop.subscribe();
     loop {
         let frame = tokio::select! {
@@ -747,16 +854,81 @@ async fn read_frame_max<R: AsyncReadExt + Unpin>(
     Ok(buf)
 }
 
-async fn send_handshake(wr: &mut OwnedWriteHalf, msg: &Handshake) -> std::io::Result<()> {
+async fn send_handshake(wr: &mut Writer, msg: &Handshake) -> std::io::Result<()> {
     let bytes = rpc::encode(msg).map_err(|e| std::io::Error::other(e.to_string()))?;
     write_frame(wr, &bytes).await?;
     wr.flush().await
 }
 
-async fn recv_handshake(rd: &mut OwnedReadHalf) -> std::io::Result<Handshake> {
+async fn recv_handshake(rd: &mut Reader) -> std::io::Result<Handshake> {
+    let mut header = [0u8; 4];
+    rd.read_exact(&mut header).await?;
+    // A TLS record (handshake 0x16 or alert 0x15, version 3.x) where a
+    // length is expected: the peer has cluster.tls on and we have it off.
+    // A real handshake frame is far below 2^24 bytes, so its first byte is 0.
+    if matches!(header, [0x15 | 0x16, 0x03, ..]) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            TlsMismatch,
+        ));
+    }
+    let len = u32::from_be_bytes(header) as usize;
     // Small: the peer is not authenticated yet.
-    let bytes = read_frame_max(rd, HANDSHAKE_MAX).await?;
+    if len > HANDSHAKE_MAX {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes exceeds the {HANDSHAKE_MAX} byte limit"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    rd.read_exact(&mut bytes).await?;
     rpc::decode(&bytes).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The peer sent TLS to our plain handshake.
+#[derive(Debug)]
+struct TlsMismatch;
+
+impl std::fmt::Display for TlsMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the peer speaks TLS (cluster.tls is off on this node)")
+    }
+}
+
+impl std::error::Error for TlsMismatch {}
+
+fn is_tls_mismatch(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<TlsMismatch>())
+}
+
+/// With TLS 1.3 the acceptor checks our certificate after our side of the
+/// TLS handshake has finished, so its refusal (an alert, then the socket
+/// closed) shows as a failed write or read of our handshake. Looks for the
+/// alert behind `error`; without one, the peer is just unreachable.
+async fn refusal_behind(addr: &str, rd: &mut Reader, error: String) -> CallError {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(200), rd.read(&mut byte)).await;
+    if let Ok(Err(e)) = &read {
+        if let Some(alert) = tls_alert(e) {
+            tracing::warn!(
+                peer = %addr,
+                "cluster peer refused our TLS connection: {alert} (is this node's \
+                 certificate signed by the tls.ca_file the peer uses?)"
+            );
+            return CallError::Refused(format!("{addr}: TLS: {alert}"));
+        }
+    }
+    CallError::Unreachable(error)
+}
+
+/// A TLS alert the peer sent (e.g. it refused our certificate).
+fn tls_alert(e: &std::io::Error) -> Option<&tokio_rustls::rustls::Error> {
+    let inner = e.get_ref()?.downcast_ref::<tokio_rustls::rustls::Error>()?;
+    matches!(inner, tokio_rustls::rustls::Error::AlertReceived(_)).then_some(inner)
+}
+
+fn plain(stream: TcpStream) -> (Reader, Writer) {
+    let (rd, wr) = stream.into_split();
+    (Box::new(rd), Box::new(wr))
 }
 
 fn protocol_error(addr: &str, got: &Handshake) -> CallError {
