@@ -201,6 +201,13 @@ async fn join_cluster(broker: &Arc<Broker>) -> anyhow::Result<()> {
         "" => format!("{}:{}", crate::config::hostname(), listen.port()),
         given => given.to_string(),
     };
+    let tls = match config.tls_files(&broker.config.tls)? {
+        Some((cert_file, key_file, ca_file)) => Some(
+            crate::cluster::tls::NodeTls::load(cert_file, key_file, ca_file)
+                .map_err(|e| anyhow::anyhow!("cluster.tls: {e}"))?,
+        ),
+        None => None,
+    };
     let options = crate::cluster::ClusterOptions {
         cluster_name: config.name.clone(),
         node_name: broker.config.node_name(),
@@ -209,6 +216,7 @@ async fn join_cluster(broker: &Arc<Broker>) -> anyhow::Result<()> {
         seed_nodes: config.seed_nodes.clone(),
         secret: config.secret.clone(),
         data_dir: broker.config.storage.data_dir.join("cluster"),
+        tls,
         tuning: crate::cluster::Tuning {
             snapshot_every: config.snapshot_every.max(1),
             // Entries kept behind a snapshot, for followers a little behind
@@ -219,6 +227,7 @@ async fn join_cluster(broker: &Arc<Broker>) -> anyhow::Result<()> {
     };
     let applier = crate::broker::metadata::applier::BrokerApplier::new(Arc::downgrade(broker));
     let cluster = crate::cluster::Cluster::start(options, Arc::new(applier)).await?;
+    cluster.set_broker_handler(crate::broker::node_calls::handler(Arc::downgrade(broker)));
     broker.replication.attach(cluster);
     Ok(())
 }

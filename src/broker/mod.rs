@@ -5,9 +5,11 @@ pub mod alarms;
 pub mod arguments;
 pub mod dedup;
 pub mod exchange;
+pub mod forward;
 pub mod message;
 pub mod metadata;
 pub mod names;
+pub mod node_calls;
 pub mod policy;
 pub mod queue;
 pub mod registry;
@@ -120,6 +122,9 @@ impl Broker {
             alarms.watch_store(store.log.failures().failing());
         }
         let replication = Arc::<metadata::Replication>::default();
+        if config.cluster.enabled {
+            replication.set_node(config.node_name());
+        }
         let vhosts = vhost_meta
             .keys()
             .map(|name| {

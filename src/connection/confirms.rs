@@ -3,7 +3,9 @@
 //! message stored for durable queues is confirmable only once the message
 //! log has synced past it.
 
+use crate::broker::forward::Receipt;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Confirms {
@@ -15,6 +17,9 @@ pub struct Confirms {
     waiting: VecDeque<(u64, u64)>,
     /// Publishes a queue refused, to be nacked in their turn.
     nacks: VecDeque<u64>,
+    /// (publish sequence, answers) of messages forwarded to queues of
+    /// other cluster nodes, waiting for those nodes.
+    forwarded: VecDeque<(u64, Arc<Receipt>)>,
 }
 
 /// One basic.ack or basic.nack to send.
@@ -33,6 +38,14 @@ impl Confirms {
 
     pub fn wait_for_log(&mut self, publish: u64, log_seq: u64) {
         self.waiting.push_back((publish, log_seq));
+    }
+
+    pub fn wait_for_nodes(&mut self, publish: u64, receipt: Arc<Receipt>) {
+        self.forwarded.push_back((publish, receipt));
+    }
+
+    pub fn waiting_for_nodes(&self) -> bool {
+        !self.forwarded.is_empty()
     }
 
     pub fn nack(&mut self, publish: u64) {
@@ -72,10 +85,26 @@ impl Confirms {
             if failed(seq) {
                 // In publish order among the refused ones.
                 let at = self.nacks.partition_point(|n| *n < publish);
-                self.nacks.insert(at, publish);
+                if self.nacks.get(at) != Some(&publish) {
+                    self.nacks.insert(at, publish);
+                }
+            }
+        }
+        while let Some(refused) = self.forwarded.front().and_then(|(_, r)| r.outcome()) {
+            if let Some((publish, _)) = self.forwarded.pop_front() {
+                if refused {
+                    let at = self.nacks.partition_point(|n| *n < publish);
+                    if self.nacks.get(at) != Some(&publish) {
+                        self.nacks.insert(at, publish);
+                    }
+                }
             }
         }
         let limit = self.waiting.front().map_or(self.published, |(p, _)| p - 1);
+        let limit = self
+            .forwarded
+            .front()
+            .map_or(limit, |(p, _)| limit.min(p - 1));
         let mut out = Vec::new();
         while self.confirmed < limit {
             match self.nacks.front().copied().filter(|n| *n <= limit) {

@@ -39,6 +39,9 @@ pub struct ConnContext {
     pub output: Arc<Output>,
     /// Exclusive queues this connection declared: deleted when it closes.
     pub exclusive_queues: Vec<Arc<Queue>>,
+    /// Told when another node answers a message this connection published
+    /// and the broker forwarded there (its confirm waits for it).
+    pub remote_answers: Arc<tokio::sync::Notify>,
 }
 
 struct Connection {
@@ -246,6 +249,7 @@ async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
             user: negotiated.user,
             output,
             exclusive_queues: Vec::new(),
+            remote_answers: Default::default(),
         },
         peer,
         channels: HashMap::default(),
@@ -348,6 +352,8 @@ impl Connection {
                 return self.close_with(error, reader).await;
             }
             let waiting_for_log = self.channels.values().any(|c| c.waiting_for_log());
+            let waiting_for_nodes = self.channels.values().any(|c| c.waiting_for_nodes());
+            let remote_answers = self.ctx.remote_answers.clone();
             let waiting_for_catalog = self.channels.values().any(|c| c.waiting_for_catalog());
             let log_synced = changed(synced.as_mut());
             let catalog_flushed = changed(catalog.as_mut());
@@ -360,6 +366,7 @@ impl Connection {
             let publisher = self.publisher;
             tokio::select! {
                 _ = log_synced, if waiting_for_log => {}
+                _ = remote_answers.notified(), if waiting_for_nodes => {}
                 _ = catalog_flushed, if waiting_for_catalog => {}
                 // A publisher hears of an alarm at once (connection.blocked),
                 // not only when it next sends something.

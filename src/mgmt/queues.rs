@@ -66,7 +66,8 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("name".into(), json!(q.name));
     obj.insert("vhost".into(), json!(q.vhost));
     obj.insert("type".into(), json!(q.type_name()));
-    if let Some(members) = q.members(&ctx.node) {
+    let node = q.remote_node().unwrap_or(&ctx.node);
+    if let Some(members) = q.members(node) {
         obj.insert("leader".into(), json!(members.leader));
         obj.insert("members".into(), json!(members.members));
         obj.insert("online".into(), json!(members.online));
@@ -75,7 +76,7 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("auto_delete".into(), json!(q.options.auto_delete));
     obj.insert("exclusive".into(), json!(q.is_exclusive()));
     obj.insert("arguments".into(), table_to_json(&q.options.arguments));
-    obj.insert("node".into(), json!(ctx.node));
+    obj.insert("node".into(), json!(node));
     obj.insert("state".into(), json!("running"));
     obj.insert("policy".into(), json!(q.policy_name()));
     obj.insert("operator_policy".into(), Value::Null);
@@ -285,7 +286,10 @@ async fn purge(
     caller
         .access(&ctx, &vhost)
         .check(Perm::Read, Kind::Queue, &q.name)?;
-    q.purge();
+    let vhost_for_purge = vhost.clone();
+    tokio::task::spawn_blocking(move || vhost_for_purge.purge_queue(&q))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(no_content())
 }
 

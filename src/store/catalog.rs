@@ -51,6 +51,10 @@ pub struct QueueRecord {
     pub name: String,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// On a cluster, the node the queue lives on (the others hold its
+    /// definition only); absent on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -530,6 +534,7 @@ mod tests {
             name: name.into(),
             auto_delete: false,
             arguments: FieldTable::default(),
+            node: None,
         }
     }
 

@@ -652,3 +652,230 @@ async fn a_dead_node_is_forgotten_with_the_cli_and_the_rest_go_on() {
         .exchanges_become(0, &["after-forget", "alone-now"])
         .await;
 }
+
+/// Node `i`'s answer to a passive declare of `queue`: its ready count, or
+/// the error text (each try on a channel of its own: an error closes it).
+async fn passive(nodes: &Nodes, i: usize, queue: &str) -> Result<u32, String> {
+    let conn = nodes.connect(i).await;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let result = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .map_err(|e| e.to_string());
+    let _ = conn.close(200, "bye".into()).await;
+    result
+}
+
+/// Publishes `count` persistent messages on `ch` (confirm mode) and
+/// returns how many were acked and how many nacked.
+async fn publish_confirmed(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    prefix: &str,
+    count: usize,
+) -> (usize, usize) {
+    let mut pending = Vec::new();
+    for n in 0..count {
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                format!("{prefix}{n}").as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        pending.push(confirm);
+    }
+    let (mut acked, mut nacked) = (0, 0);
+    for confirm in pending {
+        match confirm.await.expect("confirm") {
+            lapin::Confirmation::Ack(_) => acked += 1,
+            lapin::Confirmation::Nack(_) => nacked += 1,
+            other => panic!("unexpected confirm {other:?}"),
+        }
+    }
+    (acked, nacked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
+    use futures_lite::StreamExt;
+    use lapin::options::{
+        BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions, QueuePurgeOptions,
+    };
+    if skip() {
+        return;
+    }
+    let mut nodes = three_nodes().await;
+    // Declared on node 0: it lives there, and every node has it.
+    let conn0 = nodes.connect(0).await;
+    let ch0 = conn0.create_channel().await.expect("channel");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch0.queue_declare("jobs".into(), durable, FieldTable::default())
+        .await
+        .expect("declare jobs on node 0");
+    declare(&conn0, "work", ExchangeKind::Topic)
+        .await
+        .expect("declare work");
+    ch0.queue_bind(
+        "jobs".into(),
+        "work".into(),
+        "job.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    for i in 1..3 {
+        let mut seen = Err(String::new());
+        for _ in 0..50 {
+            seen = passive(&nodes, i, "jobs").await;
+            if seen.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, Ok(0), "node {i} does not have queue jobs");
+        let (status, queue) = nodes.get(i, "/queues/%2F/jobs").await;
+        assert_eq!(status, 200, "{queue}");
+        assert_eq!(queue["node"], "broker@n0", "{queue}");
+    }
+    // Published on node 1, through the default exchange and through the
+    // binding (made on node 0): every message confirmed once node 0 has it.
+    let conn1 = nodes.connect(1).await;
+    let ch1 = conn1.create_channel().await.expect("channel");
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    assert_eq!(publish_confirmed(&ch1, "", "jobs", "a", 50).await, (50, 0));
+    assert_eq!(
+        publish_confirmed(&ch1, "work", "job.x", "b", 50).await,
+        (50, 0)
+    );
+    // Node 2 asks node 0 for the count.
+    assert_eq!(passive(&nodes, 2, "jobs").await, Ok(100));
+    // Consumed on node 0, in publish order.
+    let mut consumer = ch0
+        .basic_consume(
+            "jobs".into(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume on node 0");
+    let mut bodies = Vec::new();
+    while bodies.len() < 100 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("consumer open")
+            .expect("delivery");
+        bodies.push(String::from_utf8_lossy(&delivery.data).to_string());
+    }
+    let want: Vec<String> = (0..50)
+        .map(|n| format!("a{n}"))
+        .chain((0..50).map(|n| format!("b{n}")))
+        .collect();
+    assert_eq!(bodies, want);
+    ch0.basic_cancel("c".into(), Default::default())
+        .await
+        .expect("cancel");
+    // Consuming through another node is not relayed yet: a clear 540.
+    let ch2 = nodes
+        .connect(2)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    let err = ch2
+        .basic_consume(
+            "jobs".into(),
+            "c2".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("consume through node 2");
+    assert!(
+        err.to_string().contains("NOT_IMPLEMENTED") && err.to_string().contains("broker@n0"),
+        "{err}"
+    );
+    // Purged and deleted through other nodes, by node 0.
+    assert_eq!(publish_confirmed(&ch1, "", "jobs", "c", 10).await, (10, 0));
+    let ch2 = nodes
+        .connect(2)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    let purged = ch2
+        .queue_purge("jobs".into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge through node 2");
+    assert_eq!(purged, 10);
+    ch1.queue_delete("jobs".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete through node 1");
+    for i in 0..3 {
+        let seen = passive(&nodes, i, "jobs").await;
+        assert!(
+            seen.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
+            "node {i} still has jobs: {seen:?}"
+        );
+    }
+    // The queue's node down: what is confirmed was on its disk, what is
+    // routed to it meanwhile is nacked, and a declare says where it lives
+    // (RabbitMQ's 404).
+    ch0.queue_declare("kept".into(), durable, FieldTable::default())
+        .await
+        .expect("declare kept on node 0");
+    let mut seen = Err(String::new());
+    for _ in 0..50 {
+        seen = passive(&nodes, 1, "kept").await;
+        if seen.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Ok(0));
+    assert_eq!(publish_confirmed(&ch1, "", "kept", "k", 20).await, (20, 0));
+    nodes.net.kill(0);
+    assert_eq!(publish_confirmed(&ch1, "", "kept", "lost", 3).await, (0, 3));
+    let down = passive(&nodes, 1, "kept").await;
+    assert!(
+        down.as_ref().is_err_and(|e| e.contains(
+            "home node 'broker@n0' of durable queue 'kept' in vhost '/' is down or inaccessible"
+        )),
+        "{down:?}"
+    );
+    // Back: the 20 confirmed messages are there.
+    nodes.start(0, true).await;
+    let mut count = Err(String::new());
+    for _ in 0..100 {
+        count = passive(&nodes, 1, "kept").await;
+        if count.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, Ok(20));
+}

@@ -3,11 +3,12 @@
 //! a snapshot takes the definitions whole.
 
 use super::{Change, Outcome};
+use crate::broker::exchange::Destination;
 use crate::broker::policy::PolicyRecord;
 use crate::broker::users::{Permission, User};
 use crate::broker::Broker;
 use crate::protocol::FieldTable;
-use crate::store::catalog::VhostRecord;
+use crate::store::catalog::{BindingRecord, QueueRecord, VhostRecord};
 use serde::{Deserialize, Serialize};
 use std::sync::Weak;
 
@@ -31,6 +32,12 @@ struct Definitions {
     /// the exchanges declared by clients (not the predeclared ones).
     exchanges: Vec<(String, String, String, bool, bool, bool, FieldTable)>,
     policies: Vec<PolicyRecord>,
+    /// The cluster's queues (durable, not exclusive), each with its node.
+    #[serde(default)]
+    queues: Vec<QueueRecord>,
+    /// Bindings to those queues, and between exchanges.
+    #[serde(default)]
+    bindings: Vec<BindingRecord>,
 }
 
 impl crate::cluster::Applier for BrokerApplier {
@@ -53,7 +60,11 @@ impl crate::cluster::Applier for BrokerApplier {
             Err(e) => {
                 // Written by a newer node, perhaps: skipped here, said loudly.
                 tracing::error!("metadata change not understood, skipped: {e}");
-                Outcome::Done { created: false }.encode()
+                Outcome::Done {
+                    created: false,
+                    count: 0,
+                }
+                .encode()
             }
         }
     }
@@ -70,7 +81,24 @@ impl crate::cluster::Applier for BrokerApplier {
             definitions
                 .policies
                 .extend(vhost.policies().iter().map(|p| p.record.clone()));
+            for q in vhost.queues() {
+                if q.is_shared() {
+                    definitions.queues.push(QueueRecord {
+                        vhost: vhost.name.clone(),
+                        name: q.name.clone(),
+                        auto_delete: q.options.auto_delete,
+                        arguments: q.options.arguments.clone(),
+                        node: q
+                            .remote_node()
+                            .or(broker.replication.node())
+                            .map(str::to_string),
+                    });
+                }
+            }
             for x in vhost.exchanges() {
+                definitions
+                    .bindings
+                    .extend(shared_bindings(&vhost.name, &x.name, x.bindings()));
                 if !x.is_predeclared() {
                     definitions.exchanges.push((
                         vhost.name.clone(),
@@ -122,6 +150,25 @@ impl crate::cluster::Applier for BrokerApplier {
                         vhost: vhost.name.clone(),
                         name: p.name().to_string(),
                     });
+                }
+            }
+            for q in vhost.queues() {
+                let kept = definitions
+                    .queues
+                    .iter()
+                    .any(|r| r.vhost == vhost.name && r.name == q.name);
+                if q.is_shared() && !kept {
+                    changes.push(Change::DeleteQueue {
+                        vhost: vhost.name.clone(),
+                        name: q.name.clone(),
+                    });
+                }
+            }
+            for x in vhost.exchanges() {
+                for binding in shared_bindings(&vhost.name, &x.name, x.bindings()) {
+                    if !definitions.bindings.contains(&binding) {
+                        changes.push(Change::Unbind(binding));
+                    }
                 }
             }
             for x in vhost.exchanges() {
@@ -185,10 +232,63 @@ impl crate::cluster::Applier for BrokerApplier {
             });
         }
         changes.extend(definitions.policies.into_iter().map(Change::PutPolicy));
+        for q in definitions.queues {
+            // A queue that lives elsewhere now, or was made again with
+            // other arguments, is made again.
+            let differs = broker
+                .vhost(&q.vhost)
+                .and_then(|v| v.queue(&q.name))
+                .is_some_and(|existing| {
+                    existing.options.arguments != q.arguments
+                        || existing.options.auto_delete != q.auto_delete
+                        || existing.remote_node().or(broker.replication.node()) != q.node.as_deref()
+                });
+            if differs {
+                changes.push(Change::DeleteQueue {
+                    vhost: q.vhost.clone(),
+                    name: q.name.clone(),
+                });
+            }
+            changes.push(Change::DeclareQueue {
+                vhost: q.vhost,
+                name: q.name,
+                node: q.node.unwrap_or_default(),
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
+            });
+        }
+        changes.extend(definitions.bindings.into_iter().map(Change::Bind));
         for change in changes {
             change.apply(&broker);
         }
     }
+}
+
+/// The bindings of exchange `source` that are the cluster's: to its
+/// queues, and to other exchanges.
+fn shared_bindings(
+    vhost: &str,
+    source: &str,
+    bindings: Vec<crate::broker::exchange::Binding>,
+) -> Vec<BindingRecord> {
+    bindings
+        .into_iter()
+        .filter_map(|b| {
+            let (destination, to_queue) = match &b.destination {
+                Destination::Queue(q) if q.is_shared() => (q.name.clone(), true),
+                Destination::Queue(_) => return None,
+                Destination::Exchange(x) => (x.clone(), false),
+            };
+            Some(BindingRecord {
+                vhost: vhost.to_string(),
+                source: source.to_string(),
+                destination,
+                destination_is_queue: to_queue,
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -345,11 +445,11 @@ mod tests {
         let first = Outcome::decode(&applier.apply(&change));
         let second = Outcome::decode(&applier.apply(&change));
         assert!(
-            matches!(first, Outcome::Done { created: true }),
+            matches!(first, Outcome::Done { created: true, .. }),
             "{first:?}"
         );
         assert!(
-            matches!(second, Outcome::Done { created: false }),
+            matches!(second, Outcome::Done { created: false, .. }),
             "{second:?}"
         );
         assert_eq!(

@@ -4,7 +4,7 @@ use crate::broker::policy::PolicyRecord;
 use crate::broker::users::{Permission, User};
 use crate::protocol::error::ErrorScope;
 use crate::protocol::{AmqpError, FieldTable};
-use crate::store::catalog::VhostRecord;
+use crate::store::catalog::{BindingRecord, VhostRecord};
 use serde::{Deserialize, Serialize};
 
 /// One change of shared definitions. Applied on every node in log order;
@@ -42,6 +42,22 @@ pub enum Change {
         name: String,
         if_unused: bool,
     },
+    /// A durable, non-exclusive queue that lives on `node` (the other
+    /// nodes hold its definition and forward to it).
+    DeclareQueue {
+        vhost: String,
+        name: String,
+        node: String,
+        auto_delete: bool,
+        arguments: FieldTable,
+    },
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+    /// A binding to a replicated queue, or between two exchanges.
+    Bind(BindingRecord),
+    Unbind(BindingRecord),
     PutPolicy(PolicyRecord),
     DeletePolicy {
         vhost: String,
@@ -55,6 +71,10 @@ pub enum Change {
 pub enum Outcome {
     Done {
         created: bool,
+        /// What the change counted (the messages a queue deletion
+        /// dropped).
+        #[serde(default)]
+        count: u64,
     },
     Refused {
         connection: bool,
@@ -67,7 +87,7 @@ impl Outcome {
     /// What a local apply gave.
     pub fn of(result: Result<bool, AmqpError>) -> Outcome {
         match result {
-            Ok(created) => Outcome::Done { created },
+            Ok(created) => Outcome::Done { created, count: 0 },
             Err(e) => Outcome::Refused {
                 connection: e.scope == ErrorScope::Connection,
                 code: e.code,
@@ -89,11 +109,31 @@ impl Outcome {
         })
     }
 
+    /// What a local apply that counted something gave.
+    pub fn counted(result: Result<usize, AmqpError>) -> Outcome {
+        match result {
+            Ok(count) => Outcome::Done {
+                created: false,
+                count: count as u64,
+            },
+            Err(e) => Outcome::of(Err(e)),
+        }
+    }
+
+    /// As the caller's result: what was counted, or the error.
+    pub fn into_count(self) -> Result<usize, AmqpError> {
+        let count = match &self {
+            Outcome::Done { count, .. } => *count as usize,
+            Outcome::Refused { .. } => 0,
+        };
+        self.into_result().map(|_| count)
+    }
+
     /// As the caller's result: whether something new was made, or the
     /// error.
     pub fn into_result(self) -> Result<bool, AmqpError> {
         match self {
-            Outcome::Done { created } => Ok(created),
+            Outcome::Done { created, .. } => Ok(created),
             Outcome::Refused {
                 connection,
                 code,

@@ -26,16 +26,46 @@ use std::sync::OnceLock;
 #[derive(Default)]
 pub struct Replication {
     cluster: OnceLock<Cluster>,
+    /// This node's name, when it is configured to be a cluster node (set
+    /// before anything is restored, so that restored queues know whether
+    /// they live here).
+    node: OnceLock<String>,
+    /// Messages routed here to queues of other nodes go through these.
+    forwarders: OnceLock<crate::broker::forward::Forwarders>,
 }
 
 impl Replication {
     /// From now on, changes are committed through `cluster`.
     pub fn attach(&self, cluster: Cluster) {
+        let _ = self
+            .forwarders
+            .set(crate::broker::forward::Forwarders::new(cluster.clone()));
         let _ = self.cluster.set(cluster);
+    }
+
+    pub fn forwarders(&self) -> Option<&crate::broker::forward::Forwarders> {
+        self.forwarders.get()
     }
 
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.get()
+    }
+
+    /// Makes this a cluster node named `name` (at start, before restore).
+    pub fn set_node(&self, name: String) {
+        let _ = self.node.set(name);
+    }
+
+    /// This node's name on a cluster; `None` on a single node.
+    pub fn node(&self) -> Option<&str> {
+        self.node.get().map(String::as_str)
+    }
+
+    /// Whether a queue with these properties is a cluster's (its definition
+    /// on every node): durable and not exclusive, on a cluster node. Others
+    /// (transient, exclusive) stay on the node of their connection.
+    pub fn shares_queue(&self, durable: bool, exclusive: bool) -> bool {
+        self.node().is_some() && durable && !exclusive
     }
 
     /// Commits `change` through the cluster and returns the outcome of
@@ -63,6 +93,26 @@ impl Replication {
 }
 
 impl Replication {
+    /// Proposes `change` without waiting for it (a queue this node removed
+    /// by itself: auto-delete, expiry, its exclusive owner gone), so that
+    /// the other nodes drop it too; a failure is logged.
+    pub fn propose_in_background(&self, change: Change, what: String) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(command) = serde_json::to_vec(&change) else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = cluster.propose(command).await {
+                tracing::warn!("cannot {what} on the other nodes: {e}");
+            }
+        });
+    }
+
     /// Commits `change` through the cluster, or on a single node makes it
     /// with `here` (the local half of the same method); true if it made
     /// something new.
@@ -91,7 +141,7 @@ fn unavailable(what: &str, error: &ClusterError) -> AmqpError {
 
 /// Runs `future` to completion from synchronous broker code; `None` if
 /// no runtime could be had to wait on.
-fn block_on<F: std::future::Future + Send>(future: F) -> Option<F::Output>
+pub(crate) fn block_on<F: std::future::Future + Send>(future: F) -> Option<F::Output>
 where
     F::Output: Send,
 {

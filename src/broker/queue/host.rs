@@ -9,6 +9,17 @@ use crate::broker::message::Message;
 use crate::protocol::FieldTable;
 use std::sync::Arc;
 
+/// What became of a message handed to its queues.
+pub struct Delivered {
+    /// Some queue refused it (overflow `reject-publish`).
+    pub refused: bool,
+    /// The log sequence a confirm waits for (stored persistent message).
+    pub log_seq: Option<u64>,
+    pub message: Arc<Message>,
+    /// Forwarded to queues of other cluster nodes: their answers.
+    pub forwarded: Option<Arc<crate::broker::forward::Receipt>>,
+}
+
 pub trait QueueHost: Send + Sync {
     /// The broker's paging budget, which the queue pages against.
     fn page_budget(&self) -> Arc<PageBudget>;
@@ -23,10 +34,8 @@ pub trait QueueHost: Send + Sync {
     ) -> RoutedQueues;
 
     /// Hands a routed message to its queues (storing it first if it is
-    /// persistent). Returns whether some queue refused it, the log
-    /// sequence a confirm would wait for, and the shared message.
-    fn deliver(&self, message: Message, queues: &[Arc<Queue>])
-        -> (bool, Option<u64>, Arc<Message>);
+    /// persistent).
+    fn deliver(&self, message: Message, queues: &[Arc<Queue>]) -> Delivered;
 
     /// Records that message `id` left `queue` once the log has synced past
     /// `seq`.
@@ -49,7 +58,7 @@ impl QueueHost for NoHost {
         match *self {}
     }
 
-    fn deliver(&self, _: Message, _: &[Arc<Queue>]) -> (bool, Option<u64>, Arc<Message>) {
+    fn deliver(&self, _: Message, _: &[Arc<Queue>]) -> Delivered {
         match *self {}
     }
 

@@ -3,7 +3,7 @@
 //! its own folder (`classic/`, `quorum/`, `stream/`); this file only
 //! dispatches, by `match` on a plain enum (no `dyn`, nothing allocated).
 
-use super::{classic, quorum, stream, Queue, QueueArguments, QueueHost, QueueOptions};
+use super::{classic, quorum, remote, stream, Queue, QueueArguments, QueueHost, QueueOptions};
 use crate::protocol::{AmqpError, FieldTable};
 use crate::store::Store;
 use std::sync::{Arc, Weak};
@@ -25,6 +25,9 @@ pub(super) enum Kind {
     Classic,
     Quorum,
     Stream(Arc<stream::Stream>),
+    /// A queue that lives on another cluster node: this node routes to it
+    /// (forwarding what it routes) and answers for its definition.
+    Remote(Arc<remote::Home>),
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Classic => QueueType::Classic,
             Kind::Quorum => QueueType::Quorum,
             Kind::Stream(_) => QueueType::Stream,
+            Kind::Remote(home) => home.queue_type,
         }
     }
 }

@@ -18,13 +18,14 @@ mod page_io;
 pub mod paging;
 pub mod quorum;
 mod ready;
+pub mod remote;
 mod settle;
 pub mod stream;
 
 pub use arguments::{Overflow, QueueArguments};
 pub use consumer::{Consumer, Credit, DeliverySink};
 pub use dead_letter::Reason;
-pub use host::QueueHost;
+pub use host::{Delivered, QueueHost};
 use kind::Kind;
 pub use kind::{DeclareProperties, Members, QueueType};
 pub use settle::{settle, Settle};
@@ -205,6 +206,8 @@ pub struct Queue {
     /// The queue's type, holding what the type itself needs (a stream's
     /// log and readers).
     kind: Kind,
+    /// A cluster's queue: its definition is on every node (see `remote`).
+    shared: bool,
     state: Mutex<QueueState>,
     unacked: AtomicUsize,
     deleted: AtomicBool,
@@ -278,6 +281,7 @@ impl Queue {
             args,
             host,
             kind: Kind::of(args_type),
+            shared: false,
             log,
             unacked: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
@@ -298,7 +302,7 @@ impl Queue {
     pub fn stream(&self) -> Option<&Arc<stream::Stream>> {
         match &self.kind {
             Kind::Stream(stream) => Some(stream),
-            Kind::Classic | Kind::Quorum => None,
+            Kind::Classic | Kind::Quorum | Kind::Remote(_) => None,
         }
     }
 
@@ -361,7 +365,8 @@ impl Queue {
     pub fn message_count(&self) -> usize {
         match &self.kind {
             Kind::Stream(stream) => stream.message_count(),
-            Kind::Classic | Kind::Quorum => self.state.lock().ready.len(),
+            // Known on its node only.
+            Kind::Classic | Kind::Quorum | Kind::Remote(_) => self.state.lock().ready.len(),
         }
     }
 
@@ -372,7 +377,7 @@ impl Queue {
     pub fn consumer_count(&self) -> usize {
         match &self.kind {
             Kind::Stream(stream) => stream.consumer_count(),
-            Kind::Classic | Kind::Quorum => self.state.lock().consumers.len(),
+            Kind::Classic | Kind::Quorum | Kind::Remote(_) => self.state.lock().consumers.len(),
         }
     }
 
@@ -916,7 +921,7 @@ impl Queue {
             // written after the message log's records of its batch: the
             // removal waits for the sync that covers the copy.
             let to_stream = targets.iter().any(|t| t.has_own_log());
-            let (_, log_seq, _) = vhost.deliver(letter, &targets);
+            let log_seq = vhost.deliver(letter, &targets).log_seq;
             match (log_seq.filter(|_| to_stream), message.store_id) {
                 (Some(seq), Some(id)) if self.log.is_some() => {
                     vhost.remove_after_sync(seq, id, self.name.clone())

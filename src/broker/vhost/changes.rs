@@ -55,6 +55,30 @@ impl Change {
                 Some(vhost) => vhost.apply_delete_exchange(&name, if_unused).map(|_| false),
                 None => Err(no_vhost(&vhost)),
             },
+            Change::DeclareQueue {
+                vhost,
+                name,
+                node,
+                auto_delete,
+                arguments,
+            } => match broker.vhost(&vhost) {
+                Some(vhost) => vhost.apply_declare_queue(&name, &node, auto_delete, &arguments),
+                None => Err(no_vhost(&vhost)),
+            },
+            Change::DeleteQueue { vhost, name } => {
+                return Outcome::counted(match broker.vhost(&vhost) {
+                    Some(vhost) => Ok(vhost.apply_delete_queue(&name)),
+                    None => Err(no_vhost(&vhost)),
+                })
+            }
+            Change::Bind(record) => match broker.vhost(&record.vhost) {
+                Some(vhost) => vhost.apply_bind(&record).map(|_| false),
+                None => Err(no_vhost(&record.vhost)),
+            },
+            Change::Unbind(record) => match broker.vhost(&record.vhost) {
+                Some(vhost) => vhost.apply_unbind(&record).map(|_| false),
+                None => Err(no_vhost(&record.vhost)),
+            },
             Change::PutPolicy(record) => match broker.vhost(&record.vhost) {
                 Some(vhost) => vhost
                     .apply_put_policy(record)

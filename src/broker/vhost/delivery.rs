@@ -3,18 +3,21 @@
 
 use super::*;
 use crate::broker::exchange::delayed::DelayHost;
-use crate::broker::queue::Accepted;
+use crate::broker::queue::{Accepted, Delivered};
 
 impl VHost {
     /// Hands a routed message to its queues. A persistent message is first
-    /// stored once for all its durable queues. Returns whether some queue
-    /// refused it (overflow), the log sequence a confirm must wait for, and
-    /// the shared message.
-    pub fn deliver(
-        &self,
-        mut message: Message,
-        queues: &[Arc<Queue>],
-    ) -> (bool, Option<u64>, Arc<Message>) {
+    /// stored once for all its durable queues. On a cluster, queues that
+    /// live on other nodes get it through their node.
+    pub fn deliver(&self, mut message: Message, queues: &[Arc<Queue>]) -> Delivered {
+        let mut forwarded = None;
+        let mut local = std::borrow::Cow::Borrowed(queues);
+        if queues.iter().any(|q| q.is_remote()) {
+            let remote: Vec<&Arc<Queue>> = queues.iter().filter(|q| q.is_remote()).collect();
+            forwarded = self.forward(&message, &remote);
+            local = queues.iter().filter(|q| !q.is_remote()).cloned().collect();
+        }
+        let queues = &local[..];
         let mut log_seq = None;
         if message.is_persistent() {
             let durable: Vec<&str> = queues
@@ -46,7 +49,12 @@ impl VHost {
                 }
             }
         }
-        (refused, log_seq, message)
+        Delivered {
+            refused,
+            log_seq,
+            message,
+            forwarded,
+        }
     }
 
     /// Records that message `id` left `queue` once the log has synced past
@@ -106,7 +114,7 @@ impl DelayHost for VHost {
             message.properties.headers().as_ref(),
         );
         let to_stream = queues.iter().any(|q| q.has_own_log());
-        let (_, log_seq, _) = self.deliver(message, &queues);
+        let log_seq = self.deliver(message, &queues).log_seq;
         log_seq.filter(|_| to_stream)
     }
 

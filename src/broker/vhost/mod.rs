@@ -11,7 +11,7 @@ use super::names;
 use super::policy::{self, Policy, PolicyRecord};
 use crate::broker::metadata::{Change, Replication};
 use crate::broker::queue::paging::PageBudget;
-use crate::broker::queue::{DeclareProperties, Queue, QueueArguments, QueueOptions};
+use crate::broker::queue::{DeclareProperties, Delivered, Queue, QueueArguments, QueueOptions};
 use crate::broker::super_stream::group::ConsumerGroups;
 use crate::broker::super_stream::partitions;
 use crate::protocol::{AmqpError, FieldTable};
@@ -27,6 +27,7 @@ mod bindings;
 mod changes;
 mod delivery;
 mod exchanges;
+mod forwarding;
 mod policies;
 pub use policies::PolicyError;
 pub mod publish;
@@ -252,6 +253,7 @@ mod tests {
             name: name.into(),
             auto_delete: false,
             arguments,
+            node: None,
         }
     }
 

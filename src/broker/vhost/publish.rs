@@ -28,6 +28,9 @@ pub struct Published {
     pub log_seq: Option<u64>,
     /// The message, when it reached no queue (for `basic.return`).
     pub unroutable: Option<Arc<Message>>,
+    /// Forwarded to queues of other cluster nodes: a confirm waits for
+    /// their answers too.
+    pub forwarded: Option<Arc<crate::broker::forward::Receipt>>,
 }
 
 impl Published {
@@ -37,6 +40,7 @@ impl Published {
             refused: false,
             log_seq,
             unroutable: None,
+            forwarded: None,
         }
     }
 }
@@ -137,12 +141,13 @@ impl VHost {
                 queues
             }
         };
-        let (refused, log_seq, message) = self.deliver(message, &queues);
+        let delivered = self.deliver(message, &queues);
         Ok(Published {
             outcome: Outcome::Routed(queues.len()),
-            refused,
-            log_seq,
-            unroutable: queues.is_empty().then_some(message),
+            refused: delivered.refused,
+            log_seq: delivered.log_seq,
+            unroutable: queues.is_empty().then_some(delivered.message),
+            forwarded: delivered.forwarded,
         })
     }
 }

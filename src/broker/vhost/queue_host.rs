@@ -18,11 +18,7 @@ impl QueueHost for VHost {
         VHost::route_by_name(self, exchange, keys, headers)
     }
 
-    fn deliver(
-        &self,
-        message: Message,
-        queues: &[Arc<Queue>],
-    ) -> (bool, Option<u64>, Arc<Message>) {
+    fn deliver(&self, message: Message, queues: &[Arc<Queue>]) -> Delivered {
         VHost::deliver(self, message, queues)
     }
 

@@ -4,11 +4,32 @@ use super::*;
 
 impl VHost {
     /// Declares a queue for connection `conn`; returns it with its ready
-    /// message count and consumer count.
+    /// message count and consumer count. On a cluster node a durable,
+    /// non-exclusive queue is declared on every node (see
+    /// `declare_shared_queue`).
     pub fn declare_queue(
         &self,
         req: QueueDeclare,
         conn: u64,
+    ) -> Result<(Arc<Queue>, usize, usize), AmqpError> {
+        self.declare(req, conn, true)
+    }
+
+    /// Declares a queue on this node only (a super stream's partitions,
+    /// made on every node by the exchange's own declaration).
+    pub(super) fn declare_queue_here(
+        &self,
+        req: QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, usize, usize), AmqpError> {
+        self.declare(req, conn, false)
+    }
+
+    fn declare(
+        &self,
+        req: QueueDeclare,
+        conn: u64,
+        share: bool,
     ) -> Result<(Arc<Queue>, usize, usize), AmqpError> {
         let counts = |q: Arc<Queue>| {
             let (ready, _, consumers) = q.snapshot();
@@ -18,6 +39,10 @@ impl VHost {
         if req.passive {
             let queue = self.usable_queue(req.name, conn)?;
             queue.touch();
+            if queue.is_remote() {
+                let (ready, consumers) = self.remote_counts(&queue)?;
+                return Ok((queue, ready, consumers));
+            }
             return Ok(counts(queue));
         }
         let display_name = if req.name.is_empty() {
@@ -35,55 +60,26 @@ impl VHost {
             },
             &self.queue_resource(req.name),
         )?;
+        if share
+            && self.replication.shares_queue(req.durable, req.exclusive)
+            && self.replication.cluster().is_some()
+        {
+            return self.declare_shared_queue(req, conn);
+        }
         let _definitions = self.queue_definitions.lock();
         let queues = self.queues.read();
         if let Some(existing) = queues.get(req.name) {
-            existing.check_access(conn)?;
-            // The exclusive flag must match either way, even on the owning
-            // connection (RabbitMQ's strict exclusive-access check).
-            if req.exclusive != existing.is_exclusive() {
-                return Err(existing.locked_error());
-            }
-            let resource = existing.resource();
-            for (field, received, current) in [
-                ("durable", req.durable, existing.options.durable),
-                ("auto_delete", req.auto_delete, existing.options.auto_delete),
-            ] {
-                if received != current {
-                    return Err(AmqpError::precondition_failed(format!(
-                        "inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"
-                    )));
-                }
-            }
-            if let Some(text) = arguments::first_difference(
-                &existing.options.arguments,
-                req.arguments,
-                None,
-                &resource,
-            ) {
-                return Err(AmqpError::precondition_failed(text));
-            }
+            check_equivalent(existing, &req, conn)?;
             existing.touch();
             return Ok(counts(existing.clone()));
         }
-        if req.name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!(
-                "queue name '{}' contains reserved prefix 'amq.*'",
-                req.name
-            )));
-        }
+        check_reserved(req.name)?;
         let name = if req.name.is_empty() {
             names::queue_name()
         } else {
             req.name.to_string()
         };
-        let limit = self.max_queues.load(Ordering::Relaxed);
-        if limit >= 0 && queues.len() as i64 >= limit {
-            return Err(AmqpError::precondition_failed(format!(
-                "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
-                self.name
-            )));
-        }
+        self.check_queue_limit(queues.len(), &name)?;
         // Nobody else changes the queues while `_definitions` is held: what
         // was checked holds without the lock publishers read.
         drop(queues);
@@ -97,33 +93,157 @@ impl VHost {
         // durable ones at start): neither it nor its messages are stored,
         // or it would come back after a crash as a shared queue.
         let stored = req.durable && !req.exclusive;
-        let queue = Queue::open(
-            name.clone(),
-            self.name.clone(),
-            options,
-            args,
-            self.self_ref.clone(),
-            self.store.as_ref(),
-            stored,
-        )?;
-        let queue = Arc::new(queue);
-        if let (true, Some(store)) = (stored, &self.store) {
-            store.catalog.put_queue(&QueueRecord {
-                vhost: self.name.clone(),
-                name: name.clone(),
-                auto_delete: req.auto_delete,
-                arguments: req.arguments.clone(),
-            });
-        }
-        // Visible only once its record is on disk.
-        self.queues.write().insert(name, queue.clone());
+        let queue = self.add_queue(name, options, args, stored, None)?;
         drop(_definitions);
         queue.apply_policy(self.policy_for_queue(&queue.name));
         queue.start_expiry_timer();
         Ok((queue, 0, 0))
     }
 
-    /// queue.delete: returns the number of ready messages dropped.
+    /// A durable, non-exclusive queue on a cluster node: its definition is
+    /// committed to the metadata group, so every node has it; it lives on
+    /// this node (RabbitMQ's client-local placement).
+    fn declare_shared_queue(
+        &self,
+        req: QueueDeclare,
+        conn: u64,
+    ) -> Result<(Arc<Queue>, usize, usize), AmqpError> {
+        if let Some(existing) = self.queue(req.name) {
+            check_equivalent(&existing, &req, conn)?;
+            existing.touch();
+            let (ready, consumers) = self.remote_counts(&existing)?;
+            return Ok((existing, ready, consumers));
+        }
+        check_reserved(req.name)?;
+        let name = if req.name.is_empty() {
+            names::queue_name()
+        } else {
+            req.name.to_string()
+        };
+        let node = self.replication.node().unwrap_or_default().to_string();
+        let change = Change::DeclareQueue {
+            vhost: self.name.clone(),
+            name: name.clone(),
+            node,
+            auto_delete: req.auto_delete,
+            arguments: req.arguments.clone(),
+        };
+        let what = format!("declare {}", self.queue_resource(&name));
+        self.replication.commit(&change, &what, || Ok(false))?;
+        let queue = self.queue(&name).ok_or_else(|| self.no_queue(&name))?;
+        let (ready, _, consumers) = queue.snapshot();
+        Ok((queue, ready, consumers))
+    }
+
+    /// The declaration of a shared queue made on this node: the queue
+    /// itself if it lives on `node` = this node, its definition otherwise.
+    /// Whether it made the queue.
+    pub(crate) fn apply_declare_queue(
+        &self,
+        name: &str,
+        node: &str,
+        auto_delete: bool,
+        arguments: &FieldTable,
+    ) -> Result<bool, AmqpError> {
+        let req = QueueDeclare {
+            name,
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete,
+            arguments,
+        };
+        let args = QueueArguments::parse(arguments, &self.queue_resource(name))?;
+        let _definitions = self.queue_definitions.lock();
+        let queues = self.queues.read();
+        if let Some(existing) = queues.get(name) {
+            check_equivalent(existing, &req, 0)?;
+            return Ok(false);
+        }
+        self.check_queue_limit(queues.len(), name)?;
+        drop(queues);
+        let options = QueueOptions {
+            durable: true,
+            auto_delete,
+            exclusive_owner: None,
+            arguments: arguments.clone(),
+        };
+        let here = self.replication.node() == Some(node);
+        let home = Some(node.to_string());
+        let queue = self.add_queue(name.to_string(), options, args, here, home)?;
+        drop(_definitions);
+        queue.apply_policy(self.policy_for_queue(&queue.name));
+        if here {
+            queue.start_expiry_timer();
+        }
+        Ok(true)
+    }
+
+    fn check_queue_limit(&self, count: usize, name: &str) -> Result<(), AmqpError> {
+        let limit = self.max_queues.load(Ordering::Relaxed);
+        if limit >= 0 && count as i64 >= limit {
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes and adds a queue, its record stored first when `stored`. On a
+    /// cluster, `home` is the node a shared queue lives on: this node's
+    /// own (then `stored`), or another's (then only its definition).
+    fn add_queue(
+        &self,
+        name: String,
+        options: QueueOptions,
+        args: QueueArguments,
+        stored: bool,
+        home: Option<String>,
+    ) -> Result<Arc<Queue>, AmqpError> {
+        let record = QueueRecord {
+            vhost: self.name.clone(),
+            name: name.clone(),
+            auto_delete: options.auto_delete,
+            arguments: options.arguments.clone(),
+            node: home.clone(),
+        };
+        let queue = match home.filter(|node| self.replication.node() != Some(node)) {
+            Some(node) => Queue::remote(
+                name.clone(),
+                self.name.clone(),
+                options,
+                args,
+                self.self_ref.clone(),
+                node,
+            ),
+            None => Queue::open(
+                name.clone(),
+                self.name.clone(),
+                options,
+                args,
+                self.self_ref.clone(),
+                self.store.as_ref(),
+                stored,
+            )?,
+        };
+        let queue = Arc::new(if record.node.is_some() {
+            queue.shared()
+        } else {
+            queue
+        });
+        if let (true, Some(store)) = (stored || queue.is_remote(), &self.store) {
+            store.catalog.put_queue(&record);
+        }
+        // Visible only once its record is on disk.
+        self.queues.write().insert(name, queue.clone());
+        Ok(queue)
+    }
+
+    /// queue.delete: returns the number of ready messages dropped. A
+    /// cluster's queue is deleted on every node; one that lives on another
+    /// node is deleted by that node (which knows whether it is unused or
+    /// empty).
     pub fn delete_queue(
         &self,
         name: &str,
@@ -135,6 +255,17 @@ impl VHost {
             return Ok(0);
         };
         queue.check_access(conn)?;
+        if let Some(node) = queue.remote_node() {
+            return self.remote_call(
+                node,
+                crate::broker::forward::Call::DeleteQueue {
+                    vhost: self.name.clone(),
+                    name: name.to_string(),
+                    if_unused,
+                    if_empty,
+                },
+            );
+        }
         let (ready, _, consumers) = queue.snapshot();
         if if_unused && consumers > 0 {
             return Err(AmqpError::precondition_failed(format!(
@@ -148,12 +279,47 @@ impl VHost {
                 queue.resource()
             )));
         }
-        Ok(self.remove_queue(&queue))
+        if queue.is_shared() {
+            let change = Change::DeleteQueue {
+                vhost: self.name.clone(),
+                name: name.to_string(),
+            };
+            let what = format!("delete {}", queue.resource());
+            if let Some(outcome) = self.replication.replicate(&change, &what) {
+                return outcome?.into_count();
+            }
+        }
+        Ok(self.remove_queue_here(&queue))
     }
 
-    /// Removes a queue (deleted, auto-deleted or exclusive owner gone):
-    /// its bindings go, its consumers are told.
+    /// The deletion of a cluster's queue made on this node: the queue, or
+    /// its definition.
+    pub(crate) fn apply_delete_queue(&self, name: &str) -> usize {
+        match self.queue(name) {
+            Some(queue) => self.remove_queue_here(&queue),
+            None => 0,
+        }
+    }
+
+    /// Removes a queue (auto-deleted, expired, exclusive owner gone, vhost
+    /// deleted): its bindings go, its consumers are told. A cluster's
+    /// queue that lives here is then removed from the other nodes too.
     pub fn remove_queue(&self, queue: &Arc<Queue>) -> usize {
+        let count = self.remove_queue_here(queue);
+        if queue.is_shared() && !queue.is_remote() {
+            self.replication.propose_in_background(
+                Change::DeleteQueue {
+                    vhost: self.name.clone(),
+                    name: queue.name.clone(),
+                },
+                format!("delete {}", queue.resource()),
+            );
+        }
+        count
+    }
+
+    /// Removes a queue from this node.
+    fn remove_queue_here(&self, queue: &Arc<Queue>) -> usize {
         let definitions = self.queue_definitions.lock();
         {
             let mut queues = self.queues.write();
@@ -191,4 +357,41 @@ impl VHost {
         self.max_exchanges
             .store(limit.map_or(-1, i64::from), Ordering::Relaxed);
     }
+}
+
+/// A redeclare must match the queue: exclusive flag, durable, auto-delete
+/// and arguments (RabbitMQ's 405 and 406 texts).
+fn check_equivalent(existing: &Queue, req: &QueueDeclare, conn: u64) -> Result<(), AmqpError> {
+    existing.check_access(conn)?;
+    // The exclusive flag must match either way, even on the owning
+    // connection (RabbitMQ's strict exclusive-access check).
+    if req.exclusive != existing.is_exclusive() {
+        return Err(existing.locked_error());
+    }
+    let resource = existing.resource();
+    for (field, received, current) in [
+        ("durable", req.durable, existing.options.durable),
+        ("auto_delete", req.auto_delete, existing.options.auto_delete),
+    ] {
+        if received != current {
+            return Err(AmqpError::precondition_failed(format!(
+                "inequivalent arg '{field}' for {resource}: received '{received}' but current is '{current}'"
+            )));
+        }
+    }
+    if let Some(text) =
+        arguments::first_difference(&existing.options.arguments, req.arguments, None, &resource)
+    {
+        return Err(AmqpError::precondition_failed(text));
+    }
+    Ok(())
+}
+
+fn check_reserved(name: &str) -> Result<(), AmqpError> {
+    if name.starts_with("amq.") {
+        return Err(AmqpError::access_refused(format!(
+            "queue name '{name}' contains reserved prefix 'amq.*'"
+        )));
+    }
+    Ok(())
 }

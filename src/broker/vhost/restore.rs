@@ -41,25 +41,42 @@ impl VHost {
             exclusive_owner: None,
             arguments: r.arguments.clone(),
         };
-        let queue = match Queue::open(
-            r.name.clone(),
-            self.name.clone(),
-            options,
-            args,
-            self.self_ref.clone(),
-            self.store.as_ref(),
-            true,
-        ) {
-            Ok(queue) => queue,
-            Err(e) => {
-                tracing::error!(queue = %r.name, error = %e, "skipping stored queue that cannot be opened");
-                return;
-            }
+        let elsewhere = r
+            .node
+            .as_ref()
+            .filter(|node| self.replication.node() != Some(node.as_str()));
+        let queue = match elsewhere {
+            Some(node) => Queue::remote(
+                r.name.clone(),
+                self.name.clone(),
+                options,
+                args,
+                self.self_ref.clone(),
+                node.clone(),
+            ),
+            None => match Queue::open(
+                r.name.clone(),
+                self.name.clone(),
+                options,
+                args,
+                self.self_ref.clone(),
+                self.store.as_ref(),
+                true,
+            ) {
+                Ok(queue) if r.node.is_some() => queue.shared(),
+                Ok(queue) => queue,
+                Err(e) => {
+                    tracing::error!(queue = %r.name, error = %e, "skipping stored queue that cannot be opened");
+                    return;
+                }
+            },
         };
         let queue = Arc::new(queue);
         self.queues.write().insert(r.name.clone(), queue.clone());
         queue.apply_policy(self.policy_for_queue(&queue.name));
-        queue.start_expiry_timer();
+        if !queue.is_remote() {
+            queue.start_expiry_timer();
+        }
     }
 
     pub fn restore_binding(&self, r: &BindingRecord) {

@@ -24,7 +24,7 @@ impl VHost {
         );
         for index in existing..requested {
             let name = partition_name(&exchange.name, index);
-            self.declare_queue(
+            self.declare_queue_here(
                 QueueDeclare {
                     name: &name,
                     passive: false,

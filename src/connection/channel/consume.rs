@@ -83,6 +83,7 @@ impl Channel {
         }
         self.allow(ctx, Perm::Read, Kind::Queue, &queue_name)?;
         let queue = ctx.vhost.usable_queue(&queue_name, ctx.id)?;
+        queue.check_here("basic.consume")?;
         let priority = match arguments::get(&m.arguments, "x-priority") {
             None => 0,
             Some(value) => match arguments::as_int(value) {
@@ -281,6 +282,7 @@ impl Channel {
         self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
         queue.check_get()?;
+        queue.check_here("basic.get")?;
         match queue.get(m.no_ack) {
             Some((message, remaining)) => {
                 self.delivery

@@ -106,7 +106,7 @@ impl Channel {
                 self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
                 let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
                 queue.check_purge()?;
-                let count = queue.purge();
+                let count = ctx.vhost.purge_queue(&queue)?;
                 Ok(
                     (!m.nowait).then_some(C::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
                         message_count: count as u32,

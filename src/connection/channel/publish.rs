@@ -181,7 +181,13 @@ impl Channel {
                     });
             }
         }
-        self.confirm_later(publish_seq, published.refused, published.log_seq);
+        self.confirm_later(
+            ctx,
+            publish_seq,
+            published.refused,
+            published.log_seq,
+            published.forwarded,
+        );
         Ok(published.log_seq)
     }
 }

@@ -4,6 +4,7 @@
 
 use super::consume::settle;
 use super::{ok, unimplemented, unknown_tag, Channel};
+use crate::broker::forward::Receipt;
 use crate::broker::queue::Settle;
 use crate::connection::confirms::Confirm;
 use crate::connection::publish::Assembled;
@@ -12,6 +13,7 @@ use crate::protocol::error::code;
 use crate::protocol::{AMQPClass, AmqpError};
 use amq_protocol::protocol::{basic, confirm, tx};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 /// What to do with acks inside a transaction.
 pub(super) enum TxAck {
@@ -117,13 +119,33 @@ impl Channel {
 
     /// Records how publish `seq` (confirm mode) is to be confirmed: nacked
     /// when a queue refused it, acked once the log synced past `log_seq`.
-    pub(super) fn confirm_later(&mut self, seq: Option<u64>, refused: bool, log_seq: Option<u64>) {
+    /// A message forwarded to other cluster nodes is acked once they
+    /// answered too (`forwarded`), and nacked if one refused it.
+    pub(super) fn confirm_later(
+        &mut self,
+        ctx: &ConnContext,
+        seq: Option<u64>,
+        refused: bool,
+        log_seq: Option<u64>,
+        forwarded: Option<Arc<Receipt>>,
+    ) {
         let Some(seq) = seq else { return };
         if refused {
             self.confirms.nack(seq);
-        } else if let Some(log_seq) = log_seq {
+            return;
+        }
+        if let Some(log_seq) = log_seq {
             self.confirms.wait_for_log(seq, log_seq);
         }
+        if let Some(receipt) = forwarded {
+            receipt.wake(&ctx.remote_answers);
+            self.confirms.wait_for_nodes(seq, receipt);
+        }
+    }
+
+    /// Whether some confirm waits for another node's answer.
+    pub fn waiting_for_nodes(&self) -> bool {
+        self.confirm && self.confirms.waiting_for_nodes()
     }
 
     /// The publish being completed failed its checks and closes the

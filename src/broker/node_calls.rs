@@ -1,0 +1,118 @@
+//! Serving what other cluster nodes ask of this node's broker
+//! (`forward::Call`): messages they routed to queues of this node, and
+//! operations on those queues' contents.
+
+use crate::broker::forward::{self, Answer, Call, Forwarded};
+use crate::broker::Broker;
+use crate::protocol::error::ErrorScope;
+use crate::protocol::AmqpError;
+use std::sync::{Arc, Weak};
+
+/// The handler the cluster layer calls with each broker call.
+pub fn handler(broker: Weak<Broker>) -> crate::cluster::BrokerHandler {
+    Arc::new(move |from, body| {
+        let broker = broker.upgrade();
+        Box::pin(async move {
+            let answer = match (broker, forward::decode::<Call>(&body)) {
+                (Some(broker), Some(call)) => serve(&broker, call).await,
+                (None, _) => refused(AmqpError::internal("the broker is stopping")),
+                (_, None) => {
+                    tracing::warn!(node = %from, "unreadable call from cluster node");
+                    refused(AmqpError::internal("unreadable call"))
+                }
+            };
+            forward::encode(&answer)
+        })
+    })
+}
+
+async fn serve(broker: &Arc<Broker>, call: Call) -> Answer {
+    match call {
+        Call::Publish(messages) => Answer::Published(publish(broker, messages).await),
+        Call::DeleteQueue {
+            vhost,
+            name,
+            if_unused,
+            if_empty,
+        } => blocking(broker, move |broker| {
+            let vhost = broker.vhost(&vhost).ok_or_else(|| no_vhost(&vhost))?;
+            vhost.delete_queue(&name, if_unused, if_empty, 0)
+        })
+        .await
+        .map_or_else(refused, |n| Answer::Count(n as u64)),
+        Call::PurgeQueue { vhost, name } => match broker.vhost(&vhost) {
+            Some(vhost) => match vhost.queue(&name) {
+                Some(queue) => queue
+                    .check_purge()
+                    .map(|_| Answer::Count(queue.purge() as u64))
+                    .unwrap_or_else(refused),
+                None => refused(vhost.no_queue(&name)),
+            },
+            None => refused(no_vhost(&vhost)),
+        },
+        Call::QueueCounts { vhost, name } => {
+            match broker.vhost(&vhost).and_then(|v| v.queue(&name)) {
+                Some(queue) => {
+                    let (ready, _, consumers) = queue.snapshot();
+                    Answer::Counts {
+                        ready: ready as u64,
+                        consumers: consumers as u64,
+                    }
+                }
+                None => Answer::Counts {
+                    ready: 0,
+                    consumers: 0,
+                },
+            }
+        }
+    }
+}
+
+/// Delivers each run of messages of one vhost in order; a message of an
+/// unknown vhost is refused.
+async fn publish(broker: &Arc<Broker>, messages: Vec<Forwarded>) -> Vec<bool> {
+    let mut refused = Vec::with_capacity(messages.len());
+    let mut run: Vec<Forwarded> = Vec::new();
+    for message in messages {
+        if run.first().is_some_and(|m| m.vhost != message.vhost) {
+            refused.extend(publish_run(broker, std::mem::take(&mut run)).await);
+        }
+        run.push(message);
+    }
+    refused.extend(publish_run(broker, run).await);
+    refused
+}
+
+async fn publish_run(broker: &Arc<Broker>, run: Vec<Forwarded>) -> Vec<bool> {
+    let Some(first) = run.first() else {
+        return Vec::new();
+    };
+    match broker.vhost(&first.vhost) {
+        Some(vhost) => vhost.accept_forwarded(run).await,
+        None => vec![true; run.len()],
+    }
+}
+
+/// Runs broker code that may wait for the cluster (a metadata change) off
+/// the async workers.
+async fn blocking<T: Send + 'static>(
+    broker: &Arc<Broker>,
+    work: impl FnOnce(&Broker) -> Result<T, AmqpError> + Send + 'static,
+) -> Result<T, AmqpError> {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || work(&broker))
+        .await
+        .unwrap_or_else(|e| Err(AmqpError::internal(format!("call failed: {e}"))))
+}
+
+fn refused(e: AmqpError) -> Answer {
+    Answer::Refused {
+        connection: e.scope == ErrorScope::Connection,
+        code: e.code,
+        text: e.text,
+    }
+}
+
+fn no_vhost(name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no vhost '{name}'"))
+}
