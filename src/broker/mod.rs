@@ -13,6 +13,7 @@ pub mod node_calls;
 pub mod policy;
 pub mod queue;
 pub mod registry;
+pub mod relay;
 pub mod super_stream;
 pub mod users;
 pub mod vhost;
@@ -45,6 +46,35 @@ pub fn check_name_length(kind: &str, name: &str) -> Result<(), crate::protocol::
         )));
     }
     Ok(())
+}
+
+/// Runs `future` to completion from synchronous broker code; `None` if
+/// no runtime could be had to wait on.
+pub(crate) fn block_on<F: std::future::Future + Send>(future: F) -> Option<F::Output>
+where
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            Some(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        // A current-thread runtime cannot block in place: wait on a thread
+        // of its own (the cluster's tasks run on the server's runtime).
+        _ => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()
+                        .map(|rt| rt.block_on(future))
+                })
+                .join()
+                .ok()
+                .flatten()
+        }),
+    }
 }
 
 /// Full access, as the default user gets on the default vhost.

@@ -3,6 +3,8 @@
 //! operations on those queues' contents.
 
 use crate::broker::forward::{self, Answer, Call, Forwarded};
+use crate::broker::queue::Queue;
+use crate::broker::relay::queue_side::ConsumeRequest;
 use crate::broker::Broker;
 use crate::protocol::error::ErrorScope;
 use crate::protocol::AmqpError;
@@ -14,7 +16,7 @@ pub fn handler(broker: Weak<Broker>) -> crate::cluster::BrokerHandler {
         let broker = broker.upgrade();
         Box::pin(async move {
             let answer = match (broker, forward::decode::<Call>(&body)) {
-                (Some(broker), Some(call)) => serve(&broker, call).await,
+                (Some(broker), Some(call)) => serve(&broker, &from, call).await,
                 (None, _) => refused(AmqpError::internal("the broker is stopping")),
                 (_, None) => {
                     tracing::warn!(node = %from, "unreadable call from cluster node");
@@ -26,8 +28,66 @@ pub fn handler(broker: Weak<Broker>) -> crate::cluster::BrokerHandler {
     })
 }
 
-async fn serve(broker: &Arc<Broker>, call: Call) -> Answer {
+async fn serve(broker: &Arc<Broker>, from: &str, call: Call) -> Answer {
+    let Some(relays) = broker.replication.relays().cloned() else {
+        return refused(AmqpError::internal("not a cluster node"));
+    };
     match call {
+        Call::Alive => Answer::Boot(relays.boot()),
+        Call::Consume {
+            vhost,
+            queue,
+            relay,
+            boot,
+            tag,
+            no_ack,
+            exclusive,
+            priority,
+            prefetch,
+            arguments,
+        } => {
+            let request = ConsumeRequest {
+                relay,
+                boot,
+                tag,
+                no_ack,
+                exclusive,
+                priority,
+                prefetch,
+                arguments,
+            };
+            let from = from.to_string();
+            let boot_here = relays.boot();
+            blocking(broker, move |broker| {
+                let queue = local_queue(broker, &vhost, &queue)?;
+                relays.serve_consume(&from, &queue, request)
+            })
+            .await
+            .map_or_else(refused, |_| Answer::Boot(boot_here))
+        }
+        Call::Cancel { relay } => {
+            relays.serve_cancel(from, relay);
+            Answer::Done
+        }
+        Call::Settle { ids, how } => {
+            relays.serve_settle(from, &ids, how);
+            Answer::Done
+        }
+        Call::Get {
+            vhost,
+            queue,
+            no_ack,
+            boot,
+        } => local_queue(broker, &vhost, &queue)
+            .and_then(|queue| relays.serve_get(from, boot, &queue, no_ack))
+            .map_or_else(refused, Answer::Got),
+        Call::Deliver(batch) => Answer::Delivered {
+            refused: relays.deliveries(from, batch).await,
+        },
+        Call::Cancelled { relay } => {
+            relays.cancelled(from, relay);
+            Answer::Done
+        }
         Call::Publish(messages) => Answer::Published(publish(broker, messages).await),
         Call::DeleteQueue {
             vhost,
@@ -90,6 +150,15 @@ async fn publish_run(broker: &Arc<Broker>, run: Vec<Forwarded>) -> Vec<bool> {
     match broker.vhost(&first.vhost) {
         Some(vhost) => vhost.accept_forwarded(run).await,
         None => vec![true; run.len()],
+    }
+}
+
+/// A queue that lives on this node.
+fn local_queue(broker: &Broker, vhost: &str, name: &str) -> Result<Arc<Queue>, AmqpError> {
+    let vhost = broker.vhost(vhost).ok_or_else(|| no_vhost(vhost))?;
+    match vhost.queue(name) {
+        Some(queue) if !queue.is_remote() => Ok(queue),
+        _ => Err(vhost.no_queue(name)),
     }
 }
 

@@ -217,24 +217,24 @@ impl ChannelDelivery {
     }
 }
 
-impl DeliverySink for ChannelDelivery {
-    fn credit(&self) -> Credit {
-        if self.closed.load(Ordering::Acquire) {
-            return Credit::No;
-        }
-        let global = self.global_prefetch.load(Ordering::Relaxed);
-        if global != 0 && self.unacked_count.load(Ordering::Relaxed) >= global {
-            return Credit::No;
-        }
-        if self.output.is_saturated() {
-            return Credit::Saturated;
-        }
-        Credit::Yes
-    }
-
-    fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, message: QueuedMessage) {
+impl ChannelDelivery {
+    /// One delivery; with `unless_closed`, none once the channel is
+    /// closing (checked under the tags lock, which `take_all` also takes
+    /// after the channel is marked closed: a delivery taken here is either
+    /// refused or requeued by the close).
+    #[inline]
+    fn deliver_unless_closed(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        message: QueuedMessage,
+        unless_closed: bool,
+    ) -> bool {
         let consumer_tag = consumer.tag.clone();
         let mut tags = self.tags.lock();
+        if unless_closed && self.closed.load(Ordering::Acquire) {
+            return false;
+        }
         let delivery_tag = tags.next;
         tags.next += 1;
         let (redelivered, body) = (message.redelivered, message.message.clone());
@@ -264,6 +264,36 @@ impl DeliverySink for ChannelDelivery {
             redelivered,
             message: body,
         });
+        true
+    }
+}
+
+impl DeliverySink for ChannelDelivery {
+    fn credit(&self) -> Credit {
+        if self.closed.load(Ordering::Acquire) {
+            return Credit::No;
+        }
+        let global = self.global_prefetch.load(Ordering::Relaxed);
+        if global != 0 && self.unacked_count.load(Ordering::Relaxed) >= global {
+            return Credit::No;
+        }
+        if self.output.is_saturated() {
+            return Credit::Saturated;
+        }
+        Credit::Yes
+    }
+
+    fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, message: QueuedMessage) {
+        self.deliver_unless_closed(consumer, queue, message, false);
+    }
+
+    fn deliver_relayed(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        message: QueuedMessage,
+    ) -> bool {
+        self.deliver_unless_closed(consumer, queue, message, true)
     }
 
     fn cancelled(&self, consumer_tag: &str) {

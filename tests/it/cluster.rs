@@ -799,14 +799,13 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     ch0.basic_cancel("c".into(), Default::default())
         .await
         .expect("cancel");
-    // Consuming through another node is not relayed yet: a clear 540.
-    let ch2 = nodes
-        .connect(2)
-        .await
-        .create_channel()
-        .await
-        .expect("channel");
-    let err = ch2
+    // Consumed through node 2 with manual acks and a prefetch of 5: the
+    // deliveries are relayed from node 0, the acks go back there.
+    assert_eq!(publish_confirmed(&ch1, "", "jobs", "r", 30).await, (30, 0));
+    let conn2 = nodes.connect(2).await;
+    let ch2 = conn2.create_channel().await.expect("channel");
+    ch2.basic_qos(5, Default::default()).await.expect("qos");
+    let mut relayed = ch2
         .basic_consume(
             "jobs".into(),
             "c2".into(),
@@ -814,29 +813,126 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
             FieldTable::default(),
         )
         .await
-        .expect_err("consume through node 2");
-    assert!(
-        err.to_string().contains("NOT_IMPLEMENTED") && err.to_string().contains("broker@n0"),
-        "{err}"
-    );
+        .expect("consume through node 2");
+    for n in 0..30 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), relayed.next())
+            .await
+            .expect("a relayed delivery in time")
+            .expect("consumer open")
+            .expect("delivery");
+        assert_eq!(String::from_utf8_lossy(&delivery.data), format!("r{n}"));
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+    ch2.basic_cancel("c2".into(), Default::default())
+        .await
+        .expect("cancel through node 2");
+    let mut left = Err(String::new());
+    for _ in 0..50 {
+        left = passive(&nodes, 0, "jobs").await;
+        if left == Ok(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, Ok(0), "the acks did not reach node 0");
+    // basic.get through node 1, acked.
+    assert_eq!(publish_confirmed(&ch1, "", "jobs", "g", 1).await, (1, 0));
+    let got = ch1
+        .basic_get("jobs".into(), Default::default())
+        .await
+        .expect("get through node 1")
+        .expect("a message");
+    assert_eq!(&got.delivery.data[..], b"g0");
+    got.delivery
+        .ack(lapin::options::BasicAckOptions::default())
+        .await
+        .expect("ack the get");
+    // Unacked through node 2 when its channel closes: back in the queue
+    // on node 0, redelivered.
+    assert_eq!(publish_confirmed(&ch1, "", "jobs", "c", 3).await, (3, 0));
+    let ch3 = conn2.create_channel().await.expect("channel");
+    let mut unacked = ch3
+        .basic_consume(
+            "jobs".into(),
+            "c3".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume through node 2");
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), unacked.next())
+            .await
+            .expect("a delivery in time")
+            .expect("consumer open")
+            .expect("delivery");
+    }
+    ch3.close(200, "bye".into()).await.expect("close");
+    let mut back = Err(String::new());
+    for _ in 0..50 {
+        back = passive(&nodes, 0, "jobs").await;
+        if back == Ok(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, Ok(3), "the unacked messages did not come back");
     // Purged and deleted through other nodes, by node 0.
-    assert_eq!(publish_confirmed(&ch1, "", "jobs", "c", 10).await, (10, 0));
-    let ch2 = nodes
-        .connect(2)
-        .await
-        .create_channel()
-        .await
-        .expect("channel");
     let purged = ch2
         .queue_purge("jobs".into(), QueuePurgeOptions::default())
         .await
         .expect("purge through node 2");
-    assert_eq!(purged, 10);
+    assert_eq!(purged, 3);
+    // Unacked through node 2 when node 2 dies: node 0 puts them back.
+    assert_eq!(publish_confirmed(&ch1, "", "jobs", "d", 2).await, (2, 0));
+    let ch4 = conn2.create_channel().await.expect("channel");
+    let mut doomed = ch4
+        .basic_consume(
+            "jobs".into(),
+            "c4".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume through node 2");
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), doomed.next())
+            .await
+            .expect("a delivery in time")
+            .expect("consumer open")
+            .expect("delivery");
+    }
+    assert_eq!(passive(&nodes, 0, "jobs").await, Ok(0));
+    nodes.net.kill(2);
+    let mut back = Err(String::new());
+    for _ in 0..150 {
+        back = passive(&nodes, 0, "jobs").await;
+        if back == Ok(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        back,
+        Ok(2),
+        "node 0 did not take back what dead node 2 held"
+    );
+    nodes.start(2, true).await;
     ch1.queue_delete("jobs".into(), QueueDeleteOptions::default())
         .await
         .expect("delete through node 1");
     for i in 0..3 {
-        let seen = passive(&nodes, i, "jobs").await;
+        let mut seen = Ok(0);
+        for _ in 0..50 {
+            seen = passive(&nodes, i, "jobs").await;
+            if seen.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!(
             seen.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
             "node {i} still has jobs: {seen:?}"
@@ -858,7 +954,45 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     }
     assert_eq!(seen, Ok(0));
     assert_eq!(publish_confirmed(&ch1, "", "kept", "k", 20).await, (20, 0));
+    ch0.queue_declare("watched".into(), durable, FieldTable::default())
+        .await
+        .expect("declare watched on node 0");
+    let watch_conn = nodes.connect(1).await;
+    let mut watcher = None;
+    for _ in 0..50 {
+        let watch_ch = watch_conn.create_channel().await.expect("channel");
+        match watch_ch
+            .basic_consume(
+                "watched".into(),
+                "w".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(consumer) => {
+                watcher = Some(consumer);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut watcher = watcher.expect("consume watched through node 1");
+    // The relay is in place once a message comes through it.
+    assert_eq!(publish_confirmed(&ch1, "", "watched", "w", 1).await, (1, 0));
+    let first = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+        .await
+        .expect("a relayed delivery in time")
+        .expect("consumer open")
+        .expect("delivery");
+    assert_eq!(&first.data[..], b"w0");
     nodes.net.kill(0);
+    // Its consumer through node 1 is cancelled (basic.cancel), as RabbitMQ
+    // does when a queue's node goes.
+    let end = tokio::time::timeout(Duration::from_secs(15), watcher.next())
+        .await
+        .expect("the consumer is cancelled in time");
+    assert!(end.is_none(), "expected the consumer to end, got {end:?}");
     assert_eq!(publish_confirmed(&ch1, "", "kept", "lost", 3).await, (0, 3));
     let down = passive(&nodes, 1, "kept").await;
     assert!(

@@ -55,13 +55,94 @@ pub enum Call {
         vhost: String,
         name: String,
     },
+    /// A client of the calling node consumes from a queue of this node:
+    /// its deliveries are relayed to the caller as `relay`.
+    Consume {
+        vhost: String,
+        queue: String,
+        relay: u64,
+        /// The caller's boot id (a restarted caller has another).
+        boot: u64,
+        tag: String,
+        no_ack: bool,
+        exclusive: bool,
+        priority: i32,
+        prefetch: u32,
+        arguments: crate::protocol::FieldTable,
+    },
+    /// The relayed consumer is cancelled.
+    Cancel {
+        relay: u64,
+    },
+    /// Deliveries (by their relay ids) the caller's clients settled.
+    Settle {
+        ids: Vec<u64>,
+        how: SettleHow,
+    },
+    /// basic.get for a client of the calling node.
+    Get {
+        vhost: String,
+        queue: String,
+        no_ack: bool,
+        boot: u64,
+    },
+    /// Deliveries to relayed consumers of the called node's clients.
+    Deliver(Vec<Relayed>),
+    /// A relayed consumer was cancelled by the queue (it was deleted).
+    Cancelled {
+        relay: u64,
+    },
+    /// Which broker process answers (its boot id).
+    Alive,
+}
+
+/// What a client did with relayed deliveries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum SettleHow {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// A message delivered from a queue of one node to a consumer (or a
+/// basic.get) of another.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Relayed {
+    pub relay: u64,
+    /// Names the delivery in `Call::Settle`.
+    pub id: u64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Vec<u8>,
+    pub body: Vec<u8>,
+    pub redelivered: bool,
+    pub delivery_count: u32,
 }
 
 impl Call {
+    /// `queue 'q' in vhost 'v'`, for errors about the call's queue.
+    pub fn resource(&self) -> String {
+        let vhost = match self {
+            Call::DeleteQueue { vhost, .. }
+            | Call::PurgeQueue { vhost, .. }
+            | Call::QueueCounts { vhost, .. }
+            | Call::Consume { vhost, .. }
+            | Call::Get { vhost, .. } => vhost.as_str(),
+            _ => "",
+        };
+        format!("queue '{}' in vhost '{vhost}'", self.queue())
+    }
+
     /// The queue a call is about (empty for a publish).
     pub fn queue(&self) -> &str {
         match self {
-            Call::Publish(_) => "",
+            Call::Consume { queue, .. } | Call::Get { queue, .. } => queue,
+            Call::Publish(_)
+            | Call::Cancel { .. }
+            | Call::Settle { .. }
+            | Call::Deliver(_)
+            | Call::Cancelled { .. }
+            | Call::Alive => "",
             Call::DeleteQueue { name, .. }
             | Call::PurgeQueue { name, .. }
             | Call::QueueCounts { name, .. } => name,
@@ -92,6 +173,16 @@ pub enum Answer {
         ready: u64,
         consumers: u64,
     },
+    /// basic.get: the message and the ready count after it, or empty.
+    Got(Option<(Relayed, u64)>),
+    /// Relayed deliveries taken, except these ids (their consumer is gone
+    /// on the caller: the sender puts them back).
+    Delivered {
+        refused: Vec<u64>,
+    },
+    /// The answering broker process (a consume is answered with it too).
+    Boot(u64),
+    Done,
     /// The AMQP error the operation gave there.
     Refused {
         connection: bool,

@@ -20,7 +20,7 @@ pub use change::{Change, Outcome};
 use crate::cluster::{Cluster, ClusterError};
 use crate::protocol::error::code;
 use crate::protocol::AmqpError;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Whether definitions go through a cluster (set once, at start).
 #[derive(Default)]
@@ -32,6 +32,9 @@ pub struct Replication {
     node: OnceLock<String>,
     /// Messages routed here to queues of other nodes go through these.
     forwarders: OnceLock<crate::broker::forward::Forwarders>,
+    /// Consumers of queues on other nodes, and other nodes' consumers of
+    /// queues here.
+    relays: OnceLock<Arc<crate::broker::relay::Relays>>,
 }
 
 impl Replication {
@@ -40,7 +43,14 @@ impl Replication {
         let _ = self
             .forwarders
             .set(crate::broker::forward::Forwarders::new(cluster.clone()));
+        let _ = self
+            .relays
+            .set(crate::broker::relay::Relays::new(cluster.clone()));
         let _ = self.cluster.set(cluster);
+    }
+
+    pub fn relays(&self) -> Option<&Arc<crate::broker::relay::Relays>> {
+        self.relays.get()
     }
 
     pub fn forwarders(&self) -> Option<&crate::broker::forward::Forwarders> {
@@ -83,7 +93,7 @@ impl Replication {
             Ok(bytes) => bytes,
             Err(e) => return Some(Err(AmqpError::internal(format!("{what}: {e}")))),
         };
-        let result = block_on(async move { cluster.propose(command).await })
+        let result = crate::broker::block_on(async move { cluster.propose(command).await })
             .unwrap_or_else(|| Err(ClusterError::Internal("no runtime to wait on".into())));
         Some(match result {
             Ok(bytes) => Ok(Outcome::decode(&bytes)),
@@ -137,33 +147,4 @@ fn unavailable(what: &str, error: &ClusterError) -> AmqpError {
         code::INTERNAL_ERROR,
         format!("failed to {what} because the operation timed out"),
     )
-}
-
-/// Runs `future` to completion from synchronous broker code; `None` if
-/// no runtime could be had to wait on.
-pub(crate) fn block_on<F: std::future::Future + Send>(future: F) -> Option<F::Output>
-where
-    F::Output: Send,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            Some(tokio::task::block_in_place(|| handle.block_on(future)))
-        }
-        // A current-thread runtime cannot block in place: wait on a thread
-        // of its own (the cluster's tasks run on the server's runtime).
-        _ => std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .ok()
-                        .map(|rt| rt.block_on(future))
-                })
-                .join()
-                .ok()
-                .flatten()
-        }),
-    }
 }

@@ -25,6 +25,17 @@ pub trait DeliverySink: Send + Sync {
     /// Takes one message for `consumer`. Called with the queue locked, in
     /// queue order; must not block.
     fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, message: QueuedMessage);
+    /// Takes a delivery relayed from another node's queue, unless the
+    /// channel is closing (then false: the queue's node takes it back).
+    fn deliver_relayed(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        message: QueuedMessage,
+    ) -> bool {
+        self.deliver(consumer, queue, message);
+        true
+    }
     /// The queue was deleted under this consumer.
     fn cancelled(&self, consumer_tag: &str);
     /// Asks to call `queue.dispatch()` once the connection can write again.

@@ -4,7 +4,7 @@
 //! to dead-letter, and when `x-expires` removes the queue.
 
 use super::paging::PageBudget;
-use super::{Queue, RoutedQueues};
+use super::{Queue, QueuedMessage, RoutedQueues, Settle};
 use crate::broker::message::Message;
 use crate::protocol::FieldTable;
 use std::sync::Arc;
@@ -43,6 +43,10 @@ pub trait QueueHost: Send + Sync {
 
     /// Removes `queue` from the vhost (it expired).
     fn remove_queue(&self, queue: &Arc<Queue>);
+
+    /// Acks, nacks and rejects of messages of a queue that lives on
+    /// another node (they go back to that node).
+    fn settle_remote(&self, queue: &Arc<Queue>, messages: Vec<QueuedMessage>, how: Settle);
 }
 
 /// The host of a queue made without a vhost (`Queue::new`): an empty
@@ -67,6 +71,10 @@ impl QueueHost for NoHost {
     }
 
     fn remove_queue(&self, _: &Arc<Queue>) {
+        match *self {}
+    }
+
+    fn settle_remote(&self, _: &Arc<Queue>, _: Vec<QueuedMessage>, _: Settle) {
         match *self {}
     }
 }

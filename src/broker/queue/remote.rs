@@ -50,18 +50,11 @@ impl Queue {
         }
     }
 
-    /// Consuming and getting read a queue where it lives: refused (540)
-    /// through another node, until deliveries are relayed between nodes.
-    pub fn check_here(&self, method: &str) -> Result<(), crate::protocol::AmqpError> {
-        match self.remote_node() {
-            Some(node) => Err(crate::protocol::AmqpError::channel(
-                crate::protocol::error::code::NOT_IMPLEMENTED,
-                format!(
-                    "{method} on {} is not supported through this node yet: it lives on node '{node}'; connect to that node to consume",
-                    self.resource()
-                ),
-            )),
-            None => Ok(()),
+    /// Removes it from its vhost (an auto-delete queue whose last consumer,
+    /// on another node, went).
+    pub fn remove_from_host(self: &Arc<Self>) {
+        if let Some(host) = self.host.upgrade() {
+            host.remove_queue(self);
         }
     }
 

@@ -50,6 +50,12 @@ pub fn settle(
 
 impl Queue {
     fn settle(self: &Arc<Self>, messages: Vec<QueuedMessage>, how: Settle) {
+        if self.is_remote() {
+            if let Some(host) = self.host.upgrade() {
+                host.settle_remote(self, messages, how);
+            }
+            return;
+        }
         match how {
             Settle::Requeue => self.requeue(messages),
             Settle::Reject => self.rejected(messages),

@@ -5,8 +5,8 @@
 
 use super::*;
 use crate::broker::forward::{self, Answer, Call, Forwarded, Receipt};
-use crate::broker::metadata;
-use crate::protocol::error::{code, ErrorScope};
+use crate::broker::queue::Consumer;
+use crate::protocol::error::ErrorScope;
 
 /// How long an operation asked of a queue's node may take.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -53,6 +53,38 @@ impl VHost {
         }
     }
 
+    /// basic.consume on a queue of another node: its deliveries are
+    /// relayed here (see `relay`).
+    pub fn consume_remote(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: Arc<Consumer>,
+    ) -> Result<(), AmqpError> {
+        self.relays()?.consume(queue, consumer)
+    }
+
+    /// basic.cancel of a consumer of a queue of another node.
+    pub fn cancel_remote(&self, queue: &Arc<Queue>, tag: &str, channel: (u64, u16)) {
+        if let Ok(relays) = self.relays() {
+            relays.cancel(queue, tag, channel);
+        }
+    }
+
+    /// basic.get on a queue of another node.
+    pub fn get_remote(
+        &self,
+        queue: &Queue,
+        no_ack: bool,
+    ) -> Result<Option<(crate::broker::queue::QueuedMessage, usize)>, AmqpError> {
+        self.relays()?.get(queue, no_ack)
+    }
+
+    fn relays(&self) -> Result<&Arc<crate::broker::relay::Relays>, AmqpError> {
+        self.replication
+            .relays()
+            .ok_or_else(|| AmqpError::internal("not a cluster node"))
+    }
+
     /// queue.purge: here, or by the queue's node.
     pub fn purge_queue(&self, queue: &Queue) -> Result<usize, AmqpError> {
         match queue.remote_node() {
@@ -91,7 +123,9 @@ impl VHost {
         let node_name = node.to_string();
         let body = forward::encode(call);
         let answer =
-            metadata::block_on(async move { cluster.call(&node_name, body, CALL_TIMEOUT).await });
+            crate::broker::block_on(
+                async move { cluster.call(&node_name, body, CALL_TIMEOUT).await },
+            );
         match answer {
             Some(Ok(bytes)) => match forward::decode::<Answer>(&bytes) {
                 Some(Answer::Refused {
@@ -114,7 +148,7 @@ impl VHost {
                     "unreadable answer from node {node}"
                 ))),
             },
-            Some(Err(e)) => Err(node_down(node, &self.queue_resource(call.queue()), &e)),
+            Some(Err(e)) => Err(crate::broker::relay::node_down(node, &call.resource(), &e)),
             None => Err(AmqpError::internal("no runtime to wait on")),
         }
     }
@@ -164,16 +198,6 @@ impl VHost {
         }
         refused
     }
-}
-
-/// A queue's node could not be reached: RabbitMQ's 404 for a durable
-/// queue whose node is down.
-fn node_down(node: &str, resource: &str, why: &dyn std::fmt::Display) -> AmqpError {
-    tracing::warn!(node, "cluster node unreachable: {why}");
-    AmqpError::channel(
-        code::NOT_FOUND,
-        format!("home node '{node}' of durable {resource} is down or inaccessible"),
-    )
 }
 
 fn unexpected(node: &str, answer: &Answer) -> AmqpError {

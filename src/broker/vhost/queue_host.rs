@@ -2,7 +2,7 @@
 //! dead-lettering and expiring (see `queue/host.rs`).
 
 use super::*;
-use crate::broker::queue::QueueHost;
+use crate::broker::queue::{QueueHost, QueuedMessage, Settle};
 
 impl QueueHost for VHost {
     fn page_budget(&self) -> Arc<PageBudget> {
@@ -28,5 +28,11 @@ impl QueueHost for VHost {
 
     fn remove_queue(&self, queue: &Arc<Queue>) {
         VHost::remove_queue(self, queue);
+    }
+
+    fn settle_remote(&self, queue: &Arc<Queue>, messages: Vec<QueuedMessage>, how: Settle) {
+        if let Some(relays) = self.replication.relays() {
+            relays.settle(queue, messages, how);
+        }
     }
 }

@@ -338,6 +338,9 @@ impl VHost {
                 .delete_bindings_touching(&self.name, &queue.name, true);
         }
         drop(definitions);
+        if let (true, Some(relays)) = (queue.is_remote(), self.replication.relays()) {
+            relays.queue_gone(queue);
+        }
         let (consumers, count) = queue.mark_deleted();
         for consumer in consumers {
             consumer.sink.cancelled(&consumer.tag);

@@ -83,7 +83,6 @@ impl Channel {
         }
         self.allow(ctx, Perm::Read, Kind::Queue, &queue_name)?;
         let queue = ctx.vhost.usable_queue(&queue_name, ctx.id)?;
-        queue.check_here("basic.consume")?;
         let priority = match arguments::get(&m.arguments, "x-priority") {
             None => 0,
             Some(value) => match arguments::as_int(value) {
@@ -118,7 +117,11 @@ impl Channel {
                 })),
             );
         }
-        queue.add_consumer(consumer)?;
+        if queue.is_remote() {
+            ctx.vhost.consume_remote(&queue, consumer)?;
+        } else {
+            queue.add_consumer(consumer)?;
+        }
         self.consumers.insert(tag, queue);
         Ok(None)
     }
@@ -265,6 +268,11 @@ impl Channel {
         let Some(queue) = self.consumers.remove(tag) else {
             return;
         };
+        if queue.is_remote() {
+            ctx.vhost
+                .cancel_remote(&queue, tag, self.delivery.channel_key());
+            return;
+        }
         if let Some((_, auto_delete)) = queue.remove_consumer(tag, self.delivery.channel_key()) {
             if auto_delete {
                 ctx.vhost.remove_queue(&queue);
@@ -282,8 +290,12 @@ impl Channel {
         self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.usable_queue(&name, ctx.id)?;
         queue.check_get()?;
-        queue.check_here("basic.get")?;
-        match queue.get(m.no_ack) {
+        let got = if queue.is_remote() {
+            ctx.vhost.get_remote(&queue, m.no_ack)?
+        } else {
+            queue.get(m.no_ack)
+        };
+        match got {
             Some((message, remaining)) => {
                 self.delivery
                     .deliver_get(&queue, message, remaining, m.no_ack);
