@@ -17,9 +17,27 @@ pub fn consumer_tag() -> String {
     format!("amq.ctag-{}", random_token())
 }
 
-/// The opaque suffix of a direct reply-to address.
-pub fn reply_to_token() -> String {
-    random_token()
+/// The opaque suffix of a direct reply-to address. On a cluster node it
+/// also names the node (as RabbitMQ's encodes the consumer's process), so
+/// that a reply published on another node finds its way back.
+pub fn reply_to_token(node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!(
+            "{}.{}",
+            random_token(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(node)
+        ),
+        None => random_token(),
+    }
+}
+
+/// The node a direct reply-to suffix names, if it names one.
+pub fn reply_to_node(token: &str) -> Option<String> {
+    let (_, node) = token.split_once('.')?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(node)
+        .ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// RabbitMQ strips CR and LF from queue and exchange names.
@@ -29,6 +47,14 @@ pub fn clean(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reply_to_token_names_its_node_on_a_cluster() {
+        let token = super::reply_to_token(Some("broker@n1"));
+        assert_eq!(super::reply_to_node(&token).as_deref(), Some("broker@n1"));
+        assert_eq!(super::reply_to_node(&super::reply_to_token(None)), None);
+        assert_eq!(super::reply_to_node("garbage.!!"), None);
+    }
+
     #[test]
     fn generated_names_have_rabbitmq_shape() {
         let q = super::queue_name();

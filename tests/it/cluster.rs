@@ -1013,3 +1013,101 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     }
     assert_eq!(count, Ok(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_works_when_the_requester_and_the_responder_are_on_different_nodes() {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    // The service's queue lives on node 1; its server consumes there.
+    let server_conn = nodes.connect(1).await;
+    let server = server_conn.create_channel().await.expect("channel");
+    server
+        .queue_declare(
+            "rpc".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare rpc");
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut requests = server
+        .basic_consume("rpc".into(), "srv".into(), no_ack, FieldTable::default())
+        .await
+        .expect("serve rpc");
+    // The client is on node 0: its request is forwarded to node 1, and the
+    // reply, published on node 1, comes back to node 0.
+    let client_conn = nodes.connect(0).await;
+    let client = client_conn.create_channel().await.expect("channel");
+    let mut replies = client
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume reply-to");
+    for n in 0..5 {
+        let mut sent = false;
+        for _ in 0..50 {
+            // The queue's definition reaches node 0 just after its declare.
+            let props =
+                lapin::BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
+            client
+                .basic_publish(
+                    "".into(),
+                    "rpc".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    format!("ping{n}").as_bytes(),
+                    props,
+                )
+                .await
+                .expect("publish request");
+            match tokio::time::timeout(Duration::from_millis(500), requests.next()).await {
+                Ok(request) => {
+                    let request = request.expect("open").expect("request");
+                    assert_eq!(request.data, format!("ping{n}").as_bytes());
+                    let reply_to = request
+                        .properties
+                        .reply_to()
+                        .clone()
+                        .expect("reply_to")
+                        .to_string();
+                    server
+                        .basic_publish(
+                            "".into(),
+                            reply_to.as_str().into(),
+                            BasicPublishOptions::default(),
+                            format!("pong{n}").as_bytes(),
+                            lapin::BasicProperties::default(),
+                        )
+                        .await
+                        .expect("publish reply");
+                    sent = true;
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        assert!(sent, "request {n} never reached the server");
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("a reply in time")
+            .expect("open")
+            .expect("reply");
+        assert_eq!(reply.data, format!("pong{n}").as_bytes());
+    }
+}

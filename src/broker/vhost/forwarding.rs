@@ -173,7 +173,7 @@ impl VHost {
             let queues: Vec<Arc<Queue>> = forwarded
                 .queues
                 .iter()
-                .filter_map(|name| self.queue(name))
+                .filter_map(|name| self.route_default(name))
                 .filter(|q| !q.is_remote())
                 .collect();
             let message = Message::new(

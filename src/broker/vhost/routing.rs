@@ -95,11 +95,32 @@ impl VHost {
     }
 
     /// The default exchange: the queue named by the key, or a direct
-    /// reply-to consumer.
+    /// reply-to consumer (on a cluster, perhaps on another node: then the
+    /// reply is forwarded there).
     pub fn route_default(&self, key: &str) -> Option<Arc<Queue>> {
-        if key.starts_with(REPLY_TO_PREFIX) {
-            return self.reply_queue(key);
+        if let Some(token) = key.strip_prefix(REPLY_TO_PREFIX) {
+            return self
+                .reply_queue(key)
+                .or_else(|| self.remote_reply_queue(key, token));
         }
         self.queue(key)
+    }
+
+    /// The reply-to address of a consumer on another cluster node, as a
+    /// queue of that node (made for this one message).
+    fn remote_reply_queue(&self, key: &str, token: &str) -> Option<Arc<Queue>> {
+        self.replication.cluster()?;
+        let node = names::reply_to_node(token)?;
+        if self.replication.node() == Some(node.as_str()) {
+            return None;
+        }
+        Some(Arc::new(Queue::remote(
+            key.to_string(),
+            self.name.clone(),
+            QueueOptions::default(),
+            QueueArguments::default(),
+            self.self_ref.clone(),
+            node,
+        )))
     }
 }

@@ -205,7 +205,8 @@ impl Channel {
         if self.reply_consumer.is_some() {
             return Err(AmqpError::precondition_failed("reply consumer already set"));
         }
-        let address = format!("{REPLY_TO_PREFIX}{}", names::reply_to_token());
+        let node = ctx.broker.replication.node();
+        let address = format!("{REPLY_TO_PREFIX}{}", names::reply_to_token(node));
         let queue = Arc::new(
             Queue::new(
                 address.clone(),

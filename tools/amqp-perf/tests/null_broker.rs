@@ -133,14 +133,71 @@ fn throughput_scenario_publishes_and_consumes() {
 }
 
 #[test]
-fn a_remote_address_needs_allow_remote() {
-    let out = run(
-        PERF,
-        &["--uri", "amqp://192.0.2.1:5672/%2f", "--scenario", "ping"],
-        Duration::from_secs(30),
+fn publishers_and_consumers_can_use_other_brokers() {
+    let (setup, publish, consume) = (
+        NullBroker::start(),
+        NullBroker::start(),
+        NullBroker::start(),
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+    let (setup_uri, publish_uri, consume_uri) = (setup.uri(), publish.uri(), consume.uri());
+    let args = [
+        "--uri",
+        &setup_uri,
+        "--publisher-uri",
+        &publish_uri,
+        "--consumer-uri",
+        &consume_uri,
+        "--warmup",
+        "0",
+        "--duration",
+        "1",
+        "--autoack",
+        "--json",
+        "--quiet",
+    ];
+    let json = perf_json(&args);
+    assert!(number(&json, "published_per_sec") > 0.0, "{json}");
+    assert!(number(&json, "consumed_per_sec") > 0.0, "{json}");
+    let at = |port: u16| format!("\"127.0.0.1:{port}\"");
+    assert!(
+        json.contains(&format!("\"broker\":{}", at(setup.port))),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("\"publisher_broker\":{}", at(publish.port))),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("\"consumer_broker\":{}", at(consume.port))),
+        "{json}"
+    );
+
+    // Consumers really connect to --consumer-uri: a closed port fails the run.
+    drop(consume);
+    let out = run(PERF, &args, Duration::from_secs(60));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_remote_address_needs_allow_remote() {
+    let remote = "amqp://192.0.2.1:5672/%2f";
+    for flag in ["--uri", "--publisher-uri", "--consumer-uri"] {
+        let out = run(
+            PERF,
+            &[flag, remote, "--scenario", "latency"],
+            Duration::from_secs(30),
+        );
+        assert!(!out.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains("--allow-remote"),
+            "{flag}: {stderr}"
+        );
+    }
 }
 
 #[test]

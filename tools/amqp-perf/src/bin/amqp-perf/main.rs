@@ -67,9 +67,19 @@ enum QueueType {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "amqp-perf", version)]
 struct Cli {
-    /// Broker URI (loopback only unless --allow-remote).
+    /// Broker URI (loopback only unless --allow-remote). Queues and
+    /// exchanges are declared and deleted through it.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     uri: String,
+    /// Publishers connect here instead of --uri (e.g. another cluster
+    /// node; the queues must then be durable: --durable or --persistent).
+    /// throughput, latency and fanout only; other scenarios use --uri.
+    #[arg(long)]
+    publisher_uri: Option<String>,
+    /// Consumers connect here instead of --uri. throughput, latency and
+    /// fanout only; other scenarios use --uri.
+    #[arg(long)]
+    consumer_uri: Option<String>,
     #[arg(long, value_enum, default_value = "throughput")]
     scenario: Scenario,
     /// Publisher connections (default 1).
@@ -113,6 +123,10 @@ struct Cli {
     /// delivery_mode=2 messages on durable queues (and exchange).
     #[arg(long, short = 'f')]
     persistent: bool,
+    /// Durable queues (and exchange) without --persistent: transient
+    /// messages. Needed for a queue other cluster nodes can reach.
+    #[arg(long)]
+    durable: bool,
     /// Publisher confirms with at most N unconfirmed messages (0 = off).
     #[arg(long, short = 'c', default_value_t = 0)]
     confirm: u64,
@@ -220,21 +234,16 @@ fn run(cli: &Cli) -> Result<()> {
     if let Some(port) = cli.serve_null {
         return runtime.block_on(nullsink::serve(port, cli.size, cli.duration));
     }
-    let uri = AmqpUri::parse(&cli.uri)?;
-    if !uri.is_loopback() && !cli.allow_remote {
-        bail!(
-            "{} is not a loopback address; pass --allow-remote to load a remote broker",
-            uri.addr
-        );
-    }
+    let ends = Endpoints::new(&cli)?;
+    let uri = ends.setup.clone();
     if cli.rate < 0.0 || !cli.rate.is_finite() {
         bail!("--rate must be >= 0");
     }
     let (json, table) = runtime.block_on(async {
         match cli.scenario {
-            Scenario::Throughput => scenarios::throughput::run(&cli, &uri).await,
-            Scenario::Latency => scenarios::latency::run(&cli, &uri).await,
-            Scenario::Fanout => scenarios::fanout::run(&cli, &uri).await,
+            Scenario::Throughput => scenarios::throughput::run(&cli, &ends).await,
+            Scenario::Latency => scenarios::latency::run(&cli, &ends).await,
+            Scenario::Fanout => scenarios::fanout::run(&cli, &ends).await,
             Scenario::Backlog => scenarios::backlog::run(&cli, &uri).await,
             Scenario::Connections => scenarios::connections::run(&cli, &uri).await,
             Scenario::Ping => scenarios::ping::run(&cli, &uri).await,
@@ -248,13 +257,75 @@ fn run(cli: &Cli) -> Result<()> {
         println!("{}", json.render());
     } else {
         println!(
-            "amqp-perf {} against {}",
+            "amqp-perf {} against {}{}",
             scenario_name(cli.scenario),
-            uri.addr
+            uri.addr,
+            ends.describe_split()
         );
         print!("{}", table.render());
     }
     Ok(())
+}
+
+/// Where a load scenario connects: the control connection (setup and
+/// teardown) to --uri, publishers to --publisher-uri and consumers to
+/// --consumer-uri (both default to --uri).
+#[derive(Clone, Debug)]
+struct Endpoints {
+    setup: AmqpUri,
+    publisher: AmqpUri,
+    consumer: AmqpUri,
+}
+
+impl Endpoints {
+    fn new(cli: &Cli) -> Result<Endpoints> {
+        let parse = |flag: &str, s: &str| -> Result<AmqpUri> {
+            let uri = AmqpUri::parse(s)?;
+            if !uri.is_loopback() && !cli.allow_remote {
+                bail!(
+                    "{flag}: {} is not a loopback address; pass --allow-remote to load a remote broker",
+                    uri.addr
+                );
+            }
+            Ok(uri)
+        };
+        let setup = parse("--uri", &cli.uri)?;
+        let split = cli.publisher_uri.is_some() || cli.consumer_uri.is_some();
+        let load = matches!(
+            cli.scenario,
+            Scenario::Throughput | Scenario::Latency | Scenario::Fanout
+        );
+        if split && !load {
+            bail!(
+                "--publisher-uri and --consumer-uri apply to throughput, latency and fanout only"
+            );
+        }
+        let or_setup = |flag: &str, s: &Option<String>| match s {
+            Some(s) => parse(flag, s),
+            None => Ok(setup.clone()),
+        };
+        Ok(Endpoints {
+            publisher: or_setup("--publisher-uri", &cli.publisher_uri)?,
+            consumer: or_setup("--consumer-uri", &cli.consumer_uri)?,
+            setup,
+        })
+    }
+
+    /// " (publishers via A, consumers via B)" when they differ from --uri.
+    fn describe_split(&self) -> String {
+        let mut parts = Vec::new();
+        if self.publisher.addr != self.setup.addr {
+            parts.push(format!("publishers via {}", self.publisher.addr));
+        }
+        if self.consumer.addr != self.setup.addr {
+            parts.push(format!("consumers via {}", self.consumer.addr));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
 }
 
 fn scenario_name(s: Scenario) -> &'static str {

@@ -71,7 +71,7 @@ impl Plan {
             exchange_type,
             publishers,
             consumers,
-            durable: cli.persistent || stream,
+            durable: cli.persistent || cli.durable || stream,
             stream,
             stream_offset: stream_offset_value(&cli.stream_offset),
             fanout,
@@ -195,6 +195,7 @@ impl Plan {
             .with("exchange_type", self.exchange_type.as_str())
             .with("size", cli.size)
             .with("persistent", cli.persistent)
+            .with("durable", self.durable)
             .with("queue_type", if self.stream { "stream" } else { "classic" })
             .with(
                 "stream_offset",
@@ -225,6 +226,8 @@ impl Plan {
         }
         if cli.persistent {
             s += ", persistent";
+        } else if self.durable && !self.stream {
+            s += ", durable queues";
         }
         if self.stream {
             s += &format!(", stream (read from {})", cli.stream_offset);

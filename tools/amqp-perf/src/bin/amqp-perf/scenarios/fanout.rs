@@ -4,15 +4,14 @@
 
 use crate::report::{Json, Table};
 use crate::scenarios::throughput;
-use crate::Cli;
-use amqp_perf::client::AmqpUri;
+use crate::{Cli, Endpoints};
 use anyhow::Result;
 
-pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
+pub async fn run(cli: &Cli, ends: &Endpoints) -> Result<(Json, Table)> {
     let mut cli = cli.clone();
     let queue_count = *cli.queue_count.get_or_insert(10);
     cli.exchange.get_or_insert_with(|| "perf-fanout".into());
     cli.exchange_type = "fanout".into();
     cli.consumers.get_or_insert(queue_count);
-    throughput::run(&cli, uri).await
+    throughput::run(&cli, ends).await
 }

@@ -4,11 +4,10 @@
 
 use crate::report::{Json, Table};
 use crate::scenarios::throughput;
-use crate::Cli;
-use amqp_perf::client::AmqpUri;
+use crate::{Cli, Endpoints};
 use anyhow::Result;
 
-pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
+pub async fn run(cli: &Cli, ends: &Endpoints) -> Result<(Json, Table)> {
     let mut cli = cli.clone();
     if cli.rate <= 0.0 {
         cli.rate = 1000.0;
@@ -17,5 +16,5 @@ pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
     if cli.size < 8 {
         cli.size = 8;
     }
-    throughput::run(&cli, uri).await
+    throughput::run(&cli, ends).await
 }

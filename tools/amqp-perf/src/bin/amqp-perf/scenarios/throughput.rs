@@ -2,7 +2,9 @@
 //! --warmup + --duration seconds; rates, latency percentiles (when the
 //! bodies carry a timestamp) and the broker's CPU and RSS are measured over
 //! the last --duration seconds. The latency and fanout scenarios are this
-//! run with their own defaults (`latency.rs`, `fanout.rs`).
+//! run with their own defaults (`latency.rs`, `fanout.rs`). Setup and
+//! teardown go through --uri, publishers and consumers through
+//! --publisher-uri and --consumer-uri when given (other cluster nodes).
 
 use crate::monitor::{Monitor, Samples};
 use crate::plan::Plan;
@@ -11,8 +13,8 @@ use crate::stats::{cpu_percent, Counters, Histogram, Snapshot};
 use crate::workers::{
     join_consumers, join_publishers, progress, rate, spawn_consumers, wait_ready,
 };
-use crate::{publisher, scenario_name, Cli};
-use amqp_perf::client::{AmqpUri, Conn};
+use crate::{publisher, scenario_name, Cli, Endpoints};
+use amqp_perf::client::Conn;
 use anyhow::{anyhow, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Runs for --warmup + --duration seconds and measures the last --duration.
-pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
+pub async fn run(cli: &Cli, ends: &Endpoints) -> Result<(Json, Table)> {
+    let uri = &ends.setup;
     let plan = Plan::new(cli)?;
     let monitor = Monitor::new(cli)?;
     let mut control = Conn::connect(uri, "amqp-perf control").await?;
@@ -29,7 +32,8 @@ pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut errors = Vec::new();
-    let (consumer_handles, mut ready) = spawn_consumers(cli, &plan, uri, &counters, &stop_rx);
+    let (consumer_handles, mut ready) =
+        spawn_consumers(cli, &plan, &ends.consumer, &counters, &stop_rx);
     if let Err(e) = wait_ready(&mut ready, plan.consumers, &consumer_handles).await {
         let _ = stop_tx.send(true);
         join_consumers(consumer_handles, &mut errors).await;
@@ -39,7 +43,7 @@ pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
     let publisher_handles: Vec<_> = (0..plan.publishers)
         .map(|i| {
             tokio::spawn(publisher::run(
-                uri.clone(),
+                ends.publisher.clone(),
                 plan.publish_spec(cli, i, 0),
                 i,
                 counters.clone(),
@@ -121,6 +125,8 @@ pub async fn run(cli: &Cli, uri: &AmqpUri) -> Result<(Json, Table)> {
         .with("scenario", scenario_name(cli.scenario))
         .with("label", cli.label.clone())
         .with("broker", uri.addr.to_string())
+        .with("publisher_broker", ends.publisher.addr.to_string())
+        .with("consumer_broker", ends.consumer.addr.to_string())
         .with("config", plan.describe(cli))
         .with("seconds", secs)
         .with("published_per_sec", published)
