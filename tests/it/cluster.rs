@@ -1111,3 +1111,67 @@ async fn direct_reply_to_works_when_the_requester_and_the_responder_are_on_diffe
         assert_eq!(reply.data, format!("pong{n}").as_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_queues_spread_over_the_nodes() {
+    use lapin::options::QueueDeclareOptions;
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    // Balanced placement picks among the nodes node 0 has heard from.
+    let mut running = 0;
+    for _ in 0..50 {
+        let (_, list) = nodes.get(0, "/nodes").await;
+        running = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["running"] == true)
+            .count();
+        if running == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(running, 3, "node 0 does not see the others running");
+    let conn = nodes.connect(0).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let mut balanced = FieldTable::default();
+    balanced.insert(
+        "x-queue-leader-locator".into(),
+        lapin::types::AMQPValue::LongString("balanced".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for n in 0..6 {
+        ch.queue_declare(
+            format!("spread{n}").as_str().into(),
+            durable,
+            balanced.clone(),
+        )
+        .await
+        .expect("declare balanced");
+    }
+    // Without the argument: the client's node.
+    ch.queue_declare("local".into(), durable, FieldTable::default())
+        .await
+        .expect("declare local");
+    let (status, list) = nodes.get(0, "/queues/%2F").await;
+    assert_eq!(status, 200, "{list}");
+    let mut per_node = std::collections::BTreeMap::new();
+    for q in list.as_array().into_iter().flatten() {
+        let name = q["name"].as_str().unwrap_or_default();
+        let node = q["node"].as_str().unwrap_or_default().to_string();
+        if name.starts_with("spread") {
+            *per_node.entry(node).or_insert(0) += 1;
+        } else if name == "local" {
+            assert_eq!(node, "broker@n0", "{q}");
+        }
+    }
+    let want: std::collections::BTreeMap<String, i32> =
+        ALL.iter().map(|n| (n.to_string(), 2)).collect();
+    assert_eq!(per_node, want);
+}

@@ -120,7 +120,7 @@ impl VHost {
         } else {
             req.name.to_string()
         };
-        let node = self.replication.node().unwrap_or_default().to_string();
+        let node = self.placement(req.arguments);
         let change = Change::DeclareQueue {
             vhost: self.name.clone(),
             name: name.clone(),
@@ -133,6 +133,35 @@ impl VHost {
         let queue = self.queue(&name).ok_or_else(|| self.no_queue(&name))?;
         let (ready, _, consumers) = queue.snapshot();
         Ok((queue, ready, consumers))
+    }
+
+    /// The node a new cluster queue goes to: this one (RabbitMQ's
+    /// `client-local`), or with `x-queue-leader-locator: balanced` the
+    /// reachable member with the fewest of this vhost's queues (this node
+    /// first among equals).
+    fn placement(&self, arguments: &FieldTable) -> String {
+        let here = self.replication.node().unwrap_or_default().to_string();
+        let locator =
+            arguments::get(arguments, "x-queue-leader-locator").and_then(arguments::as_string);
+        let balanced = matches!(locator.as_deref(), Some("balanced"));
+        let Some(cluster) = self.replication.cluster().filter(|_| balanced) else {
+            return here;
+        };
+        let mut load: HashMap<String, usize> = cluster
+            .member_names()
+            .into_iter()
+            .filter(|node| *node == here || cluster.is_reachable(node))
+            .map(|node| (node, 0))
+            .collect();
+        for queue in self.queues().iter().filter(|q| q.is_shared()) {
+            let node = queue.remote_node().unwrap_or(&here);
+            if let Some(count) = load.get_mut(node) {
+                *count += 1;
+            }
+        }
+        load.into_iter()
+            .min_by_key(|(node, count)| (*count, *node != here, node.clone()))
+            .map_or(here, |(node, _)| node)
     }
 
     /// The declaration of a shared queue made on this node: the queue
