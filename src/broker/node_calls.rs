@@ -2,7 +2,7 @@
 //! (`forward::Call`): messages they routed to queues of this node, and
 //! operations on those queues' contents.
 
-use crate::broker::forward::{self, Answer, Call, Forwarded};
+use crate::broker::forward::{self, Answer, Call, Forwarded, QueueStats};
 use crate::broker::queue::Queue;
 use crate::broker::relay::queue_side::ConsumeRequest;
 use crate::broker::Broker;
@@ -34,6 +34,16 @@ async fn serve(broker: &Arc<Broker>, from: &str, call: Call) -> Answer {
     };
     match call {
         Call::Alive => Answer::Boot(relays.boot()),
+        Call::QueueStats { queues } => Answer::Stats(
+            queues
+                .iter()
+                .map(|(vhost, name)| {
+                    local_queue(broker, vhost, name)
+                        .ok()
+                        .map(|q| queue_stats(&q))
+                })
+                .collect(),
+        ),
         Call::Consume {
             vhost,
             queue,
@@ -150,6 +160,23 @@ async fn publish_run(broker: &Arc<Broker>, run: Vec<Forwarded>) -> Vec<bool> {
     match broker.vhost(&first.vhost) {
         Some(vhost) => vhost.accept_forwarded(run).await,
         None => vec![true; run.len()],
+    }
+}
+
+/// A queue's counts, as another node's management API shows them.
+pub fn queue_stats(queue: &Queue) -> QueueStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (ready, ready_bytes, consumers) = queue.snapshot();
+    let c = &queue.counters;
+    QueueStats {
+        ready: ready as u64,
+        ready_bytes: ready_bytes as u64,
+        unacked: queue.unacked_count() as u64,
+        consumers: consumers as u64,
+        published: c.published.load(Relaxed),
+        delivered: c.delivered.load(Relaxed),
+        acked: c.acked.load(Relaxed),
+        redelivered: c.redelivered.load(Relaxed),
     }
 }
 

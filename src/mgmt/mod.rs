@@ -24,6 +24,7 @@ mod overview;
 mod policies;
 mod queues;
 pub mod rates;
+mod remote_queues;
 mod ui;
 mod users;
 mod values;

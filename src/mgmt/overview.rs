@@ -75,6 +75,16 @@ impl Totals {
         t
     }
 
+    /// Adds the counts of queues of other nodes (`Totals::of` counts their
+    /// definitions only).
+    pub fn add_remote(&mut self, remote: &super::remote_queues::RemoteStats) {
+        for stats in remote.values().flatten() {
+            self.ready += stats.ready;
+            self.unacked += stats.unacked;
+            self.consumers += stats.consumers;
+        }
+    }
+
     /// Replaces the message counters with overall ones (`Sampler::totals`).
     pub fn with_counts(mut self, c: &Counts) -> Totals {
         self.published = c.published;
@@ -181,6 +191,9 @@ async fn overview(
     let mut vhosts = broker.vhosts();
     vhosts.retain(|v| caller.can_read(&ctx, &v.name));
     let mut totals = Totals::of(&vhosts);
+    // Queues of other nodes count as their nodes count them.
+    let all_queues: Vec<_> = vhosts.iter().flat_map(|v| v.queues()).collect();
+    totals.add_remote(&super::remote_queues::remote_stats(&ctx, &all_queues).await);
     let names: Vec<&str> = vhosts.iter().map(|v| v.name.as_str()).collect();
     let rates = ctx.rates.sum(|vhost, _| names.contains(&vhost));
     if caller.sees_everything() {

@@ -13,6 +13,7 @@
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::remote_queues::{local_stats, remote_stats, RemoteStats};
 use super::values::table_to_json;
 use super::{
     arguments_field, bool_field, created, flag, json_body, list, no_content, put_rate,
@@ -31,7 +32,6 @@ use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub fn routes() -> Router<Ctx> {
@@ -57,11 +57,25 @@ const QUEUE_DELIVERY_KINDS: [&str; 5] = [
     "get_empty",
 ];
 
-pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
-    let (ready, ready_bytes, consumers) = q.snapshot();
-    let (ready, ready_bytes, consumers) = (ready as u64, ready_bytes as u64, consumers as u64);
-    let unacked = q.unacked_count() as u64;
+/// A queue's JSON; for a queue of another node, with the counts its node
+/// gave in `remote` (`state: down` when it did not answer).
+pub(crate) fn queue_json(ctx: &Ctx, q: &Queue, remote: &RemoteStats) -> Value {
     let c = &q.counters;
+    let counted = match q.remote_node() {
+        None => Some(local_stats(q)),
+        Some(_) => remote
+            .get(&(q.vhost.clone(), q.name.clone()))
+            .cloned()
+            .flatten(),
+    };
+    let state = if counted.is_some() { "running" } else { "down" };
+    let counted = counted.unwrap_or_default();
+    let (ready, ready_bytes, consumers, unacked) = (
+        counted.ready,
+        counted.ready_bytes,
+        counted.consumers,
+        counted.unacked,
+    );
     let mut obj = Map::new();
     obj.insert("name".into(), json!(q.name));
     obj.insert("vhost".into(), json!(q.vhost));
@@ -77,7 +91,7 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("exclusive".into(), json!(q.is_exclusive()));
     obj.insert("arguments".into(), table_to_json(&q.options.arguments));
     obj.insert("node".into(), json!(node));
-    obj.insert("state".into(), json!("running"));
+    obj.insert("state".into(), json!(state));
     obj.insert("policy".into(), json!(q.policy_name()));
     obj.insert("operator_policy".into(), Value::Null);
     obj.insert(
@@ -125,21 +139,10 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     obj.insert("head_message_timestamp".into(), Value::Null);
     obj.insert("recoverable_slaves".into(), Value::Null);
     let mut stats = Map::new();
-    let delivered = c.delivered.load(Ordering::Relaxed);
-    put_rate(
-        &mut stats,
-        "publish",
-        c.published.load(Ordering::Relaxed),
-        r.publish,
-    );
-    put_rate(&mut stats, "deliver_get", delivered, r.deliver_get);
-    put_rate(&mut stats, "ack", c.acked.load(Ordering::Relaxed), r.ack);
-    put_rate(
-        &mut stats,
-        "redeliver",
-        c.redelivered.load(Ordering::Relaxed),
-        r.redeliver,
-    );
+    put_rate(&mut stats, "publish", counted.published, r.publish);
+    put_rate(&mut stats, "deliver_get", counted.delivered, r.deliver_get);
+    put_rate(&mut stats, "ack", counted.acked, r.ack);
+    put_rate(&mut stats, "redeliver", counted.redelivered, r.redeliver);
     // The kinds of delivery; their rates are sampled when read (see
     // `QueueCounters::kinds_with_rates`), at most once per sampler interval.
     let kinds = c.kinds_with_rates(ctx.rates.interval);
@@ -171,10 +174,11 @@ pub(crate) fn queue_json(ctx: &Ctx, q: &Queue) -> Value {
     Value::Object(obj)
 }
 
-fn vhost_queues(ctx: &Ctx, vhost: &VHost) -> Vec<Value> {
+async fn vhost_queues(ctx: &Ctx, vhost: &VHost) -> Vec<Value> {
     let mut queues = vhost.queues();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
-    queues.iter().map(|q| queue_json(ctx, q)).collect()
+    let remote = remote_stats(ctx, &queues).await;
+    queues.iter().map(|q| queue_json(ctx, q, &remote)).collect()
 }
 
 async fn list_all(
@@ -185,10 +189,11 @@ async fn list_all(
     let mut vhosts = ctx.broker.vhosts();
     vhosts.retain(|v| caller.can_read(&ctx, &v.name));
     vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-    list(
-        vhosts.iter().flat_map(|v| vhost_queues(&ctx, v)).collect(),
-        &query,
-    )
+    let mut all = Vec::new();
+    for vhost in &vhosts {
+        all.extend(vhost_queues(&ctx, vhost).await);
+    }
+    list(all, &query)
 }
 
 async fn list_in(
@@ -198,7 +203,7 @@ async fn list_in(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let vhost = caller.readable_vhost(&ctx, &vhost)?;
-    list(vhost_queues(&ctx, &vhost), &query)
+    list(vhost_queues(&ctx, &vhost).await, &query)
 }
 
 async fn get_one(
@@ -208,7 +213,8 @@ async fn get_one(
 ) -> ApiResult<Json<Value>> {
     let vhost = caller.readable_vhost(&ctx, &vhost)?;
     let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
-    let mut obj = queue_json(&ctx, &q);
+    let remote = remote_stats(&ctx, std::slice::from_ref(&q)).await;
+    let mut obj = queue_json(&ctx, &q, &remote);
     if let Value::Object(map) = &mut obj {
         let details: Vec<Value> = super::consumers::consumers(&ctx, &caller, Some(&vhost.name))
             .iter()

@@ -767,8 +767,21 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
         publish_confirmed(&ch1, "work", "job.x", "b", 50).await,
         (50, 0)
     );
-    // Node 2 asks node 0 for the count.
+    // Node 2 asks node 0 for the count, over AMQP and in its API.
     assert_eq!(passive(&nodes, 2, "jobs").await, Ok(100));
+    let (status, queue) = nodes.get(2, "/queues/%2F/jobs").await;
+    assert_eq!(status, 200, "{queue}");
+    assert_eq!(
+        (queue["messages_ready"].as_u64(), queue["state"].as_str()),
+        (Some(100), Some("running")),
+        "{queue}"
+    );
+    let (_, overview) = nodes.get(2, "/overview").await;
+    assert_eq!(
+        overview["queue_totals"]["messages_ready"].as_u64(),
+        Some(100),
+        "{overview}"
+    );
     // Consumed on node 0, in publish order.
     let mut consumer = ch0
         .basic_consume(
@@ -994,6 +1007,15 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
         .expect("the consumer is cancelled in time");
     assert!(end.is_none(), "expected the consumer to end, got {end:?}");
     assert_eq!(publish_confirmed(&ch1, "", "kept", "lost", 3).await, (0, 3));
+    let (_, queues) = nodes.get(1, "/queues/%2F").await;
+    let kept = queues
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|q| q["name"] == "kept")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(kept["state"], "down", "{kept}");
     let down = passive(&nodes, 1, "kept").await;
     assert!(
         down.as_ref().is_err_and(|e| e.contains(

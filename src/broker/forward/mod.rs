@@ -94,6 +94,23 @@ pub enum Call {
     },
     /// Which broker process answers (its boot id).
     Alive,
+    /// Counts of queues of the called node, for the management API.
+    QueueStats {
+        queues: Vec<(String, String)>,
+    },
+}
+
+/// A queue's counts as its node knows them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub ready: u64,
+    pub ready_bytes: u64,
+    pub unacked: u64,
+    pub consumers: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
 }
 
 /// What a client did with relayed deliveries.
@@ -142,7 +159,8 @@ impl Call {
             | Call::Settle { .. }
             | Call::Deliver(_)
             | Call::Cancelled { .. }
-            | Call::Alive => "",
+            | Call::Alive
+            | Call::QueueStats { .. } => "",
             Call::DeleteQueue { name, .. }
             | Call::PurgeQueue { name, .. }
             | Call::QueueCounts { name, .. } => name,
@@ -182,6 +200,8 @@ pub enum Answer {
     },
     /// The answering broker process (a consume is answered with it too).
     Boot(u64),
+    /// Per queue asked for, in order; none for a queue it does not have.
+    Stats(Vec<Option<QueueStats>>),
     Done,
     /// The AMQP error the operation gave there.
     Refused {
