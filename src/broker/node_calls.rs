@@ -34,6 +34,7 @@ async fn serve(broker: &Arc<Broker>, from: &str, call: Call) -> Answer {
     };
     match call {
         Call::Alive => Answer::Boot(relays.boot()),
+        Call::NodeReport => Answer::Report(broker.replication.node_report().unwrap_or_default()),
         Call::QueueStats { queues } => Answer::Stats(
             queues
                 .iter()

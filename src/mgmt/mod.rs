@@ -79,6 +79,7 @@ pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 /// The `/api` router, authenticated, with a JSON 404 for everything else.
 /// Rates stay 0 unless the sampler of `ctx` is started (as `serve` does).
 pub fn router(ctx: Ctx) -> Router {
+    overview::report_this_node(&ctx);
     let api = Router::new()
         .merge(overview::routes())
         .merge(cluster::routes())

@@ -308,32 +308,63 @@ fn node_json(ctx: &Ctx) -> Value {
     })
 }
 
-/// Every node of the cluster: this one in full, the others as this node
-/// sees them (name, whether they answer).
-fn all_nodes(ctx: &Ctx) -> Vec<Value> {
+/// Lets other nodes' `/api/nodes` show this node in full.
+/// (The report holds the broker for the life of the process, as the API
+/// server does.)
+pub(crate) fn report_this_node(ctx: &Ctx) {
+    let for_report = ctx.clone();
+    ctx.broker
+        .replication
+        .set_node_report(std::sync::Arc::new(move || {
+            node_json(&for_report).to_string()
+        }));
+}
+
+/// Every node of the cluster: this one, and the others as they report
+/// themselves (name and `running: false` for one that does not answer).
+async fn all_nodes(ctx: &Ctx) -> Vec<Value> {
     let mut nodes = vec![node_json(ctx)];
-    if let Some(cluster) = ctx.broker.replication.cluster() {
-        for member in cluster.status().members {
-            if member.name != ctx.node {
-                nodes.push(json!({
-                    "name": member.name,
-                    "type": "disc",
-                    "running": member.reachable,
-                    "cluster_links": [],
-                    "partitions": [],
-                }));
-            }
+    let Some(cluster) = ctx.broker.replication.cluster() else {
+        return nodes;
+    };
+    for member in cluster.status().members {
+        if member.name == ctx.node {
+            continue;
         }
+        let report = if member.reachable {
+            let call = crate::broker::forward::encode(&crate::broker::forward::Call::NodeReport);
+            let answer = cluster
+                .call(&member.name, call, std::time::Duration::from_secs(2))
+                .await;
+            match answer.ok().and_then(|b| crate::broker::forward::decode(&b)) {
+                Some(crate::broker::forward::Answer::Report(text)) => {
+                    serde_json::from_str::<Value>(&text).ok()
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        nodes.push(report.unwrap_or_else(|| {
+            json!({
+                "name": member.name,
+                "type": "disc",
+                "running": member.reachable,
+                "cluster_links": [],
+                "partitions": [],
+            })
+        }));
     }
     nodes
 }
 
 async fn nodes(State(ctx): State<Ctx>) -> Json<Value> {
-    Json(Value::Array(all_nodes(&ctx)))
+    Json(Value::Array(all_nodes(&ctx).await))
 }
 
 async fn node(State(ctx): State<Ctx>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     all_nodes(&ctx)
+        .await
         .into_iter()
         .find(|n| n["name"] == name.as_str())
         .map(Json)

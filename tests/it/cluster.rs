@@ -336,6 +336,21 @@ async fn three_nodes_form_from_config_and_share_definitions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(running, ALL);
+    // Each node reports itself: node 1's list has node 2's own figures.
+    let (_, list) = nodes.get(1, "/nodes").await;
+    let n2 = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == "broker@n2")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        n2["mem_used"].as_u64().is_some_and(|m| m > 0)
+            && n2["uptime"].as_u64().is_some()
+            && n2["fd_used"].as_u64().is_some_and(|f| f > 0),
+        "{n2}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,8 @@ pub enum Call {
     QueueStats {
         queues: Vec<(String, String)>,
     },
+    /// The called node's `/api/nodes` entry.
+    NodeReport,
 }
 
 /// A queue's counts as its node knows them.
@@ -160,7 +162,8 @@ impl Call {
             | Call::Deliver(_)
             | Call::Cancelled { .. }
             | Call::Alive
-            | Call::QueueStats { .. } => "",
+            | Call::QueueStats { .. }
+            | Call::NodeReport => "",
             Call::DeleteQueue { name, .. }
             | Call::PurgeQueue { name, .. }
             | Call::QueueCounts { name, .. } => name,
@@ -202,6 +205,8 @@ pub enum Answer {
     Boot(u64),
     /// Per queue asked for, in order; none for a queue it does not have.
     Stats(Vec<Option<QueueStats>>),
+    /// JSON text; empty when the node runs no management API.
+    Report(String),
     Done,
     /// The AMQP error the operation gave there.
     Refused {

@@ -35,7 +35,13 @@ pub struct Replication {
     /// Consumers of queues on other nodes, and other nodes' consumers of
     /// queues here.
     relays: OnceLock<Arc<crate::broker::relay::Relays>>,
+    /// This node's report for other nodes' `/api/nodes` (the management
+    /// layer sets it: the broker does not build API JSON).
+    node_report: OnceLock<NodeReport>,
 }
+
+/// Makes this node's `/api/nodes` entry, as JSON text.
+pub type NodeReport = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Replication {
     /// From now on, changes are committed through `cluster`.
@@ -47,6 +53,15 @@ impl Replication {
             .relays
             .set(crate::broker::relay::Relays::new(cluster.clone()));
         let _ = self.cluster.set(cluster);
+    }
+
+    pub fn set_node_report(&self, report: NodeReport) {
+        let _ = self.node_report.set(report);
+    }
+
+    /// This node's `/api/nodes` entry, when the management API runs.
+    pub fn node_report(&self) -> Option<String> {
+        self.node_report.get().map(|report| report())
     }
 
     pub fn relays(&self) -> Option<&Arc<crate::broker::relay::Relays>> {
