@@ -1212,3 +1212,132 @@ async fn balanced_queues_spread_over_the_nodes() {
         ALL.iter().map(|n| (n.to_string(), 2)).collect();
     assert_eq!(per_node, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_streams_partitions_live_on_its_node_and_are_read_through_another() {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let conn0 = nodes.connect(0).await;
+    let ch0 = conn0.create_channel().await.expect("channel");
+    let mut partitions = FieldTable::default();
+    partitions.insert("x-partitions".into(), lapin::types::AMQPValue::LongInt(3));
+    ch0.exchange_declare(
+        "events".into(),
+        ExchangeKind::Custom("x-super-stream".into()),
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        partitions,
+    )
+    .await
+    .expect("declare super stream on node 0");
+    // Every node lists the three partitions, living on node 0.
+    for i in 0..3 {
+        let mut homes = Vec::new();
+        for _ in 0..50 {
+            let (_, list) = nodes.get(i, "/queues/%2F").await;
+            homes = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with("events-")))
+                .map(|q| {
+                    format!(
+                        "{}@{}",
+                        q["name"].as_str().unwrap_or_default(),
+                        q["node"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            homes.sort();
+            if homes.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            homes,
+            [
+                "events-0@broker@n0",
+                "events-1@broker@n0",
+                "events-2@broker@n0"
+            ],
+            "node {i}"
+        );
+    }
+    // Published through node 1 (routed there by partition key, forwarded
+    // to node 0), read from partition 0 through node 2.
+    let ch1 = nodes
+        .connect(1)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let mut published = 0;
+    for n in 0..30 {
+        let key = n.to_string();
+        let confirm = ch1
+            .basic_publish(
+                "events".into(),
+                key.as_str().into(),
+                Default::default(),
+                format!("e{n}").as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+        published += 1;
+    }
+    assert_eq!(published, 30);
+    let mut counted = 0;
+    for p in 0..3 {
+        counted += passive(&nodes, 0, &format!("events-{p}"))
+            .await
+            .unwrap_or(0);
+    }
+    assert_eq!(counted, 30, "the partitions on node 0 hold every message");
+    let ch2 = nodes
+        .connect(2)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    ch2.basic_qos(10, Default::default()).await.expect("qos");
+    let mut offset = FieldTable::default();
+    offset.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let want = passive(&nodes, 0, "events-0").await.expect("events-0");
+    let mut reader = ch2
+        .basic_consume(
+            "events-0".into(),
+            "r".into(),
+            BasicConsumeOptions::default(),
+            offset,
+        )
+        .await
+        .expect("read partition 0 through node 2");
+    for _ in 0..want {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("a stream delivery in time")
+            .expect("consumer open")
+            .expect("delivery");
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
+}

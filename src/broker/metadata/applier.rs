@@ -201,6 +201,31 @@ impl crate::cluster::Applier for BrokerApplier {
                 permission,
             });
         }
+        for q in definitions.queues {
+            // A queue that lives elsewhere now, or was made again with
+            // other arguments, is made again.
+            let differs = broker
+                .vhost(&q.vhost)
+                .and_then(|v| v.queue(&q.name))
+                .is_some_and(|existing| {
+                    existing.options.arguments != q.arguments
+                        || existing.options.auto_delete != q.auto_delete
+                        || existing.remote_node().or(broker.replication.node()) != q.node.as_deref()
+                });
+            if differs {
+                changes.push(Change::DeleteQueue {
+                    vhost: q.vhost.clone(),
+                    name: q.name.clone(),
+                });
+            }
+            changes.push(Change::DeclareQueue {
+                vhost: q.vhost,
+                name: q.name,
+                node: q.node.unwrap_or_default(),
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
+            });
+        }
         for (vhost, name, kind, durable, auto_delete, internal, arguments) in definitions.exchanges
         {
             // An exchange whose type or flags differ is made again.
@@ -229,34 +254,12 @@ impl crate::cluster::Applier for BrokerApplier {
                 auto_delete,
                 internal,
                 arguments,
+                // A super stream's partitions are among the queues, put
+                // before the exchanges.
+                home: None,
             });
         }
         changes.extend(definitions.policies.into_iter().map(Change::PutPolicy));
-        for q in definitions.queues {
-            // A queue that lives elsewhere now, or was made again with
-            // other arguments, is made again.
-            let differs = broker
-                .vhost(&q.vhost)
-                .and_then(|v| v.queue(&q.name))
-                .is_some_and(|existing| {
-                    existing.options.arguments != q.arguments
-                        || existing.options.auto_delete != q.auto_delete
-                        || existing.remote_node().or(broker.replication.node()) != q.node.as_deref()
-                });
-            if differs {
-                changes.push(Change::DeleteQueue {
-                    vhost: q.vhost.clone(),
-                    name: q.name.clone(),
-                });
-            }
-            changes.push(Change::DeclareQueue {
-                vhost: q.vhost,
-                name: q.name,
-                node: q.node.unwrap_or_default(),
-                auto_delete: q.auto_delete,
-                arguments: q.arguments,
-            });
-        }
         changes.extend(definitions.bindings.into_iter().map(Change::Bind));
         for change in changes {
             change.apply(&broker);
@@ -310,6 +313,7 @@ mod tests {
             auto_delete: false,
             internal: false,
             arguments: FieldTable::default(),
+            home: None,
         };
         change.apply(broker).into_result().expect("declare");
     }
@@ -440,6 +444,7 @@ mod tests {
             auto_delete: false,
             internal: false,
             arguments: FieldTable::default(),
+            home: None,
         })
         .expect("encode");
         let first = Outcome::decode(&applier.apply(&change));
@@ -465,6 +470,7 @@ mod tests {
             auto_delete: false,
             internal: false,
             arguments: FieldTable::default(),
+            home: None,
         })
         .expect("encode");
         match Outcome::decode(&applier.apply(&other)).into_result() {

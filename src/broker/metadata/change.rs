@@ -36,6 +36,9 @@ pub enum Change {
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
+        /// The proposing node: a super stream's partitions live there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        home: Option<String>,
     },
     DeleteExchange {
         vhost: String,

@@ -172,7 +172,7 @@ impl VHost {
         Ok(())
     }
 
-    fn binding_record(
+    pub(super) fn binding_record(
         &self,
         source: &str,
         destination: &str,

@@ -33,17 +33,21 @@ impl Change {
                 auto_delete,
                 internal,
                 arguments,
+                home,
             } => match broker.vhost(&vhost) {
                 Some(vhost) => vhost
-                    .apply_declare_exchange(ExchangeDeclare {
-                        name: &name,
-                        kind: &kind,
-                        passive: false,
-                        durable,
-                        auto_delete,
-                        internal,
-                        arguments: &arguments,
-                    })
+                    .apply_declare_exchange(
+                        ExchangeDeclare {
+                            name: &name,
+                            kind: &kind,
+                            passive: false,
+                            durable,
+                            auto_delete,
+                            internal,
+                            arguments: &arguments,
+                        },
+                        home.as_deref(),
+                    )
                     .map(|(_, created)| created),
                 None => Err(no_vhost(&vhost)),
             },

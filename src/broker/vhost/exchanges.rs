@@ -22,6 +22,7 @@ impl VHost {
                 auto_delete: req.auto_delete,
                 internal: req.internal,
                 arguments: req.arguments.clone(),
+                home: self.replication.node().map(str::to_string),
             };
             let what = format!("declare {}", self.exchange_resource(req.name));
             if let Some(outcome) = self.replication.replicate(&change, &what) {
@@ -31,15 +32,17 @@ impl VHost {
                     .ok_or_else(|| self.no_exchange(req.name));
             }
         }
-        self.apply_declare_exchange(req)
+        self.apply_declare_exchange(req, None)
             .map(|(exchange, _)| exchange)
     }
 
     /// The declaration made on this node; also whether it made the
-    /// exchange.
+    /// exchange. On a cluster, `home` is the node that proposed it: a super
+    /// stream's partitions are cluster queues that live there.
     pub(crate) fn apply_declare_exchange(
         &self,
         req: ExchangeDeclare,
+        home: Option<&str>,
     ) -> Result<(Arc<Exchange>, bool), AmqpError> {
         if req.name.is_empty() {
             return Err(default_exchange_error());
@@ -76,7 +79,7 @@ impl VHost {
             let existing = existing.clone();
             drop(exchanges);
             if let Some(n) = partitions {
-                self.ensure_partitions(&existing, n, 0)?;
+                self.ensure_partitions(&existing, n, home)?;
             }
             return Ok((existing, false));
         }
@@ -124,7 +127,7 @@ impl VHost {
             });
         }
         if let Some(n) = partitions {
-            self.ensure_partitions(&exchange, n, 0)?;
+            self.ensure_partitions(&exchange, n, home)?;
         }
         Ok((exchange, true))
     }

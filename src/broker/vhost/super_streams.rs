@@ -14,7 +14,7 @@ impl VHost {
         &self,
         exchange: &Exchange,
         requested: u32,
-        conn: u64,
+        home: Option<&str>,
     ) -> Result<(), AmqpError> {
         let existing = self.partitions(&exchange.name).len() as u32;
         let mut args = FieldTable::default();
@@ -24,24 +24,35 @@ impl VHost {
         );
         for index in existing..requested {
             let name = partition_name(&exchange.name, index);
-            self.declare_queue_here(
-                QueueDeclare {
-                    name: &name,
-                    passive: false,
-                    durable: true,
-                    exclusive: false,
-                    auto_delete: false,
-                    arguments: &args,
-                },
-                conn,
-            )?;
-            self.bind_queue(
-                &name,
+            match home {
+                // Every node applies the exchange's declaration: each
+                // makes the partition, or its definition, itself.
+                Some(node) => {
+                    self.apply_declare_queue(&name, node, false, &args)?;
+                }
+                None => {
+                    self.declare_queue_here(
+                        QueueDeclare {
+                            name: &name,
+                            passive: false,
+                            durable: true,
+                            exclusive: false,
+                            auto_delete: false,
+                            arguments: &args,
+                        },
+                        0,
+                    )?;
+                }
+            }
+            // The local half: this runs where the exchange's declaration
+            // is applied (on every node of a cluster).
+            self.apply_bind(&self.binding_record(
                 &exchange.name,
+                &name,
+                true,
                 &index.to_string(),
                 &FieldTable::default(),
-                conn,
-            )?;
+            ))?;
         }
         if requested > existing && existing > 0 {
             tracing::info!(
