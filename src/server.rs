@@ -229,6 +229,9 @@ async fn join_cluster(broker: &Arc<Broker>) -> anyhow::Result<()> {
     let cluster = crate::cluster::Cluster::start(options, Arc::new(applier)).await?;
     cluster.set_broker_handler(crate::broker::node_calls::handler(Arc::downgrade(broker)));
     broker.replication.attach(cluster);
+    for vhost in broker.vhosts() {
+        vhost.forget_gone_queues();
+    }
     Ok(())
 }
 

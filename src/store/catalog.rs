@@ -55,6 +55,16 @@ pub struct QueueRecord {
     /// definition only); absent on a single node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// On a cluster, transient and exclusive queues are recorded too (every
+    /// node knows them); their own node drops them at its next start.
+    #[serde(default = "durable_by_default")]
+    pub durable: bool,
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+fn durable_by_default() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -535,6 +545,8 @@ mod tests {
             auto_delete: false,
             arguments: FieldTable::default(),
             node: None,
+            durable: true,
+            exclusive: false,
         }
     }
 

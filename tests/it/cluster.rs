@@ -1341,3 +1341,122 @@ async fn a_super_streams_partitions_live_on_its_node_and_are_read_through_anothe
             .expect("ack");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_and_transient_queues_are_known_on_every_node_and_go_with_their_owner() {
+    use futures_lite::StreamExt;
+    use lapin::options::{
+        BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    if skip() {
+        return;
+    }
+    let mut nodes = three_nodes().await;
+    let owner = nodes.connect(0).await;
+    let ch0 = owner.create_channel().await.expect("channel");
+    declare(&owner, "news", ExchangeKind::Fanout)
+        .await
+        .expect("declare news");
+    // A subscriber's exclusive, server-named queue, and a transient one.
+    let private = ch0
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exclusive")
+        .name()
+        .to_string();
+    let other = nodes.connect(0).await;
+    let other_ch = other.create_channel().await.expect("channel");
+    other_ch
+        .queue_declare(
+            "temp".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare transient");
+    for queue in [private.as_str(), "temp"] {
+        ch0.queue_bind(
+            queue.into(),
+            "news".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    }
+    let mut subscriber = ch0
+        .basic_consume(
+            private.as_str().into(),
+            "sub".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    // Node 1 knows the exclusive queue but may not use it (RabbitMQ's 405).
+    let locked = passive(&nodes, 1, &private).await;
+    assert!(
+        locked
+            .as_ref()
+            .is_err_and(|e| e.contains("RESOURCE_LOCKED")),
+        "{locked:?}"
+    );
+    // Published on node 1 to the fanout: both queues on node 0 get it.
+    let ch1 = nodes
+        .connect(1)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    ch1.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    assert_eq!(publish_confirmed(&ch1, "news", "", "n", 1).await, (1, 0));
+    let delivery = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+        .await
+        .expect("the subscriber gets it in time")
+        .expect("open")
+        .expect("delivery");
+    assert_eq!(&delivery.data[..], b"n0");
+    assert_eq!(passive(&nodes, 2, "temp").await, Ok(1));
+    // The owner's connection closes: its exclusive queue goes everywhere.
+    owner.close(200, "bye".into()).await.expect("close");
+    let mut gone = Ok(0);
+    for _ in 0..50 {
+        gone = passive(&nodes, 1, &private).await;
+        if gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
+        "{gone:?}"
+    );
+    // The transient queue's node restarts: the queue is gone everywhere.
+    nodes.net.kill(0);
+    nodes.start(0, true).await;
+    let mut gone = Ok(0);
+    for _ in 0..100 {
+        gone = passive(&nodes, 2, "temp").await;
+        if gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
+        "{gone:?}"
+    );
+}

@@ -92,6 +92,8 @@ impl crate::cluster::Applier for BrokerApplier {
                             .remote_node()
                             .or(broker.replication.node())
                             .map(str::to_string),
+                        durable: q.options.durable,
+                        exclusive: q.is_exclusive(),
                     });
                 }
             }
@@ -219,11 +221,8 @@ impl crate::cluster::Applier for BrokerApplier {
                 });
             }
             changes.push(Change::DeclareQueue {
-                vhost: q.vhost,
-                name: q.name,
-                node: q.node.unwrap_or_default(),
-                auto_delete: q.auto_delete,
-                arguments: q.arguments,
+                record: q,
+                owner: None,
             });
         }
         for (vhost, name, kind, durable, auto_delete, internal, arguments) in definitions.exchanges

@@ -4,7 +4,7 @@ use crate::broker::policy::PolicyRecord;
 use crate::broker::users::{Permission, User};
 use crate::protocol::error::ErrorScope;
 use crate::protocol::{AmqpError, FieldTable};
-use crate::store::catalog::{BindingRecord, VhostRecord};
+use crate::store::catalog::{BindingRecord, QueueRecord, VhostRecord};
 use serde::{Deserialize, Serialize};
 
 /// One change of shared definitions. Applied on every node in log order;
@@ -45,14 +45,12 @@ pub enum Change {
         name: String,
         if_unused: bool,
     },
-    /// A durable, non-exclusive queue that lives on `node` (the other
-    /// nodes hold its definition and forward to it).
+    /// A queue that lives on `record.node` (the other nodes hold its
+    /// definition and forward to it); `owner` is the declaring connection
+    /// of an exclusive queue, on that node.
     DeclareQueue {
-        vhost: String,
-        name: String,
-        node: String,
-        auto_delete: bool,
-        arguments: FieldTable,
+        record: QueueRecord,
+        owner: Option<u64>,
     },
     DeleteQueue {
         vhost: String,

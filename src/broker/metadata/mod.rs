@@ -86,13 +86,6 @@ impl Replication {
         self.node.get().map(String::as_str)
     }
 
-    /// Whether a queue with these properties is a cluster's (its definition
-    /// on every node): durable and not exclusive, on a cluster node. Others
-    /// (transient, exclusive) stay on the node of their connection.
-    pub fn shares_queue(&self, durable: bool, exclusive: bool) -> bool {
-        self.node().is_some() && durable && !exclusive
-    }
-
     /// Commits `change` through the cluster and returns the outcome of
     /// applying it on this node; `None` on a single node (the caller
     /// applies it itself). `what` names the operation for the timeout

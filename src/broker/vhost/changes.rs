@@ -59,15 +59,9 @@ impl Change {
                 Some(vhost) => vhost.apply_delete_exchange(&name, if_unused).map(|_| false),
                 None => Err(no_vhost(&vhost)),
             },
-            Change::DeclareQueue {
-                vhost,
-                name,
-                node,
-                auto_delete,
-                arguments,
-            } => match broker.vhost(&vhost) {
-                Some(vhost) => vhost.apply_declare_queue(&name, &node, auto_delete, &arguments),
-                None => Err(no_vhost(&vhost)),
+            Change::DeclareQueue { record, owner } => match broker.vhost(&record.vhost) {
+                Some(vhost) => vhost.apply_declare_queue(&record, owner),
+                None => Err(no_vhost(&record.vhost)),
             },
             Change::DeleteQueue { vhost, name } => {
                 return Outcome::counted(match broker.vhost(&vhost) {

@@ -62,6 +62,9 @@ pub struct VHost {
     /// outside the `queues` lock that every publish reads, and two changes
     /// of one name reach the catalog in the order they happened.
     queue_definitions: parking_lot::Mutex<()>,
+    /// This node's transient and exclusive cluster queues found at start:
+    /// deleted cluster-wide once the cluster is up.
+    gone_queues: parking_lot::Mutex<Vec<String>>,
     /// Direct reply-to consumers by their full reply address.
     reply_queues: RwLock<NameMap<Arc<Queue>>>,
     /// Consumer groups on this vhost's partitioned streams.
@@ -149,6 +152,7 @@ impl VHost {
             exchanges: RwLock::new(NameMap::default()),
             queues: RwLock::new(NameMap::default()),
             queue_definitions: parking_lot::Mutex::new(()),
+            gone_queues: parking_lot::Mutex::new(Vec::new()),
             reply_queues: RwLock::new(NameMap::default()),
             groups: ConsumerGroups::default(),
             default_exchange_stats: Default::default(),
@@ -254,6 +258,8 @@ mod tests {
             auto_delete: false,
             arguments,
             node: None,
+            durable: true,
+            exclusive: false,
         }
     }
 

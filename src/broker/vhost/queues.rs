@@ -60,10 +60,7 @@ impl VHost {
             },
             &self.queue_resource(req.name),
         )?;
-        if share
-            && self.replication.shares_queue(req.durable, req.exclusive)
-            && self.replication.cluster().is_some()
-        {
+        if share && self.replication.cluster().is_some() {
             return self.declare_shared_queue(req, conn);
         }
         let _definitions = self.queue_definitions.lock();
@@ -100,9 +97,10 @@ impl VHost {
         Ok((queue, 0, 0))
     }
 
-    /// A durable, non-exclusive queue on a cluster node: its definition is
-    /// committed to the metadata group, so every node has it; it lives on
-    /// this node (RabbitMQ's client-local placement).
+    /// A queue declared on a cluster node: its definition is committed to
+    /// the metadata group, so every node has it (an exclusive one is only
+    /// usable by its connection all the same); it lives on this node
+    /// (RabbitMQ's client-local placement) unless placed elsewhere.
     fn declare_shared_queue(
         &self,
         req: QueueDeclare,
@@ -120,13 +118,23 @@ impl VHost {
         } else {
             req.name.to_string()
         };
-        let node = self.placement(req.arguments);
+        // An exclusive queue lives with its connection.
+        let node = if req.exclusive {
+            self.replication.node().unwrap_or_default().to_string()
+        } else {
+            self.placement(req.arguments)
+        };
         let change = Change::DeclareQueue {
-            vhost: self.name.clone(),
-            name: name.clone(),
-            node,
-            auto_delete: req.auto_delete,
-            arguments: req.arguments.clone(),
+            record: QueueRecord {
+                vhost: self.name.clone(),
+                name: name.clone(),
+                auto_delete: req.auto_delete,
+                arguments: req.arguments.clone(),
+                node: Some(node),
+                durable: req.durable,
+                exclusive: req.exclusive,
+            },
+            owner: req.exclusive.then_some(conn),
         };
         let what = format!("declare {}", self.queue_resource(&name));
         self.replication.commit(&change, &what, || Ok(false))?;
@@ -164,42 +172,51 @@ impl VHost {
             .map_or(here, |(node, _)| node)
     }
 
-    /// The declaration of a shared queue made on this node: the queue
-    /// itself if it lives on `node` = this node, its definition otherwise.
-    /// Whether it made the queue.
+    /// The declaration of a cluster queue made on this node: the queue
+    /// itself if it lives here, its definition otherwise. Whether it made
+    /// the queue.
     pub(crate) fn apply_declare_queue(
         &self,
-        name: &str,
-        node: &str,
-        auto_delete: bool,
-        arguments: &FieldTable,
+        record: &QueueRecord,
+        owner: Option<u64>,
     ) -> Result<bool, AmqpError> {
-        let req = QueueDeclare {
-            name,
-            passive: false,
-            durable: true,
-            exclusive: false,
-            auto_delete,
-            arguments,
-        };
-        let args = QueueArguments::parse(arguments, &self.queue_resource(name))?;
+        let name = record.name.as_str();
+        let node = record.node.as_deref().unwrap_or_default();
+        let here = self.replication.node() == Some(node);
+        let args = QueueArguments::parse(&record.arguments, &self.queue_resource(name))?;
         let _definitions = self.queue_definitions.lock();
         let queues = self.queues.read();
         if let Some(existing) = queues.get(name) {
-            check_equivalent(existing, &req, 0)?;
+            let req = QueueDeclare {
+                name,
+                passive: false,
+                durable: record.durable,
+                exclusive: record.exclusive,
+                auto_delete: record.auto_delete,
+                arguments: &record.arguments,
+            };
+            // Access was the proposer's to check.
+            let as_owner = existing.options.exclusive_owner.unwrap_or(0);
+            check_equivalent(existing, &req, as_owner)?;
             return Ok(false);
         }
         self.check_queue_limit(queues.len(), name)?;
         drop(queues);
-        let options = QueueOptions {
-            durable: true,
-            auto_delete,
-            exclusive_owner: None,
-            arguments: arguments.clone(),
+        let exclusive_owner = match (record.exclusive, here) {
+            (false, _) => None,
+            (true, true) => Some(owner.unwrap_or(NO_CONNECTION)),
+            // No connection of this node may use it.
+            (true, false) => Some(NO_CONNECTION),
         };
-        let here = self.replication.node() == Some(node);
+        let options = QueueOptions {
+            durable: record.durable,
+            auto_delete: record.auto_delete,
+            exclusive_owner,
+            arguments: record.arguments.clone(),
+        };
+        let stored = here && record.durable && !record.exclusive;
         let home = Some(node.to_string());
-        let queue = self.add_queue(name.to_string(), options, args, here, home)?;
+        let queue = self.add_queue(name.to_string(), options, args, stored, home)?;
         drop(_definitions);
         queue.apply_policy(self.policy_for_queue(&queue.name));
         if here {
@@ -236,6 +253,8 @@ impl VHost {
             auto_delete: options.auto_delete,
             arguments: options.arguments.clone(),
             node: home.clone(),
+            durable: options.durable,
+            exclusive: options.exclusive_owner.is_some(),
         };
         let queue = match home.filter(|node| self.replication.node() != Some(node)) {
             Some(node) => Queue::remote(
@@ -261,7 +280,9 @@ impl VHost {
         } else {
             queue
         });
-        if let (true, Some(store)) = (stored || queue.is_remote(), &self.store) {
+        // A cluster's queue is recorded whatever it is (every node must
+        // know it after a restart; see `restore_queue`).
+        if let (true, Some(store)) = (stored || record.node.is_some(), &self.store) {
             store.catalog.put_queue(&record);
         }
         // Visible only once its record is on disk.
@@ -326,7 +347,14 @@ impl VHost {
     pub(crate) fn apply_delete_queue(&self, name: &str) -> usize {
         match self.queue(name) {
             Some(queue) => self.remove_queue_here(&queue),
-            None => 0,
+            None => {
+                // One this node recorded but did not bring back (its own
+                // transient or exclusive queue, gone with its restart).
+                if let Some(store) = &self.store {
+                    store.catalog.delete_queue(&self.name, name);
+                }
+                0
+            }
         }
     }
 
@@ -360,7 +388,7 @@ impl VHost {
             }
         }
         self.unbind_everywhere(&Destination::Queue(queue.clone()));
-        if let (true, Some(store)) = (queue.options.durable, &self.store) {
+        if let (true, Some(store)) = (queue.options.durable || queue.is_shared(), &self.store) {
             store.catalog.delete_queue(&self.name, &queue.name);
             store
                 .catalog
@@ -427,3 +455,7 @@ fn check_reserved(name: &str) -> Result<(), AmqpError> {
     }
     Ok(())
 }
+
+/// The owner of an exclusive queue that no connection of this node may
+/// use (its connection is on another node, or gone).
+pub(super) const NO_CONNECTION: u64 = u64::MAX;

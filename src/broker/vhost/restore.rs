@@ -35,16 +35,23 @@ impl VHost {
                 return;
             }
         };
-        let options = QueueOptions {
-            durable: true,
-            auto_delete: r.auto_delete,
-            exclusive_owner: None,
-            arguments: r.arguments.clone(),
-        };
         let elsewhere = r
             .node
             .as_ref()
             .filter(|node| self.replication.node() != Some(node.as_str()));
+        if elsewhere.is_none() && (!r.durable || r.exclusive) {
+            // This node's transient or exclusive queue of a cluster: gone
+            // with the restart, as in RabbitMQ; the others are told once
+            // the cluster is up (`forget_gone_queues`).
+            self.gone_queues.lock().push(r.name.clone());
+            return;
+        }
+        let options = QueueOptions {
+            durable: r.durable,
+            auto_delete: r.auto_delete,
+            exclusive_owner: r.exclusive.then_some(super::queues::NO_CONNECTION),
+            arguments: r.arguments.clone(),
+        };
         let queue = match elsewhere {
             Some(node) => Queue::remote(
                 r.name.clone(),
@@ -76,6 +83,20 @@ impl VHost {
         queue.apply_policy(self.policy_for_queue(&queue.name));
         if !queue.is_remote() {
             queue.start_expiry_timer();
+        }
+    }
+
+    /// Tells the other nodes that this node's transient and exclusive
+    /// queues did not survive its restart.
+    pub fn forget_gone_queues(&self) {
+        for name in std::mem::take(&mut *self.gone_queues.lock()) {
+            self.replication.propose_in_background(
+                Change::DeleteQueue {
+                    vhost: self.name.clone(),
+                    name: name.clone(),
+                },
+                format!("delete {}", self.queue_resource(&name)),
+            );
         }
     }
 

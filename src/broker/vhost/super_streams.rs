@@ -28,7 +28,16 @@ impl VHost {
                 // Every node applies the exchange's declaration: each
                 // makes the partition, or its definition, itself.
                 Some(node) => {
-                    self.apply_declare_queue(&name, node, false, &args)?;
+                    let record = QueueRecord {
+                        vhost: self.name.clone(),
+                        name: name.clone(),
+                        auto_delete: false,
+                        arguments: args.clone(),
+                        node: Some(node.to_string()),
+                        durable: true,
+                        exclusive: false,
+                    };
+                    self.apply_declare_queue(&record, None)?;
                 }
                 None => {
                     self.declare_queue_here(
