@@ -4,7 +4,6 @@
 
 use crate::broker::forward::{self, Answer, Call, Forwarded, QueueStats};
 use crate::broker::queue::Queue;
-use crate::broker::relay::queue_side::ConsumeRequest;
 use crate::broker::Broker;
 use crate::protocol::error::ErrorScope;
 use crate::protocol::AmqpError;
@@ -48,25 +47,8 @@ async fn serve(broker: &Arc<Broker>, from: &str, call: Call) -> Answer {
         Call::Consume {
             vhost,
             queue,
-            relay,
-            boot,
-            tag,
-            no_ack,
-            exclusive,
-            priority,
-            prefetch,
-            arguments,
+            request,
         } => {
-            let request = ConsumeRequest {
-                relay,
-                boot,
-                tag,
-                no_ack,
-                exclusive,
-                priority,
-                prefetch,
-                arguments,
-            };
             let from = from.to_string();
             let boot_here = relays.boot();
             blocking(broker, move |broker| {

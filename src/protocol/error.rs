@@ -79,6 +79,22 @@ impl AmqpError {
         Self::new(ErrorScope::Channel, code, detail)
     }
 
+    /// An error another cluster node gave, as it gave it (`text` already
+    /// starts with the code's name).
+    pub fn from_node(connection: bool, code: u16, text: String) -> Self {
+        AmqpError {
+            scope: if connection {
+                ErrorScope::Connection
+            } else {
+                ErrorScope::Channel
+            },
+            code,
+            text,
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+
     pub fn connection(code: u16, detail: impl fmt::Display) -> Self {
         Self::new(ErrorScope::Connection, code, detail)
     }

@@ -60,15 +60,7 @@ pub enum Call {
     Consume {
         vhost: String,
         queue: String,
-        relay: u64,
-        /// The caller's boot id (a restarted caller has another).
-        boot: u64,
-        tag: String,
-        no_ack: bool,
-        exclusive: bool,
-        priority: i32,
-        prefetch: u32,
-        arguments: crate::protocol::FieldTable,
+        request: ConsumeRequest,
     },
     /// The relayed consumer is cancelled.
     Cancel {
@@ -113,6 +105,20 @@ pub struct QueueStats {
     pub delivered: u64,
     pub acked: u64,
     pub redelivered: u64,
+}
+
+/// A consumer of another node's client, relayed as `relay`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsumeRequest {
+    pub relay: u64,
+    /// The caller's boot id (a restarted caller has another).
+    pub boot: u64,
+    pub tag: String,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub priority: i32,
+    pub prefetch: u32,
+    pub arguments: crate::protocol::FieldTable,
 }
 
 /// What a client did with relayed deliveries.
@@ -180,6 +186,22 @@ pub struct Forwarded {
     pub routing_key: String,
     pub properties: Vec<u8>,
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer, or the error the called node gave as its answer.
+    pub fn into_result(self) -> Result<Answer, crate::protocol::AmqpError> {
+        match self {
+            Answer::Refused {
+                connection,
+                code,
+                text,
+            } => Err(crate::protocol::AmqpError::from_node(
+                connection, code, text,
+            )),
+            answer => Ok(answer),
+        }
+    }
 }
 
 /// The answer to a [`Call`].

@@ -139,18 +139,7 @@ impl Outcome {
                 connection,
                 code,
                 text,
-            } => Err(AmqpError {
-                scope: if connection {
-                    ErrorScope::Connection
-                } else {
-                    ErrorScope::Channel
-                },
-                code,
-                // Already starts with the reply code's name.
-                text,
-                class_id: 0,
-                method_id: 0,
-            }),
+            } => Err(AmqpError::from_node(connection, code, text)),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! queues that live on other nodes.
 
 use super::{queued, Outbound, Relays};
-use crate::broker::forward::{Answer, Call, Relayed, SettleHow};
+use crate::broker::forward::{Answer, Call, ConsumeRequest, Relayed, SettleHow};
 use crate::broker::queue::{Consumer, Credit, Queue, QueuedMessage, Settle};
 use crate::protocol::AmqpError;
 use std::sync::atomic::Ordering;
@@ -20,14 +20,16 @@ impl Relays {
         let call = Call::Consume {
             vhost: queue.vhost.clone(),
             queue: queue.name.clone(),
-            relay,
-            boot: self.boot,
-            tag: consumer.tag.to_string(),
-            no_ack: consumer.no_ack,
-            exclusive: consumer.exclusive,
-            priority: consumer.priority,
-            prefetch: consumer.prefetch,
-            arguments: consumer.arguments.clone(),
+            request: ConsumeRequest {
+                relay,
+                boot: self.boot,
+                tag: consumer.tag.to_string(),
+                no_ack: consumer.no_ack,
+                exclusive: consumer.exclusive,
+                priority: consumer.priority,
+                prefetch: consumer.prefetch,
+                arguments: consumer.arguments.clone(),
+            },
         };
         // In place before the call: deliveries may arrive before its answer.
         self.outbound.lock().insert(

@@ -12,14 +12,13 @@
 
 mod consumer_side;
 mod liveness;
-pub mod queue_side;
+mod queue_side;
 mod sink;
 
 use crate::broker::forward::{self, Answer, Call, Relayed};
 use crate::broker::message::Message;
 use crate::broker::queue::{Consumer, Queue, QueuedMessage};
 use crate::cluster::Cluster;
-use crate::protocol::error::ErrorScope;
 use crate::protocol::AmqpError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -164,27 +163,9 @@ fn relayed(relay: u64, id: u64, message: &QueuedMessage) -> Relayed {
 }
 
 fn answer_of(node: &str, bytes: &[u8]) -> Result<Answer, AmqpError> {
-    match forward::decode::<Answer>(bytes) {
-        Some(Answer::Refused {
-            connection,
-            code,
-            text,
-        }) => Err(AmqpError {
-            scope: if connection {
-                ErrorScope::Connection
-            } else {
-                ErrorScope::Channel
-            },
-            code,
-            text,
-            class_id: 0,
-            method_id: 0,
-        }),
-        Some(answer) => Ok(answer),
-        None => Err(AmqpError::internal(format!(
-            "unreadable answer from node {node}"
-        ))),
-    }
+    forward::decode::<Answer>(bytes)
+        .ok_or_else(|| AmqpError::internal(format!("unreadable answer from node {node}")))?
+        .into_result()
 }
 
 /// RabbitMQ's 404 for a durable queue whose node is down.

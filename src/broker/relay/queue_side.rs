@@ -3,23 +3,11 @@
 
 use super::sink::RelaySink;
 use super::{relayed, Inbound, Relays, Unsettled};
-use crate::broker::forward::{Relayed, SettleHow};
+use crate::broker::forward::{ConsumeRequest, Relayed, SettleHow};
 use crate::broker::queue::{settle, Consumer, DeliverySink, Queue, Settle};
-use crate::protocol::{AmqpError, FieldTable};
+use crate::protocol::AmqpError;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-
-/// What a relayed consumer asks for.
-pub struct ConsumeRequest {
-    pub relay: u64,
-    pub boot: u64,
-    pub tag: String,
-    pub no_ack: bool,
-    pub exclusive: bool,
-    pub priority: i32,
-    pub prefetch: u32,
-    pub arguments: FieldTable,
-}
 
 impl Relays {
     /// Node `from` (started as `boot`) has been seen: what an earlier

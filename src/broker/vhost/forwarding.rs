@@ -6,7 +6,6 @@
 use super::*;
 use crate::broker::forward::{self, Answer, Call, Forwarded, Receipt};
 use crate::broker::queue::Consumer;
-use crate::protocol::error::ErrorScope;
 
 /// How long an operation asked of a queue's node may take.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -127,27 +126,9 @@ impl VHost {
                 async move { cluster.call(&node_name, body, CALL_TIMEOUT).await },
             );
         match answer {
-            Some(Ok(bytes)) => match forward::decode::<Answer>(&bytes) {
-                Some(Answer::Refused {
-                    connection,
-                    code,
-                    text,
-                }) => Err(AmqpError {
-                    scope: if connection {
-                        ErrorScope::Connection
-                    } else {
-                        ErrorScope::Channel
-                    },
-                    code,
-                    text,
-                    class_id: 0,
-                    method_id: 0,
-                }),
-                Some(answer) => Ok(answer),
-                None => Err(AmqpError::internal(format!(
-                    "unreadable answer from node {node}"
-                ))),
-            },
+            Some(Ok(bytes)) => forward::decode::<Answer>(&bytes)
+                .ok_or_else(|| AmqpError::internal(format!("unreadable answer from node {node}")))?
+                .into_result(),
             Some(Err(e)) => Err(crate::broker::relay::node_down(node, &call.resource(), &e)),
             None => Err(AmqpError::internal("no runtime to wait on")),
         }
