@@ -37,7 +37,7 @@ PERF_BIN=${PERF_BIN:-$ROOT/target/release/amqp-perf}
 log() { echo "[cluster-forwarding] $*" >&2; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release --bin broker -p amqp-perf --bin amqp-perf >&2
+    cargo build --release --workspace --bin amqp-perf --bin broker >&2
 fi
 
 rm -rf "$DATA"
