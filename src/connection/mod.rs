@@ -42,6 +42,9 @@ pub struct ConnContext {
     /// Told when another node answers a message this connection published
     /// and the broker forwarded there (its confirm waits for it).
     pub remote_answers: Arc<tokio::sync::Notify>,
+    /// Some publish of this connection was forwarded to another node: it
+    /// stops reading while the forwarders are saturated.
+    pub forwards: bool,
 }
 
 struct Connection {
@@ -250,6 +253,7 @@ async fn serve_halves<W: AsyncWrite + Unpin + Send + 'static>(
             output,
             exclusive_queues: Vec::new(),
             remote_answers: Default::default(),
+            forwards: false,
         },
         peer,
         channels: HashMap::default(),
@@ -322,6 +326,13 @@ impl Connection {
         // Declare-oks and the like wait for the catalog's flush.
         let mut catalog = self.ctx.broker.store.as_ref().map(|s| s.catalog.flushed());
         let mut alarms = self.ctx.broker.alarms.subscribe();
+        // Forwarding to other cluster nodes is backed up (flow control).
+        let mut forwarding = self
+            .ctx
+            .broker
+            .replication
+            .forwarders()
+            .map(|f| f.saturated());
         loop {
             // Handle every frame already buffered, then confirm in one go.
             loop {
@@ -364,6 +375,8 @@ impl Connection {
             let output = self.ctx.output.clone();
             let saturated = output.is_saturated();
             let publisher = self.publisher;
+            let forwarding_full =
+                self.ctx.forwards && forwarding.as_ref().is_some_and(|rx| *rx.borrow());
             tokio::select! {
                 _ = log_synced, if waiting_for_log => {}
                 _ = remote_answers.notified(), if waiting_for_nodes => {}
@@ -372,11 +385,12 @@ impl Connection {
                 // not only when it next sends something.
                 _ = alarms.changed(), if publisher => {}
                 _ = output.drained(), if saturated => {}
+                _ = until_clear(forwarding.as_mut()), if forwarding_full => {}
                 reason = info.close_requested() => {
                     let error = AmqpError::connection(crate::protocol::error::code::CONNECTION_FORCED, reason);
                     return self.close_with(error, reader).await;
                 }
-                read = reader.fill(), if !saturated => match read {
+                read = reader.fill(), if !saturated && !forwarding_full => match read {
                     Ok(()) => {
                         let received = reader.buf.len().saturating_sub(buffered);
                         self.info.recv_bytes.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
@@ -760,6 +774,19 @@ impl Connection {
 
 fn expected_open(class_id: u16, method_id: u16) -> AmqpError {
     AmqpError::channel_error("expected 'channel.open'").on(class_id, method_id)
+}
+
+/// Resolves once the forwarders are no longer saturated (never without
+/// them).
+async fn until_clear(rx: Option<&mut watch::Receiver<bool>>) {
+    let cleared = match rx {
+        Some(rx) => rx.wait_for(|saturated| !*saturated).await.is_ok(),
+        None => false,
+    };
+    if !cleared {
+        // Gone (the broker stops): wait for something else.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Resolves when `rx` changes; never, without one or once its sender is

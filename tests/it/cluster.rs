@@ -1460,3 +1460,77 @@ async fn exclusive_and_transient_queues_are_known_on_every_node_and_go_with_thei
         "{gone:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_without_confirms_is_slowed_down_not_dropped_when_forwarding_backs_up() {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let ch1 = nodes
+        .connect(1)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    ch1.queue_declare(
+        "sink".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare sink on node 1");
+    let mut seen = Err(String::new());
+    for _ in 0..50 {
+        seen = passive(&nodes, 0, "sink").await;
+        if seen.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Ok(0));
+    // Node 1 stops answering for a while: what node 0 forwards piles up
+    // far past the forwarding queue's flow-control mark.
+    const COUNT: usize = 150_000;
+    let ch0 = nodes
+        .connect(0)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    nodes.net.pause(1);
+    let publisher = tokio::spawn(async move {
+        let body = vec![b'x'; 16];
+        for _ in 0..COUNT {
+            ch0.basic_publish(
+                "".into(),
+                "sink".into(),
+                BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    nodes.net.resume(1);
+    tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("the publisher finishes once node 1 is back")
+        .expect("publisher task");
+    // Every message arrived: the publisher was held back, nothing dropped.
+    let mut count = Ok(0);
+    for _ in 0..300 {
+        count = passive(&nodes, 1, "sink").await;
+        if count == Ok(COUNT as u32) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, Ok(COUNT as u32));
+}

@@ -181,6 +181,7 @@ impl Channel {
                     });
             }
         }
+        ctx.forwards |= published.forwarded.is_some();
         self.confirm_later(
             ctx,
             publish_seq,
