@@ -58,6 +58,35 @@ async fn serve(broker: &Arc<Broker>, from: &str, call: Call) -> Answer {
             .await
             .map_or_else(refused, |_| Answer::Boot(boot_here))
         }
+        Call::ConsumeGroup {
+            vhost,
+            super_stream,
+            group,
+            request,
+        } => {
+            let boot_here = relays.boot();
+            let joined = (|| {
+                let vhost = broker.vhost(&vhost).ok_or_else(|| no_vhost(&vhost))?;
+                let partitions = vhost.partitions(&super_stream);
+                if partitions.is_empty() || partitions.iter().any(|p| p.is_remote()) {
+                    return Err(AmqpError::not_found(format!(
+                        "no super stream '{super_stream}' in vhost '{}' on this node",
+                        vhost.name
+                    )));
+                }
+                let resource = format!("super stream '{super_stream}' in vhost '{}'", vhost.name);
+                let (start, _) =
+                    crate::broker::queue::stream::consume_options(&resource, &request.arguments)?;
+                let relay = request.relay;
+                let template = relays.relayed_consumer(from, request)?;
+                let member = vhost
+                    .groups
+                    .join(&vhost, &super_stream, &group, template, start);
+                relays.add_member(from, relay, member);
+                Ok(())
+            })();
+            joined.map_or_else(refused, |_| Answer::Boot(boot_here))
+        }
         Call::Cancel { relay } => {
             relays.serve_cancel(from, relay);
             Answer::Done

@@ -1340,6 +1340,93 @@ async fn a_super_streams_partitions_live_on_its_node_and_are_read_through_anothe
             .await
             .expect("ack");
     }
+    // A consumer group with members on nodes 1 and 2 (the partitions are
+    // on node 0): the partitions are split between them, every message is
+    // read once, and when one member leaves the other takes over.
+    let mut group = FieldTable::default();
+    group.insert(
+        "x-consumer-group".into(),
+        lapin::types::AMQPValue::LongString("g".into()),
+    );
+    group.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut members = Vec::new();
+    for i in [1, 2] {
+        let ch = nodes
+            .connect(i)
+            .await
+            .create_channel()
+            .await
+            .expect("channel");
+        ch.basic_qos(10, Default::default()).await.expect("qos");
+        let consumer = ch
+            .basic_consume(
+                "events".into(),
+                format!("m{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                group.clone(),
+            )
+            .await
+            .expect("join the group through another node");
+        members.push((ch, consumer));
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 30 && std::time::Instant::now() < deadline {
+        for (m, (_, consumer)) in members.iter_mut().enumerate() {
+            if let Ok(Some(Ok(delivery))) =
+                tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+            {
+                let body = String::from_utf8_lossy(&delivery.data).to_string();
+                assert!(seen.insert(body.clone(), m).is_none(), "{body} read twice");
+                delivery
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+            }
+        }
+    }
+    assert_eq!(seen.len(), 30, "every message read once by the group");
+    let by_member: std::collections::BTreeSet<usize> = seen.values().copied().collect();
+    assert_eq!(by_member.len(), 2, "both members read: {seen:?}");
+    // Member on node 2 leaves: node 1's member gets everything new.
+    let (ch2, _) = members.pop().expect("member 2");
+    ch2.close(200, "bye".into()).await.expect("close");
+    for n in 30..39 {
+        let key = n.to_string();
+        let confirm = ch1
+            .basic_publish(
+                "events".into(),
+                key.as_str().into(),
+                Default::default(),
+                format!("e{n}").as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    }
+    let (_, consumer1) = &mut members[0];
+    let mut later = std::collections::BTreeSet::new();
+    while later.len() < 9 {
+        let delivery = tokio::time::timeout(Duration::from_secs(40), consumer1.next())
+            .await
+            .expect("the remaining member gets the new messages")
+            .expect("open")
+            .expect("delivery");
+        let body = String::from_utf8_lossy(&delivery.data).to_string();
+        if !seen.contains_key(&body) {
+            later.insert(body);
+        }
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("ack");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

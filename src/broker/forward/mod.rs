@@ -62,7 +62,16 @@ pub enum Call {
         queue: String,
         request: ConsumeRequest,
     },
-    /// The relayed consumer is cancelled.
+    /// A client of the calling node joins consumer group `group` of super
+    /// stream `super_stream`, whose partitions live here: the member's
+    /// deliveries are relayed as `request.relay`.
+    ConsumeGroup {
+        vhost: String,
+        super_stream: String,
+        group: String,
+        request: ConsumeRequest,
+    },
+    /// The relayed consumer (or group member) is cancelled.
     Cancel {
         relay: u64,
     },
@@ -152,7 +161,8 @@ impl Call {
             | Call::PurgeQueue { vhost, .. }
             | Call::QueueCounts { vhost, .. }
             | Call::Consume { vhost, .. }
-            | Call::Get { vhost, .. } => vhost.as_str(),
+            | Call::Get { vhost, .. }
+            | Call::ConsumeGroup { vhost, .. } => vhost.as_str(),
             _ => "",
         };
         format!("queue '{}' in vhost '{vhost}'", self.queue())
@@ -162,6 +172,7 @@ impl Call {
     pub fn queue(&self) -> &str {
         match self {
             Call::Consume { queue, .. } | Call::Get { queue, .. } => queue,
+            Call::ConsumeGroup { super_stream, .. } => super_stream,
             Call::Publish(_)
             | Call::Cancel { .. }
             | Call::Settle { .. }

@@ -13,24 +13,59 @@ impl Relays {
     /// basic.consume on `queue`, which lives on another node: the consumer
     /// is made there, its deliveries come here.
     pub fn consume(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
+        let (vhost, name) = (queue.vhost.clone(), queue.name.clone());
+        self.relay_consumer(queue, consumer, |request| Call::Consume {
+            vhost,
+            queue: name,
+            request,
+        })
+    }
+
+    /// basic.consume with `x-consumer-group` on a super stream whose
+    /// partitions live on another node (`partition` is one of them): the
+    /// member joins the group there, its deliveries come here.
+    pub fn consume_group(
+        &self,
+        partition: &Arc<Queue>,
+        super_stream: &str,
+        group: &str,
+        member: Arc<Consumer>,
+    ) -> Result<(), AmqpError> {
+        let (vhost, super_stream, group) = (
+            partition.vhost.clone(),
+            super_stream.to_string(),
+            group.to_string(),
+        );
+        self.relay_consumer(partition, member, |request| Call::ConsumeGroup {
+            vhost,
+            super_stream,
+            group,
+            request,
+        })
+    }
+
+    /// Registers `consumer` for deliveries relayed from `queue`'s node and
+    /// asks that node (with `call`) to make the consumer there.
+    fn relay_consumer(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: Arc<Consumer>,
+        call: impl FnOnce(ConsumeRequest) -> Call,
+    ) -> Result<(), AmqpError> {
         let Some(node) = queue.remote_node() else {
             return Err(AmqpError::internal("not a queue of another node"));
         };
         let relay = self.next_relay.fetch_add(1, Ordering::Relaxed);
-        let call = Call::Consume {
-            vhost: queue.vhost.clone(),
-            queue: queue.name.clone(),
-            request: ConsumeRequest {
-                relay,
-                boot: self.boot,
-                tag: consumer.tag.to_string(),
-                no_ack: consumer.no_ack,
-                exclusive: consumer.exclusive,
-                priority: consumer.priority,
-                prefetch: consumer.prefetch,
-                arguments: consumer.arguments.clone(),
-            },
-        };
+        let call = call(ConsumeRequest {
+            relay,
+            boot: self.boot,
+            tag: consumer.tag.to_string(),
+            no_ack: consumer.no_ack,
+            exclusive: consumer.exclusive,
+            priority: consumer.priority,
+            prefetch: consumer.prefetch,
+            arguments: consumer.arguments.clone(),
+        });
         // In place before the call: deliveries may arrive before its answer.
         self.outbound.lock().insert(
             relay,

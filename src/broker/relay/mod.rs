@@ -60,6 +60,8 @@ struct Inbound {
     boot: u64,
     /// By relay id: the queue, and the consumer made for the relay.
     consumers: HashMap<u64, (Arc<Queue>, Arc<Consumer>)>,
+    /// By relay id: consumer group members joined for the node's clients.
+    members: HashMap<u64, Arc<crate::broker::super_stream::group::Member>>,
     /// By delivery id: delivered and not settled yet.
     unsettled: HashMap<u64, Unsettled>,
 }

@@ -27,19 +27,17 @@ impl Relays {
             .boot = boot;
     }
 
-    /// Adds a consumer of `queue` for relay `request.relay` of node `from`.
-    pub fn serve_consume(
+    /// A consumer whose deliveries go to node `from` as relay
+    /// `request.relay`.
+    pub fn relayed_consumer(
         &self,
         from: &str,
-        queue: &Arc<Queue>,
         request: ConsumeRequest,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<Arc<Consumer>, AmqpError> {
         self.note_boot(from, request.boot);
         let sender = self
             .sender(from)
             .ok_or_else(|| AmqpError::internal("no runtime for relayed deliveries"))?;
-        queue.check_consume(request.no_ack, request.prefetch, &request.arguments)?;
-        queue.check_consumer_allowed(request.exclusive)?;
         let local = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sink = RelaySink {
             relays: self.me.clone(),
@@ -48,7 +46,7 @@ impl Relays {
             key: (1 << 63 | local, 0),
             sender,
         };
-        let consumer = Arc::new(Consumer {
+        Ok(Arc::new(Consumer {
             tag: Arc::from(request.tag.as_str()),
             no_ack: request.no_ack,
             exclusive: request.exclusive,
@@ -57,15 +55,44 @@ impl Relays {
             unacked: AtomicU32::new(0),
             arguments: request.arguments,
             sink: Arc::new(sink) as Arc<dyn DeliverySink>,
-        });
+        }))
+    }
+
+    /// Records the consumer group member joined for relay `relay` of node
+    /// `from` (it leaves when the relay is cancelled or the node goes).
+    pub fn add_member(
+        &self,
+        from: &str,
+        relay: u64,
+        member: Arc<crate::broker::super_stream::group::Member>,
+    ) {
+        self.inbound
+            .lock()
+            .entry(from.to_string())
+            .or_default()
+            .members
+            .insert(relay, member);
+    }
+
+    /// Adds a consumer of `queue` for relay `request.relay` of node `from`.
+    pub fn serve_consume(
+        &self,
+        from: &str,
+        queue: &Arc<Queue>,
+        request: ConsumeRequest,
+    ) -> Result<(), AmqpError> {
+        queue.check_consume(request.no_ack, request.prefetch, &request.arguments)?;
+        queue.check_consumer_allowed(request.exclusive)?;
+        let relay = request.relay;
+        let consumer = self.relayed_consumer(from, request)?;
         self.inbound
             .lock()
             .entry(from.to_string())
             .or_default()
             .consumers
-            .insert(request.relay, (queue.clone(), consumer.clone()));
+            .insert(relay, (queue.clone(), consumer.clone()));
         if let Err(e) = queue.add_consumer(consumer) {
-            self.forget_consumer(from, request.relay);
+            self.forget_consumer(from, relay);
             return Err(e);
         }
         Ok(())
@@ -75,6 +102,15 @@ impl Relays {
     /// had not settled stays out until settled); an auto-delete queue that
     /// lost its last consumer goes too.
     pub fn serve_cancel(&self, from: &str, relay: u64) {
+        let member = self
+            .inbound
+            .lock()
+            .get_mut(from)
+            .and_then(|i| i.members.remove(&relay));
+        if let Some(member) = member {
+            member.leave();
+            return;
+        }
         let Some((queue, consumer)) = self.forget_consumer(from, relay) else {
             return;
         };
@@ -174,12 +210,16 @@ impl Relays {
     pub(super) fn drop_node(&self, from: &str) {
         let Some(Inbound {
             consumers,
+            members,
             unsettled,
             ..
         }) = self.inbound.lock().remove(from)
         else {
             return;
         };
+        for member in members.into_values() {
+            member.leave();
+        }
         if !consumers.is_empty() || !unsettled.is_empty() {
             tracing::info!(
                 node = from,

@@ -62,6 +62,19 @@ impl VHost {
         self.relays()?.consume(queue, consumer)
     }
 
+    /// A consumer group member on a super stream whose partitions live on
+    /// another node (`partition` is one of them).
+    pub fn consume_group_remote(
+        &self,
+        partition: &Arc<Queue>,
+        super_stream: &str,
+        group: &str,
+        member: Arc<Consumer>,
+    ) -> Result<(), AmqpError> {
+        self.relays()?
+            .consume_group(partition, super_stream, group, member)
+    }
+
     /// basic.cancel of a consumer of a queue of another node.
     pub fn cancel_remote(&self, queue: &Arc<Queue>, tag: &str, channel: (u64, u16)) {
         if let Ok(relays) = self.relays() {

@@ -181,6 +181,15 @@ impl Channel {
                 })),
             );
         }
+        // Partitions on another node: the member joins the group there
+        // and is cancelled like a relayed consumer.
+        let partitions = ctx.vhost.partitions(super_stream);
+        if let Some(partition) = partitions.first().filter(|p| p.is_remote()) {
+            ctx.vhost
+                .consume_group_remote(partition, super_stream, group, template)?;
+            self.consumers.insert(tag, partition.clone());
+            return Ok(None);
+        }
         let member = ctx
             .vhost
             .groups
