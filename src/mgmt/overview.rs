@@ -282,6 +282,14 @@ fn node_json(ctx: &Ctx) -> Value {
         .map(|m| m.name)
         .collect();
     let p = ProcessStats::read();
+    let alarms = &ctx.broker.alarms;
+    let alarm = alarms.current().map(|reason| {
+        if reason.contains("disk") {
+            "disk"
+        } else {
+            "memory"
+        }
+    });
     let processors = std::thread::available_parallelism().map_or(1, |n| n.get());
     json!({
         "name": ctx.node,
@@ -295,8 +303,11 @@ fn node_json(ctx: &Ctx) -> Value {
         "fd_total": p.max_fds,
         "sockets_used": ctx.broker.registry.count(),
         "mem_used": p.resident_memory_bytes,
-        "mem_alarm": false,
-        "disk_free_alarm": false,
+        "mem_limit": alarms.memory_limit(),
+        "mem_alarm": alarm == Some("memory"),
+        "disk_free": crate::broker::alarms::free_disk(&ctx.broker.config.storage.data_dir),
+        "disk_free_limit": alarms.disk_free_limit(),
+        "disk_free_alarm": alarm == Some("disk"),
         "proc_used": p.threads,
         "run_queue": 0,
         "rates_mode": "basic",

@@ -348,7 +348,9 @@ async fn three_nodes_form_from_config_and_share_definitions() {
     assert!(
         n2["mem_used"].as_u64().is_some_and(|m| m > 0)
             && n2["uptime"].as_u64().is_some()
-            && n2["fd_used"].as_u64().is_some_and(|f| f > 0),
+            && n2["fd_used"].as_u64().is_some_and(|f| f > 0)
+            && n2["disk_free"].as_u64().is_some_and(|d| d > 0)
+            && n2["mem_alarm"] == false,
         "{n2}"
     );
 }
