@@ -1623,3 +1623,82 @@ async fn a_publisher_without_confirms_is_slowed_down_not_dropped_when_forwarding
     }
     assert_eq!(count, Ok(COUNT as u32));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_consumer_closing_mid_stream_loses_nothing() {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    if skip() {
+        return;
+    }
+    let nodes = three_nodes().await;
+    let ch0 = nodes
+        .connect(0)
+        .await
+        .create_channel()
+        .await
+        .expect("channel");
+    ch0.queue_declare(
+        "busy".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare busy on node 0");
+    ch0.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    const COUNT: usize = 2000;
+    assert_eq!(
+        publish_confirmed(&ch0, "", "busy", "b", COUNT).await,
+        (COUNT, 0)
+    );
+    // Consumers through node 1 that take a few deliveries, ack some, and
+    // close their channel while more are on the way, again and again.
+    let conn1 = nodes.connect(1).await;
+    let mut acked = 0;
+    for round in 0..10 {
+        let ch = conn1.create_channel().await.expect("channel");
+        ch.basic_qos(200, Default::default()).await.expect("qos");
+        let mut consumer = ch
+            .basic_consume(
+                "busy".into(),
+                format!("c{round}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume through node 1");
+        for n in 0..20 {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .expect("a delivery in time")
+                .expect("open")
+                .expect("delivery");
+            if n % 2 == 0 {
+                delivery
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                acked += 1;
+            }
+        }
+        ch.close(200, "bye".into()).await.expect("close");
+    }
+    assert_eq!(acked, 100);
+    // Everything not acked is back on node 0, nothing twice, nothing lost.
+    let mut count = Err(String::new());
+    for _ in 0..100 {
+        count = passive(&nodes, 0, "busy").await;
+        if count == Ok((COUNT - acked) as u32) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, Ok((COUNT - acked) as u32));
+    let (_, queue) = nodes.get(0, "/queues/%2F/busy").await;
+    assert_eq!(queue["messages_unacknowledged"], 0, "{queue}");
+}
