@@ -20,7 +20,7 @@ use super::{
     string_field, Ctx,
 };
 use crate::broker::access::{Kind, Perm};
-use crate::broker::queue::{Queue, QueuedMessage};
+use crate::broker::queue::{Queue, QueuedMessage, Settle};
 use crate::broker::registry::{format_timestamp, now_ms};
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::protocol::BasicProperties;
@@ -394,17 +394,24 @@ async fn get_messages(
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..count {
-        let Some((queued, remaining)) = q.get(false) else {
+        // A queue of another node is got from (and settled on) its node.
+        let got = if q.is_remote() {
+            vhost.get_remote(&q, false).map_err(ApiError::from_amqp)?
+        } else {
+            q.get(false)
+        };
+        let Some((queued, remaining)) = got else {
             break;
         };
         out.push(message_json(&queued, remaining, base64_only, truncate));
-        taken.push(queued);
+        taken.push((q.clone(), None, queued));
     }
-    match mode {
-        AckMode::AckRequeue | AckMode::RejectRequeue => q.requeue(taken),
-        AckMode::Ack => q.acked(&taken),
-        AckMode::Reject => q.rejected(taken),
-    }
+    let how = match mode {
+        AckMode::AckRequeue | AckMode::RejectRequeue => Settle::Requeue,
+        AckMode::Ack => Settle::Ack,
+        AckMode::Reject => Settle::Reject,
+    };
+    crate::broker::queue::settle(taken, how);
     Ok(Json(Value::Array(out)))
 }
 

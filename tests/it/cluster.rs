@@ -143,6 +143,20 @@ impl Nodes {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    async fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.api(i, path))
+            .basic_auth("guest", Some("guest"))
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Node `i`'s view: (leader, names of voting members).
     async fn view(&self, i: usize) -> (Option<String>, Vec<String>) {
         let (_, status) = self.get(i, "/cluster").await;
@@ -799,6 +813,31 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
         Some(100),
         "{overview}"
     );
+    // The API's get through node 2, requeued: the first two, still there.
+    let (status, got) = nodes
+        .post(
+            2,
+            "/queues/%2F/jobs/get",
+            serde_json::json!({"count": 2, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+    let payloads: Vec<&str> = got
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["payload"].as_str())
+        .collect();
+    assert_eq!(payloads, ["a0", "a1"], "{got}");
+    let mut back = Err(String::new());
+    for _ in 0..50 {
+        back = passive(&nodes, 0, "jobs").await;
+        if back == Ok(100) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, Ok(100), "the API's get was not requeued");
     // Consumed on node 0, in publish order.
     let mut consumer = ch0
         .basic_consume(
