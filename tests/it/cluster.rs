@@ -705,6 +705,26 @@ async fn passive(nodes: &Nodes, i: usize, queue: &str) -> Result<u32, String> {
     result
 }
 
+/// Node `i`'s answer to a passive declare of `queue`, asked every 100 ms
+/// until `done` holds of it, at most `tries` times: the last answer.
+async fn passive_until(
+    nodes: &Nodes,
+    i: usize,
+    queue: &str,
+    tries: usize,
+    done: impl Fn(&Result<u32, String>) -> bool,
+) -> Result<u32, String> {
+    let mut answer = passive(nodes, i, queue).await;
+    for _ in 1..tries {
+        if done(&answer) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = passive(nodes, i, queue).await;
+    }
+    answer
+}
+
 /// Publishes `count` persistent messages on `ch` (confirm mode) and
 /// returns how many were acked and how many nacked.
 async fn publish_confirmed(
@@ -773,14 +793,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     .await
     .expect("bind");
     for i in 1..3 {
-        let mut seen = Err(String::new());
-        for _ in 0..50 {
-            seen = passive(&nodes, i, "jobs").await;
-            if seen.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let seen = passive_until(&nodes, i, "jobs", 50, |seen| seen.is_ok()).await;
         assert_eq!(seen, Ok(0), "node {i} does not have queue jobs");
         let (status, queue) = nodes.get(i, "/queues/%2F/jobs").await;
         assert_eq!(status, 200, "{queue}");
@@ -829,14 +842,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
         .filter_map(|m| m["payload"].as_str())
         .collect();
     assert_eq!(payloads, ["a0", "a1"], "{got}");
-    let mut back = Err(String::new());
-    for _ in 0..50 {
-        back = passive(&nodes, 0, "jobs").await;
-        if back == Ok(100) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = passive_until(&nodes, 0, "jobs", 50, |back| *back == Ok(100)).await;
     assert_eq!(back, Ok(100), "the API's get was not requeued");
     // Consumed on node 0, in publish order.
     let mut consumer = ch0
@@ -898,14 +904,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     ch2.basic_cancel("c2".into(), Default::default())
         .await
         .expect("cancel through node 2");
-    let mut left = Err(String::new());
-    for _ in 0..50 {
-        left = passive(&nodes, 0, "jobs").await;
-        if left == Ok(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = passive_until(&nodes, 0, "jobs", 50, |left| *left == Ok(0)).await;
     assert_eq!(left, Ok(0), "the acks did not reach node 0");
     // basic.get through node 1, acked.
     assert_eq!(publish_confirmed(&ch1, "", "jobs", "g", 1).await, (1, 0));
@@ -940,14 +939,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
             .expect("delivery");
     }
     ch3.close(200, "bye".into()).await.expect("close");
-    let mut back = Err(String::new());
-    for _ in 0..50 {
-        back = passive(&nodes, 0, "jobs").await;
-        if back == Ok(3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = passive_until(&nodes, 0, "jobs", 50, |back| *back == Ok(3)).await;
     assert_eq!(back, Ok(3), "the unacked messages did not come back");
     // Purged and deleted through other nodes, by node 0.
     let purged = ch2
@@ -976,14 +968,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     }
     assert_eq!(passive(&nodes, 0, "jobs").await, Ok(0));
     nodes.net.kill(2);
-    let mut back = Err(String::new());
-    for _ in 0..150 {
-        back = passive(&nodes, 0, "jobs").await;
-        if back == Ok(2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = passive_until(&nodes, 0, "jobs", 150, |back| *back == Ok(2)).await;
     assert_eq!(
         back,
         Ok(2),
@@ -994,14 +979,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
         .await
         .expect("delete through node 1");
     for i in 0..3 {
-        let mut seen = Ok(0);
-        for _ in 0..50 {
-            seen = passive(&nodes, i, "jobs").await;
-            if seen.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let seen = passive_until(&nodes, i, "jobs", 50, |seen| seen.is_err()).await;
         assert!(
             seen.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
             "node {i} still has jobs: {seen:?}"
@@ -1013,14 +991,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     ch0.queue_declare("kept".into(), durable, FieldTable::default())
         .await
         .expect("declare kept on node 0");
-    let mut seen = Err(String::new());
-    for _ in 0..50 {
-        seen = passive(&nodes, 1, "kept").await;
-        if seen.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = passive_until(&nodes, 1, "kept", 50, |seen| seen.is_ok()).await;
     assert_eq!(seen, Ok(0));
     assert_eq!(publish_confirmed(&ch1, "", "kept", "k", 20).await, (20, 0));
     ch0.queue_declare("watched".into(), durable, FieldTable::default())
@@ -1081,14 +1052,7 @@ async fn a_queue_lives_on_its_node_and_takes_what_any_node_routes_to_it() {
     );
     // Back: the 20 confirmed messages are there.
     nodes.start(0, true).await;
-    let mut count = Err(String::new());
-    for _ in 0..100 {
-        count = passive(&nodes, 1, "kept").await;
-        if count.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let count = passive_until(&nodes, 1, "kept", 100, |count| count.is_ok()).await;
     assert_eq!(count, Ok(20));
 }
 
@@ -1560,14 +1524,10 @@ async fn exclusive_and_transient_queues_are_known_on_every_node_and_go_with_thei
     assert_eq!(passive(&nodes, 2, "temp").await, Ok(1));
     // The owner's connection closes: its exclusive queue goes everywhere.
     owner.close(200, "bye".into()).await.expect("close");
-    let mut gone = Ok(0);
-    for _ in 0..50 {
-        gone = passive(&nodes, 1, &private).await;
-        if gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone = passive_until(&nodes, 1, &private, 50, |gone| {
+        gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND"))
+    })
+    .await;
     assert!(
         gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
         "{gone:?}"
@@ -1575,14 +1535,10 @@ async fn exclusive_and_transient_queues_are_known_on_every_node_and_go_with_thei
     // The transient queue's node restarts: the queue is gone everywhere.
     nodes.net.kill(0);
     nodes.start(0, true).await;
-    let mut gone = Ok(0);
-    for _ in 0..100 {
-        gone = passive(&nodes, 2, "temp").await;
-        if gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone = passive_until(&nodes, 2, "temp", 100, |gone| {
+        gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND"))
+    })
+    .await;
     assert!(
         gone.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
         "{gone:?}"
@@ -1612,14 +1568,7 @@ async fn a_publisher_without_confirms_is_slowed_down_not_dropped_when_forwarding
     )
     .await
     .expect("declare sink on node 1");
-    let mut seen = Err(String::new());
-    for _ in 0..50 {
-        seen = passive(&nodes, 0, "sink").await;
-        if seen.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = passive_until(&nodes, 0, "sink", 50, |seen| seen.is_ok()).await;
     assert_eq!(seen, Ok(0));
     // Node 1 stops answering for a while: what node 0 forwards piles up
     // far past the forwarding queue's flow-control mark.
@@ -1652,14 +1601,7 @@ async fn a_publisher_without_confirms_is_slowed_down_not_dropped_when_forwarding
         .expect("the publisher finishes once node 1 is back")
         .expect("publisher task");
     // Every message arrived: the publisher was held back, nothing dropped.
-    let mut count = Ok(0);
-    for _ in 0..300 {
-        count = passive(&nodes, 1, "sink").await;
-        if count == Ok(COUNT as u32) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let count = passive_until(&nodes, 1, "sink", 300, |count| *count == Ok(COUNT as u32)).await;
     assert_eq!(count, Ok(COUNT as u32));
 }
 
@@ -1729,14 +1671,10 @@ async fn a_relayed_consumer_closing_mid_stream_loses_nothing() {
     }
     assert_eq!(acked, 100);
     // Everything not acked is back on node 0, nothing twice, nothing lost.
-    let mut count = Err(String::new());
-    for _ in 0..100 {
-        count = passive(&nodes, 0, "busy").await;
-        if count == Ok((COUNT - acked) as u32) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let count = passive_until(&nodes, 0, "busy", 100, |count| {
+        *count == Ok((COUNT - acked) as u32)
+    })
+    .await;
     assert_eq!(count, Ok((COUNT - acked) as u32));
     let (_, queue) = nodes.get(0, "/queues/%2F/busy").await;
     assert_eq!(queue["messages_unacknowledged"], 0, "{queue}");

@@ -199,6 +199,11 @@ pub struct Forwarded {
     pub body: Vec<u8>,
 }
 
+/// An answer that does not fit the call (a node of another version).
+pub fn unexpected(node: &str, answer: &Answer) -> crate::protocol::AmqpError {
+    crate::protocol::AmqpError::internal(format!("unexpected answer from node {node}: {answer:?}"))
+}
+
 impl Answer {
     /// The answer, or the error the called node gave as its answer.
     pub fn into_result(self) -> Result<Answer, crate::protocol::AmqpError> {

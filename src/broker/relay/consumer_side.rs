@@ -2,7 +2,7 @@
 //! queues that live on other nodes.
 
 use super::{queued, Outbound, Relays};
-use crate::broker::forward::{Answer, Call, ConsumeRequest, Relayed, SettleHow};
+use crate::broker::forward::{self, Answer, Call, ConsumeRequest, Relayed, SettleHow};
 use crate::broker::queue::{Consumer, Credit, Queue, QueuedMessage, Settle};
 use crate::protocol::AmqpError;
 use std::sync::atomic::Ordering;
@@ -85,9 +85,7 @@ impl Relays {
             }
             Ok(other) => {
                 self.outbound.lock().remove(&relay);
-                Err(AmqpError::internal(format!(
-                    "unexpected answer from node {node}: {other:?}"
-                )))
+                Err(forward::unexpected(node, &other))
             }
             Err(e) => {
                 self.outbound.lock().remove(&relay);
@@ -155,9 +153,7 @@ impl Relays {
                 Some(message) => Ok(Some((message, remaining as usize))),
                 None => Err(AmqpError::internal("unreadable relayed message")),
             },
-            other => Err(AmqpError::internal(format!(
-                "unexpected answer from node {node}: {other:?}"
-            ))),
+            other => Err(forward::unexpected(node, &other)),
         }
     }
 

@@ -55,6 +55,18 @@ struct Outbound {
     queue: Arc<Queue>,
 }
 
+impl Relays {
+    /// Keeps a delivery made to node `from` until it settles it.
+    fn hold(&self, from: &str, id: u64, unsettled: Unsettled) {
+        self.inbound
+            .lock()
+            .entry(from.to_string())
+            .or_default()
+            .unsettled
+            .insert(id, unsettled);
+    }
+}
+
 #[derive(Default)]
 struct Inbound {
     boot: u64,
@@ -98,7 +110,7 @@ impl Relays {
     }
 
     /// Calls `node` and waits for the answer, from synchronous code.
-    fn ask_blocking(&self, node: &str, call: &Call) -> Result<Answer, AmqpError> {
+    pub fn ask_blocking(&self, node: &str, call: &Call) -> Result<Answer, AmqpError> {
         let cluster = self.cluster.clone();
         let node_name = node.to_string();
         let body = forward::encode(call);

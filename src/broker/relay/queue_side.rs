@@ -188,19 +188,16 @@ impl Relays {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let relayed = relayed(0, id, &message);
         if !no_ack {
-            self.inbound
-                .lock()
-                .entry(from.to_string())
-                .or_default()
-                .unsettled
-                .insert(
-                    id,
-                    Unsettled {
-                        queue: queue.clone(),
-                        consumer: None,
-                        message,
-                    },
-                );
+            let queue = queue.clone();
+            self.hold(
+                from,
+                id,
+                Unsettled {
+                    queue,
+                    consumer: None,
+                    message,
+                },
+            );
         }
         Ok(Some((relayed, remaining as u64)))
     }
@@ -229,13 +226,7 @@ impl Relays {
             );
         }
         for (queue, consumer) in consumers.into_values() {
-            if let Some((_, auto_delete)) =
-                queue.remove_consumer(&consumer.tag, consumer.sink.channel_key())
-            {
-                if auto_delete {
-                    queue.remove_from_host();
-                }
-            }
+            remove_consumer(&queue, &consumer);
         }
         settle(unsettled.into_values().map(release), Settle::Requeue);
     }
@@ -247,6 +238,14 @@ impl Relays {
             .iter()
             .map(|(node, i)| (node.clone(), i.boot))
             .collect()
+    }
+}
+
+/// Removes a relayed consumer from its queue; an auto-delete queue that
+/// lost its last consumer goes.
+fn remove_consumer(queue: &Arc<Queue>, consumer: &Consumer) {
+    if let Some((_, true)) = queue.remove_consumer(&consumer.tag, consumer.sink.channel_key()) {
+        queue.remove_from_host();
     }
 }
 

@@ -128,19 +128,12 @@ impl DeliverySink for RelaySink {
         let relayed = relayed(self.relay, id, &message);
         if !consumer.no_ack {
             consumer.unacked.fetch_add(1, Ordering::Relaxed);
-            let mut inbound = relays.inbound.lock();
-            inbound
-                .entry(self.node.clone())
-                .or_default()
-                .unsettled
-                .insert(
-                    id,
-                    Unsettled {
-                        queue: queue.clone(),
-                        consumer: Some(consumer.clone()),
-                        message,
-                    },
-                );
+            let unsettled = Unsettled {
+                queue: queue.clone(),
+                consumer: Some(consumer.clone()),
+                message,
+            };
+            relays.hold(&self.node, id, unsettled);
         }
         self.sender.queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.sender.queue.send(relayed);

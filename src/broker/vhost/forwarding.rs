@@ -7,9 +7,6 @@ use super::*;
 use crate::broker::forward::{self, Answer, Call, Forwarded, Receipt};
 use crate::broker::queue::Consumer;
 
-/// How long an operation asked of a queue's node may take.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 impl VHost {
     /// Forwards `message` to the nodes of `remote` (queues that live
     /// elsewhere, each once); the receipt gets their answers.
@@ -48,7 +45,7 @@ impl VHost {
         match self.ask(node, &call)? {
             Answer::Count(n) => Ok(n as usize),
             Answer::Counts { ready, .. } => Ok(ready as usize),
-            other => Err(unexpected(node, &other)),
+            other => Err(forward::unexpected(node, &other)),
         }
     }
 
@@ -124,27 +121,12 @@ impl VHost {
         };
         match self.ask(node, &call)? {
             Answer::Counts { ready, consumers } => Ok((ready as usize, consumers as usize)),
-            other => Err(unexpected(node, &other)),
+            other => Err(forward::unexpected(node, &other)),
         }
     }
 
     fn ask(&self, node: &str, call: &Call) -> Result<Answer, AmqpError> {
-        let Some(cluster) = self.replication.cluster().cloned() else {
-            return Err(AmqpError::internal("not a cluster node"));
-        };
-        let node_name = node.to_string();
-        let body = forward::encode(call);
-        let answer =
-            crate::broker::block_on(
-                async move { cluster.call(&node_name, body, CALL_TIMEOUT).await },
-            );
-        match answer {
-            Some(Ok(bytes)) => forward::decode::<Answer>(&bytes)
-                .ok_or_else(|| AmqpError::internal(format!("unreadable answer from node {node}")))?
-                .into_result(),
-            Some(Err(e)) => Err(crate::broker::relay::node_down(node, &call.resource(), &e)),
-            None => Err(AmqpError::internal("no runtime to wait on")),
-        }
+        self.relays()?.ask_blocking(node, call)
     }
 
     /// Delivers messages another node routed to queues of this node;
@@ -192,8 +174,4 @@ impl VHost {
         }
         refused
     }
-}
-
-fn unexpected(node: &str, answer: &Answer) -> AmqpError {
-    AmqpError::internal(format!("unexpected answer from node {node}: {answer:?}"))
 }
